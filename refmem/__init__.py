@@ -1,0 +1,30 @@
+"""refmem — reference implementation of noisy memristor-crossbar neural networks.
+
+Analytic propagation of means and covariances (Kern et al., MemSE), power, Monte-Carlo
+validation, and the multiplicative-noise / quantization experiments of MohammadiRad &
+Sojodishijani. Equations are numbered as in the project's corrected specification
+(``spec §n``); see the README's equation index.
+
+Public API (stable names):
+
+- :class:`CrossbarConfig` — the one configuration object for crossbar and noise settings.
+- :class:`Network`, :func:`load_model`, :func:`save_model` — explicit-matrix networks and
+  the HDF5 model file.
+- :func:`map_network` — the crossbar mapping (spec §3).
+- :func:`monte_carlo` — the device-level Monte-Carlo simulator.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import RefmemError, ConfigError, ModelFileError, DataError  # noqa: E402
+from .config import CrossbarConfig  # noqa: E402
+from .layers import Dense, Conv2d, AvgPool2d, ReLU, Flatten, BatchNorm, Dropout  # noqa: E402
+from .network import Network  # noqa: E402
+from .modelfile import load_model, save_model  # noqa: E402
+from .mapping import map_network  # noqa: E402
+
+__all__ = [
+    "__version__", "RefmemError", "ConfigError", "ModelFileError", "DataError",
+    "CrossbarConfig", "Dense", "Conv2d", "AvgPool2d", "ReLU", "Flatten", "BatchNorm",
+    "Dropout", "Network", "load_model", "save_model", "map_network",
+]
