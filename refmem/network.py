@@ -153,25 +153,26 @@ class Network:
         """Positions (in ``self.layers``) of the dense / conv2d layers, in crossbar order."""
         return [i for i, l in enumerate(self.layers) if isinstance(l, (Dense, Conv2d))]
 
-    def describe(self, mapping=None) -> list:
+    def describe(self) -> list:
         """One dict per layer: type, input/output shape, crossbar sizes (UR and UL)."""
         shapes = self.shapes
         rows = []
-        xb = 0
         for i, layer in enumerate(self.layers):
             d = {"index": i, "type": layer.type, "in_shape": list(shapes[i]),
                  "out_shape": list(shapes[i + 1])}
             for k, v in layer.params().items():
                 d[f"{k}_shape"] = list(v.shape)
+            # a batchnorm right after the layer is fused into it and creates a bias row
+            fused_bn = i + 1 < len(self.layers) and isinstance(self.layers[i + 1], BatchNorm)
+            bias_row = 1 if (getattr(layer, "bias", None) is not None or fused_bn) else 0
             if isinstance(layer, Conv2d):
                 d.update(stride=layer.stride, padding=layer.padding, kernel=layer.k)
-                bias_row = 1 if layer.bias is not None else 0
                 n_pos = shapes[i + 1][1] * shapes[i + 1][2]
                 d["crossbar_UR"] = [layer.c_in * layer.k ** 2 + bias_row, layer.c_out]
                 d["crossbar_UR_mvms"] = n_pos
                 d["crossbar_UL"] = [int(np.prod(shapes[i])) + bias_row, layer.c_out * n_pos]
             elif isinstance(layer, Dense):
-                d["crossbar"] = [layer.n_in + (1 if layer.bias is not None else 0), layer.n_out]
+                d["crossbar"] = [layer.n_in + bias_row, layer.n_out]
             elif isinstance(layer, BatchNorm):
                 d["eps"] = layer.eps
             rows.append(d)
