@@ -1,0 +1,536 @@
+"""Device-level Monte-Carlo simulator of a network mapped onto noisy crossbars.
+
+The simulator draws the *devices*, not the weights: in every realization each memristor of
+each crossbar is programmed once, ``G = g + σ(g) ε`` with ``ε ~ N(0, 1)`` independent for
+``G⁺`` and ``G⁻`` of every pair (spec §2 A1–A4, §19.9), and the whole batch of inputs is run
+through that one programmed network:
+
+- **FC and UL** layers: every crossbar entry has its own pair, UL structural zeros included
+  (programmed at ``g_min`` and noisy, spec §6); a UL layer too large for memory is streamed
+  over blocks of columns, one realization at a time;
+- **UR** layers: one ``(C_in k² + 1) × C_out`` crossbar is drawn per realization and reused
+  at every output position (shared device noise, spec §5, A3);
+- the bias is a crossbar row driven by ``x_b = 1`` (spec §2 A4) unless the configuration puts
+  it in the digital domain;
+- the digital side rescales by ``1/(r λ_j)`` (spec §3.3), so ``r`` cancels from the outputs and
+  appears only in the TIA power;
+- MohammadiRad & Sojodishijani's multiplicative noise ``w → (1 + α ξ) w`` (spec §13) and
+  subtractively dithered quantization ``q(w + u) − u`` (spec §14) perturb the weights in
+  weight units, on top of the device noise; neither enters power;
+- negative conductances are kept (spec §2 A1). ``clip_negative=True`` in the configuration
+  clips them at 0, which leaves the analytic model.
+
+Power is sampled per realization and input (spec §11): memristor power ``Σ (G⁺ + G⁻) X²``
+over every pair (bias rows driven by 1; UR taps driven by the tap-shifted input at every
+position), and TIA power ``r Σ_j (I±_j)²`` of the column currents ``I± = Σ_i G±_ij X_i + G^b±_j``.
+
+Reproducibility
+---------------
+Realizations come in fixed **seed blocks** of ``block`` realizations (default
+:data:`BLOCK`). Block ``k`` draws from streams ``SeedSequence(seed, spawn_key=(k, s))`` — the
+children of ``SeedSequence(seed).spawn`` — with one stream ``s`` for the random inputs and
+three per crossbar layer (devices, α noise, dither). Within a stream the draws are laid out
+realization by realization and, within a realization, column by column (``G⁺`` rows then
+``G⁻`` rows, bias row last), so any split of the work into chunks (``chunk`` realizations in
+memory at once, or column blocks of a streamed UL layer) consumes the same numbers in the same
+order. Statistics are reduced per seed block, in block order. Hence the same seed gives
+bit-identical results whatever the chunk size, and the first ``n`` realizations do not depend
+on the total.
+
+Statistics (spec §19.2): per-output mean, variance (ddof 1), MSE against the reference
+(the unquantized, noiseless network at the mean input), optional full covariance, each with
+a standard error computed from the sample itself (no Gaussian assumption: the SE of a
+(co)variance entry is the standard deviation of the centred products over √n).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+from scipy.special import ndtri
+
+from .errors import ConfigError, DataError
+from .layers import gather_patches
+
+BLOCK = 256
+"""Realizations per seed block (part of the seeding definition; stored as ``seed_block``)."""
+
+_MEM_BUDGET = 256 * 2**20          # bytes of device arrays held at once (guides ``chunk``)
+_CACHE_LIMIT = 64 * 2**20          # UL static conductance arrays above this are rebuilt per block
+
+
+# ---------------------------------------------------------------------- sample size
+def mc_sample_count(mean, std, p, alpha=0.05, z=None) -> int:
+    """Monte-Carlo iterations for a relative precision ``p`` (spec §10, Eq. (46), corrected D25).
+
+    ``n = ceil((z_{α/2} s / (p x̄))²)``, where ``x̄`` and ``s`` are the mean and standard
+    deviation of the per-iteration quantity (from a pilot run), ``p`` is a **fraction**
+    (0.01 = 1 %), and ``z_{α/2} = Φ⁻¹(1 − α/2)`` unless ``z`` is given. With probability about
+    ``1 − α`` the Monte-Carlo mean is then within ``± p x̄`` of the truth.
+    """
+    mean, std, p = float(mean), float(std), float(p)
+    if not (p > 0 and math.isfinite(p)):
+        raise ConfigError(f"precision p must be a positive fraction, got {p:g}")
+    if not (std >= 0 and math.isfinite(std)):
+        raise ConfigError(f"std must be finite and >= 0, got {std:g}")
+    if mean == 0 or not math.isfinite(mean):
+        raise ConfigError("the pilot mean must be finite and non-zero")
+    if z is None:
+        if not 0 < alpha < 1:
+            raise ConfigError(f"alpha must be in (0, 1), got {alpha:g}")
+        z = float(ndtri(1.0 - alpha / 2.0))
+    # round to 12 significant digits first so that an exact square such as 38416 is not
+    # pushed to the next integer by the last bit of the division
+    val = float(f"{(z * std / (p * abs(mean))) ** 2:.12g}")
+    return max(1, math.ceil(val))
+
+
+# ---------------------------------------------------------------------- result
+@dataclass
+class MCResult:
+    """Monte-Carlo estimates for a batch of ``B`` inputs and ``J`` outputs.
+
+    Attributes are ``(B, J)`` arrays ``mean``, ``var``, ``mse``, ``reference`` and their
+    standard errors ``mean_se``, ``var_se``, ``mse_se``; ``cov``, ``cov_se`` ``(B, J, J)`` when
+    requested; ``accuracy``, ``accuracy_se`` (scalars) with labels; ``power``, ``power_se``
+    ``(B,)`` and per crossbar layer ``(B, n_xb)``: ``power_layers``, ``power_mem``,
+    ``power_tia_pos``, ``power_tia_neg`` with ``_se`` companions.
+    """
+
+    n: int
+    seed: int
+    block: int
+    reference: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    mse: np.ndarray
+    mean_se: np.ndarray
+    var_se: np.ndarray
+    mse_se: np.ndarray
+    power_mem: np.ndarray
+    power_tia_pos: np.ndarray
+    power_tia_neg: np.ndarray
+    power_mem_se: np.ndarray
+    power_tia_pos_se: np.ndarray
+    power_tia_neg_se: np.ndarray
+    power_layers: np.ndarray
+    power_layers_se: np.ndarray
+    power: np.ndarray
+    power_se: np.ndarray
+    cov: np.ndarray | None = None
+    cov_se: np.ndarray | None = None
+    accuracy: float | None = None
+    accuracy_se: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def datasets(self) -> dict:
+        """The datasets of a ``refmem mc`` result file (docs/result_format.md)."""
+        names = ["mean", "var", "mse", "reference", "mean_se", "var_se", "mse_se",
+                 "power", "power_se", "power_layers", "power_layers_se", "power_mem",
+                 "power_mem_se", "power_tia_pos", "power_tia_pos_se", "power_tia_neg",
+                 "power_tia_neg_se"]
+        d = {k: getattr(self, k) for k in names}
+        if self.cov is not None:
+            d["cov"], d["cov_se"] = self.cov, self.cov_se
+        if self.accuracy is not None:
+            d["accuracy"] = np.float64(self.accuracy)
+            d["accuracy_se"] = np.float64(self.accuracy_se)
+        return d
+
+
+# ---------------------------------------------------------------------- per-layer sampler
+class _LayerSampler:
+    """Draws one crossbar layer's devices and runs a chunk of realizations through it."""
+
+    def __init__(self, ml, clip):
+        self.ml = ml
+        self.clip = clip
+        cfg = ml.config
+        self.r = cfg.r
+        self.R = ml.n_rows
+        self.bias_row = ml.has_bias_row
+        self.R1 = self.R + (1 if self.bias_row else 0)
+        self.J = ml.n_cols
+        self.alpha = cfg.alpha if ml.noisy else 0.0
+        self.device_noise = ml.noisy and not cfg.sigma_model.is_zero
+        self.dither = ml.dither
+        self.digital_bias = ml.b if (ml.b is not None and not ml.has_bias_row) else None
+        per_col = 8 * self.R1 * 8          # bytes per column of the static arrays
+        self.cache_all = ml.scheme != "UL" or per_col * self.J <= _CACHE_LIMIT
+        self._static = self._build(None) if self.cache_all else None
+
+    # static (noise-free) arrays in device layout: (cols, R1), bias row last
+    def _build(self, cols):
+        ml = self.ml
+        ns = ml.block(cols)
+        def full(a, ab):
+            a = a.T
+            if self.bias_row:
+                a = np.concatenate([a, ab[:, None]], axis=1)
+            return np.ascontiguousarray(a)
+        st = SimpleNamespace(lam=ns.lam, cols=ns.cols)
+        st.gp = full(ns.gp, ns.gbp)
+        st.gm = full(ns.gm, ns.gbm)
+        st.sp = np.sqrt(full(ns.vp, ns.vbp))
+        st.sm = np.sqrt(full(ns.vm, ns.vbm))
+        if self.alpha or self.dither:
+            b = ns.b if self.bias_row else None
+            st.w = full(ns.W, b)
+            st.tap = full(ns.tap, np.ones(ns.lam.shape, dtype=bool))
+        return st
+
+    def static(self, c0, c1):
+        if self.cache_all:
+            s = self._static
+            if c0 == 0 and c1 == self.J:
+                return s
+            sl = slice(c0, c1)
+            out = SimpleNamespace(lam=s.lam[sl], cols=s.cols[sl], gp=s.gp[sl], gm=s.gm[sl],
+                                  sp=s.sp[sl], sm=s.sm[sl])
+            if hasattr(s, "w"):
+                out.w, out.tap = s.w[sl], s.tap[sl]
+            return out
+        return self._build(np.arange(c0, c1))
+
+    def bytes_per_realization(self):
+        if self.ml.scheme == "UL" and not self.cache_all:
+            return 0                      # streamed one realization at a time
+        return 8 * 6 * self.J * self.R1
+
+    def draw(self, st, m, rngs):
+        """Conductances (m, cols, R1) and weight-unit perturbations for ``m`` realizations."""
+        shape = (m,) + st.gp.shape
+        if self.device_noise:
+            eps = rngs[0].standard_normal((m, st.gp.shape[0], 2, self.R1))
+            Gp = st.gp + st.sp * eps[:, :, 0, :]
+            Gm = st.gm + st.sm * eps[:, :, 1, :]
+        else:
+            Gp = np.broadcast_to(st.gp, shape)
+            Gm = np.broadcast_to(st.gm, shape)
+        if self.clip:
+            Gp = np.maximum(Gp, 0.0)
+            Gm = np.maximum(Gm, 0.0)
+        dw = None
+        if self.alpha:
+            xi = rngs[1].standard_normal(shape)
+            dw = self.alpha * st.w * xi                                   # spec §13
+        if self.dither:
+            delta = self.ml.delta
+            u = rngs[2].uniform(-0.5 * delta, 0.5 * delta, shape)
+            e = delta * np.rint((st.w + u) / delta) - u - st.w            # spec §14
+            e = np.where(st.tap, e, 0.0)
+            dw = e if dw is None else dw + e
+        return Gp, Gm, dw
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, h, m, rngs):
+        """``h`` (M, B, R) flat inputs (M = m, or 1 when shared) -> (out, power (m, B, 3))."""
+        if self.ml.scheme == "UR":
+            return self._forward_ur(h, m, rngs)
+        if self.cache_all:
+            return self._forward_fc_block(h, m, rngs, 0, self.J)
+        # streamed UL: one realization at a time, columns in blocks (same stream order)
+        B = h.shape[1]
+        cb = max(1, int(_MEM_BUDGET // (8 * 6 * self.R1)))
+        outs = np.empty((m, B, self.J))
+        pw = np.zeros((m, B, 3))
+        for t in range(m):
+            ht = h[t:t + 1] if h.shape[0] > 1 else h
+            for c0 in range(0, self.J, cb):
+                c1 = min(self.J, c0 + cb)
+                y, p = self._forward_fc_block(ht, 1, rngs, c0, c1)
+                outs[t, :, c0:c1] = y[0]
+                pw[t] += p[0]
+        return outs, pw
+
+    def _forward_fc_block(self, h, m, rngs, c0, c1):
+        st = self.static(c0, c1)
+        Gp, Gm, dw = self.draw(st, m, rngs)
+        R = self.R
+        hp = h @ np.swapaxes(Gp[..., :R], -1, -2)             # (m, B, cols) current I+ (rows)
+        hm = h @ np.swapaxes(Gm[..., :R], -1, -2)
+        if self.bias_row:
+            hp = hp + Gp[:, None, :, R]
+            hm = hm + Gm[:, None, :, R]
+        y = (hp - hm) / st.lam                                # r cancels (spec §3.3)
+        if dw is not None:
+            y = y + h @ np.swapaxes(dw[..., :R], -1, -2)
+            if self.bias_row:
+                y = y + dw[:, None, :, R]
+        if self.digital_bias is not None:
+            y = y + self.digital_bias[self.ml.col_channel[c0:c1]]
+        S = (Gp + Gm).sum(axis=1)                             # (m, R1): Σ_j (G+ + G-)
+        mem = (h * h) @ S[..., :R, None]
+        mem = mem[..., 0]
+        if self.bias_row:
+            mem = mem + S[:, None, R]
+        pw = np.stack([mem, self.r * (hp * hp).sum(-1), self.r * (hm * hm).sum(-1)], axis=-1)
+        return y, pw
+
+    def _forward_ur(self, h, m, rngs):
+        ml = self.ml
+        st = self.static(0, self.J)
+        Gp, Gm, dw = self.draw(st, m, rngs)                   # (m, C_out, R1)
+        M, B, _ = h.shape
+        n_pos = ml.n_pos
+        P = gather_patches(h.reshape(M * B, -1), ml.idx).reshape(M, B, n_pos, self.R)
+        R = self.R
+        Pf = P.reshape(M, B * n_pos, R)
+        ip = Pf @ np.swapaxes(Gp[..., :R], -1, -2)            # (m, B n_pos, C_out)
+        im = Pf @ np.swapaxes(Gm[..., :R], -1, -2)
+        if self.bias_row:
+            ip = ip + Gp[:, None, :, R]
+            im = im + Gm[:, None, :, R]
+        y = (ip - im) / st.lam
+        if dw is not None:
+            y = y + Pf @ np.swapaxes(dw[..., :R], -1, -2)
+            if self.bias_row:
+                y = y + dw[:, None, :, R]
+        if self.digital_bias is not None:
+            y = y + self.digital_bias
+        mm = y.shape[0]
+        y = y.reshape(mm, B, n_pos, self.J).transpose(0, 1, 3, 2).reshape(mm, B, self.J * n_pos)
+        S = (Gp + Gm).sum(axis=1)                             # (m, R1)
+        q = (P * P).sum(axis=2)                               # (M, B, R): Σ_p x_ι(p,a)²
+        mem = (q @ S[..., :R, None])[..., 0]
+        if self.bias_row:
+            mem = mem + n_pos * S[:, None, R]
+        tp = self.r * (ip * ip).reshape(mm, B, -1).sum(-1)
+        tm = self.r * (im * im).reshape(mm, B, -1).sum(-1)
+        pw = np.stack([np.broadcast_to(mem, tp.shape), tp, tm], axis=-1)
+        return y, pw
+
+
+# ---------------------------------------------------------------------- accumulators
+class _Moments:
+    """Power sums of ``d = y − shift`` per seed block, added in block order."""
+
+    def __init__(self, shape, cov):
+        self.n = 0
+        self.s1 = np.zeros(shape)
+        self.s2 = np.zeros(shape)
+        self.s3 = np.zeros(shape)
+        self.s4 = np.zeros(shape)
+        self.cov = cov
+        if cov:
+            full = shape + shape[-1:]
+            self.s11 = np.zeros(full)
+            self.s21 = np.zeros(full)
+            self.s22 = np.zeros(full)
+
+    def add(self, d):
+        d2 = d * d
+        self.n += d.shape[0]
+        self.s1 += d.sum(0)
+        self.s2 += d2.sum(0)
+        self.s3 += (d2 * d).sum(0)
+        self.s4 += (d2 * d2).sum(0)
+        if self.cov:
+            self.s11 += np.einsum("m...i,m...j->...ij", d, d)
+            self.s21 += np.einsum("m...i,m...j->...ij", d2, d)
+            self.s22 += np.einsum("m...i,m...j->...ij", d2, d2)
+
+    def stats(self):
+        n = self.n
+        m = self.s1 / n
+        var = (self.s2 - n * m * m) / (n - 1)
+        var = np.maximum(var, 0.0)
+        mean_se = np.sqrt(var / n)
+        # fourth central moment from raw sums (about the shift)
+        m4 = self.s4 / n - 4 * m * self.s3 / n + 6 * m * m * self.s2 / n - 3 * m ** 4
+        vb = var * (n - 1) / n
+        var_se = np.sqrt(np.maximum(m4 - vb * vb, 0.0) / n)
+        out = dict(m=m, var=var, mean_se=mean_se, var_se=var_se,
+                   msq=self.s2 / n, msq_se=np.sqrt(np.maximum(self.s4 / n - (self.s2 / n) ** 2,
+                                                              0.0) / (n - 1)))
+        if self.cov:
+            mi = m[..., :, None]
+            mj = m[..., None, :]
+            c = (self.s11 - n * mi * mj) / (n - 1)
+            s2i = self.s2[..., :, None]
+            s2j = self.s2[..., None, :]
+            s1i = self.s1[..., :, None]
+            s1j = self.s1[..., None, :]
+            s12 = np.swapaxes(self.s21, -1, -2)        # s12[i, j] = Σ d_i d_j²
+            e4 = (self.s22 - 2 * mj * self.s21 + mj * mj * s2i - 2 * mi * s12
+                  + 4 * mi * mj * self.s11 - 2 * mi * mj * mj * s1i + mi * mi * s2j
+                  - 2 * mi * mi * mj * s1j) / n + mi * mi * mj * mj
+            cb = c * (n - 1) / n
+            out["cov"] = c
+            out["cov_se"] = np.sqrt(np.maximum(e4 - cb * cb, 0.0) / n)
+        return out
+
+
+# ---------------------------------------------------------------------- inputs
+def _input_factor(input_cov, B, L):
+    """Square-root factors ``A`` with ``A Aᵀ = C`` (eigendecomposition, PSD checked)."""
+    C = np.asarray(input_cov, dtype=np.float64)
+    if C.shape == (L, L):
+        C = C[None]
+    if C.ndim != 3 or C.shape[1:] != (L, L) or C.shape[0] not in (1, B):
+        raise DataError(f"input covariance has shape {np.shape(input_cov)}, expected ({L}, {L}) "
+                        f"or ({B}, {L}, {L})")
+    if not np.all(np.isfinite(C)):
+        raise DataError("input covariance contains NaN or infinite values")
+    scale = max(1.0, float(np.abs(C).max()))
+    if not np.allclose(C, np.swapaxes(C, 1, 2), rtol=0, atol=1e-12 * scale):
+        raise DataError("input covariance is not symmetric")
+    w, V = np.linalg.eigh(0.5 * (C + np.swapaxes(C, 1, 2)))
+    if np.any(w < -1e-10 * np.maximum(1.0, np.abs(w).max(axis=1, keepdims=True))):
+        raise DataError("input covariance is not positive semi-definite")
+    return V * np.sqrt(np.maximum(w, 0.0))[:, None, :]      # (1 or B, L, L)
+
+
+# ---------------------------------------------------------------------- main entry
+def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sampler=None,
+                cov=False, chunk=None, progress=False, block=BLOCK) -> MCResult:
+    """Device-level Monte-Carlo of ``mapped`` on the batch ``x`` (see the module docstring).
+
+    Parameters
+    ----------
+    mapped : refmem.mapping.MappedNetwork
+        The network on its crossbars (configuration included).
+    x : array (B, *input_shape)
+        Inputs (the mean input when ``input_cov`` or ``input_sampler`` is given).
+    n : int
+        Number of realizations (each programs every device once and runs the whole batch).
+    seed : int
+        Non-negative seed of the ``SeedSequence`` from which every draw derives.
+    labels : int array (B,), optional
+        Class labels: the result then has ``accuracy`` (mean over realizations and inputs)
+        and ``accuracy_se`` (standard error over realizations).
+    input_cov : array (L, L) or (B, L, L), optional
+        Random Gaussian inputs ``x + N(0, C)``, redrawn in every realization.
+    input_sampler : callable ``(rng, m) -> (m, B, L)``, optional
+        Random inputs of any law (e.g. non-Gaussian correlated inputs for testing linear
+        layers, spec §19.8), drawn from the input stream.
+    cov : bool
+        Also estimate the full output covariance per input, with standard errors.
+    chunk : int, optional
+        Realizations held in memory at once (at most ``block``). Results do not depend on it.
+    progress : bool
+        Show a tqdm progress bar.
+    block : int
+        Realizations per seed block (part of the seeding definition).
+    """
+    net = mapped.network
+    x = net.check_input(x)
+    B = x.shape[0]
+    L = int(np.prod(net.input_shape))
+    try:
+        n = int(n)
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise ConfigError("n and seed must be integers") from None
+    if n < 2:
+        raise ConfigError(f"Monte-Carlo needs n >= 2 realizations, got {n}")
+    if seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
+    block = int(block)
+    if block < 1:
+        raise ConfigError("block must be >= 1")
+    if input_cov is not None and input_sampler is not None:
+        raise ConfigError("give either input_cov or input_sampler, not both")
+    factor = None if input_cov is None else _input_factor(input_cov, B, L)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (B,):
+            raise DataError(f"labels have shape {labels.shape}, expected ({B},)")
+        labels = labels.astype(np.int64)
+
+    cfg = mapped.config
+    fused = mapped.fused
+    shapes = fused.shapes
+    by_pos = mapped.by_position()
+    samplers = {pos: _LayerSampler(ml, cfg.clip_negative) for pos, ml in by_pos.items()}
+    n_xb = mapped.n_crossbar
+    ref = mapped.reference(x)
+    J = ref.shape[1]
+
+    per_real = sum(s.bytes_per_realization() for s in samplers.values())
+    per_real += 8 * B * max(int(np.prod(s)) for s in shapes) * 4
+    if chunk is None:
+        chunk = int(max(1, min(block, _MEM_BUDGET // max(per_real, 1))))
+    chunk = int(chunk)
+    if chunk < 1:
+        raise ConfigError("chunk must be >= 1")
+    chunk = min(chunk, block)
+
+    acc_y = _Moments((B, J), cov)
+    acc_p = _Moments((B, n_xb, 4), False)
+    acc_t = _Moments((B,), False)
+    acc_a = _Moments((1,), False) if labels is not None else None
+
+    n_blocks = -(-n // block)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc="Monte-Carlo", unit="real")
+    try:
+        for k in range(n_blocks):
+            mb = min(block, n - k * block)
+            streams = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, s)))
+                       for s in range(1 + 3 * n_xb)]
+            ys = np.empty((mb, B, J))
+            ps = np.empty((mb, B, n_xb, 3))
+            for c0 in range(0, mb, chunk):
+                m = min(chunk, mb - c0)
+                h = _draw_inputs(x, m, streams[0], factor, input_sampler, L)
+                for pos, layer in enumerate(fused.layers):
+                    if pos in samplers:
+                        ml = by_pos[pos]
+                        i = ml.index
+                        h, pw = samplers[pos].forward(h, m, streams[1 + 3 * i: 4 + 3 * i])
+                        ps[c0:c0 + m, :, i, :] = pw
+                    else:
+                        M = h.shape[0]
+                        h = layer.forward(h.reshape((M * B,) + shapes[pos]), shapes[pos])
+                        h = h.reshape(M, B, -1)
+                ys[c0:c0 + m] = np.broadcast_to(h, (m, B, J))
+                if bar is not None:
+                    bar.update(m)
+            acc_y.add(ys - ref)
+            ps_tot = ps.sum(-1)
+            acc_p.add(np.concatenate([ps, ps_tot[..., None]], axis=-1))
+            acc_t.add(ps_tot.sum(-1))
+            if acc_a is not None:
+                acc_a.add((np.argmax(ys, axis=2) == labels).mean(axis=1)[:, None])
+    finally:
+        if bar is not None:
+            bar.close()
+
+    sy = acc_y.stats()
+    sp = acc_p.stats()
+    pm, pse = sp["m"], sp["mean_se"]                  # (B, n_xb, 4): mem, tia+, tia-, total
+    tm, tse = acc_t.stats()["m"], acc_t.stats()["mean_se"]
+    res = MCResult(
+        n=n, seed=seed, block=block, reference=ref,
+        mean=ref + sy["m"], var=sy["var"], mse=sy["msq"],
+        mean_se=sy["mean_se"], var_se=sy["var_se"], mse_se=sy["msq_se"],
+        power_mem=pm[..., 0], power_tia_pos=pm[..., 1], power_tia_neg=pm[..., 2],
+        power_mem_se=pse[..., 0], power_tia_pos_se=pse[..., 1], power_tia_neg_se=pse[..., 2],
+        power_layers=pm[..., 3], power_layers_se=pse[..., 3],
+        power=tm, power_se=tse,
+        cov=sy.get("cov"), cov_se=sy.get("cov_se"))
+    if acc_a is not None:
+        sa = acc_a.stats()
+        res.accuracy = float(sa["m"][0])
+        res.accuracy_se = float(sa["mean_se"][0])
+    return res
+
+
+def _draw_inputs(x, m, rng, factor, sampler, L):
+    B = x.shape[0]
+    xf = x.reshape(B, L)
+    if sampler is not None:
+        h = np.asarray(sampler(rng, m), dtype=np.float64)
+        if h.shape != (m, B, L):
+            raise DataError(f"input_sampler returned shape {h.shape}, expected ({m}, {B}, {L})")
+        return h
+    if factor is None:
+        return xf[None]
+    z = rng.standard_normal((m, B, L))
+    return xf[None] + np.einsum("bij,mbj->mbi", np.broadcast_to(factor, (B, L, L)), z)
