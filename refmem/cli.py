@@ -226,11 +226,17 @@ def cmd_mc(args):
         raise ConfigError("-n must be at least 2")
     configs = [config_from_args(args, sigma=s) for s in sigmas]
     results = []
-    for cfg in configs:
+    for i, cfg in enumerate(configs):
         mapped = map_network(net, cfg)
+        # resumable: the accumulated sums are checkpointed next to the output and a rerun of
+        # the same command continues from there (bit-identical to an uninterrupted run)
+        ckpt = out.with_name(f"{out.name}.mc-checkpoint-{i:02d}.npz")
+        if ckpt.exists() and not args.quiet:
+            print(f"resuming sigma={cfg.sigma:g} from {ckpt}", file=sys.stderr)
         results.append(monte_carlo(mapped, x, n=args.n, seed=args.seed, labels=labels,
                                    input_cov=cov, cov=args.cov, chunk=args.chunk,
-                                   progress=not args.quiet))
+                                   progress=not args.quiet, checkpoint=ckpt,
+                                   keep_checkpoint=True))
     with atomic_h5(out) as f:
         attrs = standard_attrs(configs[0], command="mc", model=str(args.model),
                                input=str(args.input), seed=int(args.seed), n=int(args.n),
@@ -248,6 +254,8 @@ def cmd_mc(args):
                 g.attrs["config"] = cfg.to_json()
                 for k, v in res.datasets().items():
                     g.create_dataset(k, data=v)
+    for i in range(len(configs)):
+        out.with_name(f"{out.name}.mc-checkpoint-{i:02d}.npz").unlink(missing_ok=True)
     if not args.quiet:
         for cfg, res in zip(configs, results):
             line = f"sigma={cfg.sigma:g}: MSE (mean over inputs and outputs) = {res.mse.mean():.6g}"

@@ -45,8 +45,12 @@ a standard error computed from the sample itself (no Gaussian assumption: the SE
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,6 +63,7 @@ BLOCK = 256
 """Realizations per seed block (part of the seeding definition; stored as ``seed_block``)."""
 
 _MEM_BUDGET = 256 * 2**20          # bytes of device arrays held at once (guides ``chunk``)
+CHECKPOINT_SECONDS = 10.0         # minimum time between two checkpoint writes
 _CACHE_LIMIT = 64 * 2**20          # UL static conductance arrays above this are rebuilt per block
 
 
@@ -333,6 +338,24 @@ class _Moments:
             self.s21 += np.einsum("m...i,m...j->...ij", d2, d)
             self.s22 += np.einsum("m...i,m...j->...ij", d2, d2)
 
+    _FIELDS = ("s1", "s2", "s3", "s4", "s11", "s21", "s22")
+
+    def state(self, prefix):
+        d = {f"{prefix}n": np.int64(self.n)}
+        for k in self._FIELDS:
+            if hasattr(self, k):
+                d[prefix + k] = getattr(self, k)
+        return d
+
+    def load(self, prefix, z):
+        self.n = int(z[f"{prefix}n"])
+        for k in self._FIELDS:
+            if hasattr(self, k):
+                a = z[prefix + k]
+                if a.shape != getattr(self, k).shape:
+                    raise ConfigError("checkpoint does not match this run (array shapes differ)")
+                setattr(self, k, np.array(a, dtype=np.float64))
+
     def stats(self):
         n = self.n
         m = self.s1 / n
@@ -386,7 +409,8 @@ def _input_factor(input_cov, B, L):
 
 # ---------------------------------------------------------------------- main entry
 def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sampler=None,
-                cov=False, chunk=None, progress=False, block=BLOCK) -> MCResult:
+                cov=False, chunk=None, progress=False, block=BLOCK,
+                checkpoint=None, keep_checkpoint=False) -> MCResult:
     """Device-level Monte-Carlo of ``mapped`` on the batch ``x`` (see the module docstring).
 
     Parameters
@@ -415,6 +439,14 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
         Show a tqdm progress bar.
     block : int
         Realizations per seed block (part of the seeding definition).
+    checkpoint : path, optional
+        Resumable run: the accumulated sums are saved there (atomically) after seed blocks,
+        at most every few seconds; a later call with the same model, configuration, inputs,
+        seed, n, block and options resumes after the last saved block and gives results
+        bit-identical to an uninterrupted run. The file is removed when the run completes
+        unless ``keep_checkpoint`` (then it holds the finished state, so that a caller running
+        several simulations can resume the whole sequence). A checkpoint from a different run
+        is an error.
     """
     net = mapped.network
     x = net.check_input(x)
@@ -465,12 +497,22 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
     acc_a = _Moments((1,), False) if labels is not None else None
 
     n_blocks = -(-n // block)
+    accs = {"y_": acc_y, "p_": acc_p, "t_": acc_t}
+    if acc_a is not None:
+        accs["a_"] = acc_a
+    start = 0
+    fingerprint = None
+    if checkpoint is not None:
+        fingerprint = _fingerprint(mapped, x, n, seed, block, cov, labels, input_cov,
+                                   input_sampler)
+        start = _load_checkpoint(checkpoint, fingerprint, accs)
+    last_save = time.monotonic()
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=n, desc="Monte-Carlo", unit="real")
+        bar = tqdm(total=n, initial=min(n, start * block), desc="Monte-Carlo", unit="real")
     try:
-        for k in range(n_blocks):
+        for k in range(start, n_blocks):
             mb = min(block, n - k * block)
             streams = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, s)))
                        for s in range(1 + 3 * n_xb)]
@@ -498,10 +540,20 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
             acc_t.add(ps_tot.sum(-1))
             if acc_a is not None:
                 acc_a.add((np.argmax(ys, axis=2) == labels).mean(axis=1)[:, None])
+            if checkpoint is not None and k + 1 < n_blocks and \
+                    time.monotonic() - last_save >= CHECKPOINT_SECONDS:
+                _save_checkpoint(checkpoint, fingerprint, k + 1, accs)
+                last_save = time.monotonic()
     finally:
         if bar is not None:
             bar.close()
 
+    if checkpoint is not None:
+        if keep_checkpoint:
+            if start < n_blocks:
+                _save_checkpoint(checkpoint, fingerprint, n_blocks, accs)
+        else:
+            Path(checkpoint).unlink(missing_ok=True)
     sy = acc_y.stats()
     sp = acc_p.stats()
     pm, pse = sp["m"], sp["mean_se"]                  # (B, n_xb, 4): mem, tia+, tia-, total
@@ -534,3 +586,66 @@ def _draw_inputs(x, m, rng, factor, sampler, L):
         return xf[None]
     z = rng.standard_normal((m, B, L))
     return xf[None] + np.einsum("bij,mbj->mbi", np.broadcast_to(factor, (B, L, L)), z)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _fingerprint(mapped, x, n, seed, block, cov, labels, input_cov, input_sampler):
+    """SHA-256 of everything that determines the realizations and their statistics."""
+    h = hashlib.sha256()
+    h.update(mapped.config.to_json().encode())
+    h.update(repr((n, seed, block, bool(cov))).encode())
+    for ml in mapped.layers:
+        for a in (ml.W, ml.b, ml.lam):
+            if a is not None:
+                h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    for a in (x, labels, input_cov):
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes())
+    if input_sampler is not None:
+        h.update(getattr(input_sampler, "__qualname__", repr(input_sampler)).encode())
+    return h.hexdigest()
+
+
+def _load_checkpoint(path, fingerprint, accs):
+    path = Path(path)
+    if not path.exists():
+        return 0
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                raise ConfigError(f"checkpoint {path} belongs to a different run (model, "
+                                  "configuration, inputs, seed or n differ); remove it to start over")
+            for prefix, acc in accs.items():
+                acc.load(prefix, z)
+            return int(z["next_block"])
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise DataError(f"checkpoint {path} is unreadable ({type(e).__name__})") from None
+
+
+def _save_checkpoint(path, fingerprint, next_block, accs):
+    path = Path(path)
+    state = {"fingerprint": np.array(fingerprint), "next_block": np.int64(next_block)}
+    for prefix, acc in accs.items():
+        state.update(acc.state(prefix))
+    tmp = path.with_name(path.name + ".partial.npz")
+    np.savez(tmp, **state)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- sweeps
+def sigma_sweep(network, config, sigmas, x, n, seed, **kwargs):
+    """Monte-Carlo over a list of device noise levels σ in one call.
+
+    Every σ uses the same ``seed``, hence the same standard-normal device draws scaled by σ
+    (common random numbers): differences between the points of a sweep are then not blurred
+    by independent sampling noise. Returns a list of ``(config, MCResult)``.
+    """
+    from .mapping import map_network
+
+    out = []
+    for s in sigmas:
+        cfg = config.with_(sigma=float(s))
+        out.append((cfg, monte_carlo(map_network(network, cfg), x, n, seed, **kwargs)))
+    return out
