@@ -1,4 +1,4 @@
-"""Command-line interface: ``refmem info | mc | moments | prepare``.
+"""Command-line interface: ``refmem info | mc | moments | prepare | demo``.
 
 Every command builds its crossbar/noise settings through the one :class:`CrossbarConfig`
 (the same options everywhere) and writes results atomically (``OUT.h5.partial`` renamed at the
@@ -310,6 +310,18 @@ def cmd_prepare(args):
     return 0
 
 
+def cmd_demo(args):
+    from .demo import run_demo
+
+    sigmas = _floats(args.sigmas, "--sigmas")
+    if args.images < 1 or args.n < 2:
+        raise ConfigError("--images must be >= 1 and -n >= 2")
+    log = (lambda *a, **k: None) if args.quiet else print
+    run_demo(args.output, sigmas=sigmas, n_images=args.images, n_mc=args.n, seed=args.seed,
+             g_u=args.gu, model=args.model, progress=not args.quiet, log=log)
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refmem", description="Noisy memristor-crossbar networks: "
@@ -354,14 +366,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare", help="write X.npy / Y.npy from a dataset with a named preprocessing")
     s.add_argument("dataset", help="mnist5k, fashion-mnist, mnist-idx, cifar10, diabetes, naval")
-    s.add_argument("--preprocessing", required=True)
+    s.add_argument("--preprocessing", required=True,
+                   help="pixels/255 (flat), pixels/255-image (C,H,W), pixels/255-pad32 (C,32,32) "
+                   "for images; none or standardize (train-split statistics) for tables")
     s.add_argument("-o", "--output", required=True, metavar="DIR")
-    s.add_argument("--split", default="test")
+    s.add_argument("--split", default="test", choices=["train", "test"])
     s.add_argument("--root", help="dataset directory or file (IDX folder, CIFAR batches, naval data.txt)")
     s.add_argument("--limit", type=int, help="keep the first N samples")
-    s.add_argument("--seed", type=int, default=0, help="seed of the stratified MNIST-5k split")
+    s.add_argument("--seed", type=int, default=0, help="seed of the stratified MNIST-5k split and of "
+                   "the 80/20 diabetes and naval splits")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("demo", help="the main job: analytic vs Monte-Carlo MSE and accuracy of the "
+                       "shipped MNIST-5k MLP over a sweep of device noise σ")
+    s.add_argument("-o", "--output", default="demo_out", metavar="DIR",
+                   help="output directory for demo.h5 and demo.png (default demo_out)")
+    s.add_argument("--sigmas", default="0,0.01,0.02,0.05,0.1,0.2,0.3",
+                   help="device noise levels σ (comma-separated)")
+    s.add_argument("--images", type=int, default=200, help="MNIST-5k test images (default 200)")
+    s.add_argument("-n", type=int, default=200, help="Monte-Carlo realizations per σ (default 200)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--gu", type=float, default=1.0, help="g_u (layer-wise design; default 1)")
+    s.add_argument("--model", metavar="MODEL.h5", help="another flat-784 MNIST model file")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
     return p
 
 
