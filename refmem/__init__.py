@@ -11,7 +11,10 @@ Public API (stable names):
 - :class:`Network`, :func:`load_model`, :func:`save_model` — explicit-matrix networks and
   the HDF5 model file.
 - :func:`map_network` — the crossbar mapping (spec §3).
-- :func:`monte_carlo` — the device-level Monte-Carlo simulator.
+- :func:`monte_carlo`, :func:`mc_sample_count` — the device-level Monte-Carlo simulator and
+  the sample count of Eq. (46).
+- :mod:`refmem.moments` (``propagate``) — the analytic pass; :mod:`refmem.datasets`;
+  :mod:`refmem.training` (imported on demand: they load Numba kernels or training code).
 """
 
 __version__ = "0.1.0"
@@ -22,9 +25,11 @@ from .layers import Dense, Conv2d, AvgPool2d, ReLU, Flatten, BatchNorm, Dropout 
 from .network import Network  # noqa: E402
 from .modelfile import load_model, save_model  # noqa: E402
 from .mapping import map_network  # noqa: E402
+from .montecarlo import monte_carlo, mc_sample_count  # noqa: E402
 
 __all__ = [
     "__version__", "RefmemError", "ConfigError", "ModelFileError", "DataError",
     "CrossbarConfig", "Dense", "Conv2d", "AvgPool2d", "ReLU", "Flatten", "BatchNorm",
-    "Dropout", "Network", "load_model", "save_model", "map_network",
+    "Dropout", "Network", "load_model", "save_model", "map_network", "monte_carlo",
+    "mc_sample_count",
 ]
