@@ -102,7 +102,10 @@ class MCResult:
     standard errors ``mean_se``, ``var_se``, ``mse_se``; ``cov``, ``cov_se`` ``(B, J, J)`` when
     requested; ``accuracy``, ``accuracy_se`` (scalars) with labels; ``power``, ``power_se``
     ``(B,)`` and per crossbar layer ``(B, n_xb)``: ``power_layers``, ``power_mem``,
-    ``power_tia_pos``, ``power_tia_neg`` with ``_se`` companions.
+    ``power_tia_pos``, ``power_tia_neg`` with ``_se`` companions; ``mse_overall`` (the MSE
+    averaged over inputs and outputs) with ``mse_overall_se``, its standard error over
+    realizations (each realization is shared by the whole batch, so this is the correct SE of
+    a batch average, unlike a combination of the per-output SEs).
     """
 
     n: int
@@ -127,6 +130,8 @@ class MCResult:
     power_se: np.ndarray
     cov: np.ndarray | None = None
     cov_se: np.ndarray | None = None
+    mse_overall: float | None = None
+    mse_overall_se: float | None = None
     accuracy: float | None = None
     accuracy_se: float | None = None
     extra: dict = field(default_factory=dict)
@@ -140,6 +145,8 @@ class MCResult:
         d = {k: getattr(self, k) for k in names}
         if self.cov is not None:
             d["cov"], d["cov_se"] = self.cov, self.cov_se
+        d["mse_overall"] = np.float64(self.mse_overall)
+        d["mse_overall_se"] = np.float64(self.mse_overall_se)
         if self.accuracy is not None:
             d["accuracy"] = np.float64(self.accuracy)
             d["accuracy_se"] = np.float64(self.accuracy_se)
@@ -494,10 +501,11 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
     acc_y = _Moments((B, J), cov)
     acc_p = _Moments((B, n_xb, 4), False)
     acc_t = _Moments((B,), False)
+    acc_m = _Moments((1,), False)
     acc_a = _Moments((1,), False) if labels is not None else None
 
     n_blocks = -(-n // block)
-    accs = {"y_": acc_y, "p_": acc_p, "t_": acc_t}
+    accs = {"y_": acc_y, "p_": acc_p, "t_": acc_t, "m_": acc_m}
     if acc_a is not None:
         accs["a_"] = acc_a
     start = 0
@@ -534,7 +542,9 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
                 ys[c0:c0 + m] = np.broadcast_to(h, (m, B, J))
                 if bar is not None:
                     bar.update(m)
-            acc_y.add(ys - ref)
+            d = ys - ref
+            acc_y.add(d)
+            acc_m.add((d * d).mean(axis=(1, 2))[:, None])
             ps_tot = ps.sum(-1)
             acc_p.add(np.concatenate([ps, ps_tot[..., None]], axis=-1))
             acc_t.add(ps_tot.sum(-1))
@@ -567,6 +577,9 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
         power_layers=pm[..., 3], power_layers_se=pse[..., 3],
         power=tm, power_se=tse,
         cov=sy.get("cov"), cov_se=sy.get("cov_se"))
+    sm = acc_m.stats()
+    res.mse_overall = float(sm["m"][0])
+    res.mse_overall_se = float(sm["mean_se"][0])
     if acc_a is not None:
         sa = acc_a.stats()
         res.accuracy = float(sa["m"][0])

@@ -319,6 +319,8 @@ def test_accuracy_at_sigma_zero_is_the_deterministic_accuracy():
     assert res.accuracy_se == 0.0
     noisy = monte_carlo(map_network(net, CrossbarConfig(sigma=0.5)), x, n=200, seed=0, labels=y)
     assert 0 <= noisy.accuracy <= 1 and noisy.accuracy_se > 0
+    np.testing.assert_allclose(noisy.mse_overall, noisy.mse.mean(), rtol=1e-12)
+    assert 0 < noisy.mse_overall_se < noisy.mse_overall
 
 
 # ---------------------------------------------------------------------- reproducibility

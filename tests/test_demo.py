@@ -1,0 +1,37 @@
+"""`refmem demo`, the README's main job: it runs from the shipped model and data, writes the
+documented result set and figure, and its analytic and Monte-Carlo columns agree."""
+
+import h5py
+import numpy as np
+
+from refmem.cli import main
+from refmem.demo import run_demo
+
+
+def test_demo_writes_result_set_and_figure(tmp_path):
+    out = run_demo(tmp_path / "d", sigmas=[0.0, 0.05], n_images=10, n_mc=40, seed=1,
+                   progress=False, log=lambda *a: None)
+    with h5py.File(tmp_path / "d" / "demo.h5") as f:
+        np.testing.assert_array_equal(f["axes/sigma"][()], [0.0, 0.05])
+        for k in ("analytic/mse", "analytic/power", "montecarlo/mse", "montecarlo/mse_se",
+                  "montecarlo/accuracy", "montecarlo/accuracy_se", "montecarlo/power"):
+            assert f[k].shape == (2,), k
+        assert f.attrs["n_mc"] == 40 and f.attrs["n_images"] == 10
+        acc0 = f["montecarlo/accuracy"][0]
+        assert acc0 == f["reference/accuracy"][()]           # σ = 0 is the noiseless network
+    assert (tmp_path / "d" / "demo.png").stat().st_size > 10_000
+    assert out["an_mse"][0] < 1e-20 and out["mc_mse"][0] < 1e-20
+    # network MSE carries the Gaussian-closure bias (spec §19.7): a loose band around MC
+    assert abs(out["an_mse"][1] - out["mc_mse"][1]) <= 4 * out["mc_mse_se"][1] + 0.05 * out["mc_mse"][1]
+    # power: the analytic expectation is exact (spec §11)
+    assert abs(out["an_power"][1] - out["mc_power"][1]) <= 5 * out["mc_power_se"][1] + 1e-9
+
+
+def test_demo_cli_errors_leave_nothing(tmp_path, capsys):
+    code = main(["demo", "-o", str(tmp_path / "o"), "--images", "0"])
+    assert code == 2 and "--images" in capsys.readouterr().err
+    code = main(["demo", "-o", str(tmp_path / "o2"), "--model", str(tmp_path / "missing.h5"),
+                 "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model file not found" in err
+    assert not (tmp_path / "o2" / "demo.h5").exists()
