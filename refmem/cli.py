@@ -1,4 +1,4 @@
-"""Command-line interface: ``refmem info | mc | moments | prepare | demo``.
+"""Command-line interface: ``refmem info | mc | moments | prepare | demo | golden | check``.
 
 Every command builds its crossbar/noise settings through the one :class:`CrossbarConfig`
 (the same options everywhere) and writes results atomically (``OUT.h5.partial`` renamed at the
@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", metavar="MODEL.h5", help="another flat-784 MNIST model file")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    from .golden import add_golden_commands
+    add_golden_commands(sub)
     return p
 
 

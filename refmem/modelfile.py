@@ -83,55 +83,62 @@ def load_model(path) -> Network:
     except OSError:
         raise ModelFileError(f"{path} is not a readable HDF5 file") from None
     with f:
-        fmt = _attr_value(f.attrs.get("format", ""))
-        if fmt != FORMAT:
-            raise ModelFileError(f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}")
-        version = _attr_value(f.attrs.get("version", None))
-        if version != VERSION:
-            raise ModelFileError(f"{path}: unsupported model-file version {version!r} (this refmem reads {VERSION})")
-        if "input_shape" not in f.attrs:
-            raise ModelFileError(f"{path}: missing root attribute input_shape")
-        ishape = np.atleast_1d(np.asarray(f.attrs["input_shape"]))
-        if ishape.dtype.kind not in "iu":
-            raise ModelFileError(f"{path}: input_shape must be integers")
-        prep = f.attrs.get("input_preprocessing", None)
-        prep = None if prep is None else str(_attr_value(prep))
-        extra = {k: _attr_value(v) for k, v in f.attrs.items() if k not in _RESERVED_ROOT}
-        if "layers" not in f:
-            raise ModelFileError(f"{path}: missing group 'layers'")
-        grp = f["layers"]
-        names = sorted(grp.keys())
-        expected = [f"{i:02d}" for i in range(len(names))]
-        if names != expected:
-            raise ModelFileError(f"{path}: layer groups must be named 00, 01, … in order, got {names}")
-        layers = []
-        for name in names:
-            g = grp[name]
-            where = f"layer {name}"
-            ltype = _attr_value(g.attrs.get("type", None))
-            if ltype not in LAYER_TYPES:
-                raise ModelFileError(f"{where}: unknown or unsupported layer type {ltype!r}")
-            where = f"layer {name} ({ltype})"
-            attrs = {k: _attr_value(v) for k, v in g.attrs.items() if k not in _RESERVED_LAYER}
-            if ltype == "dense":
-                layer = Dense(_read_array(g, "weight", where), _read_array(g, "bias", where, False), attrs)
-            elif ltype == "conv2d":
-                layer = Conv2d(_read_array(g, "weight", where), _read_array(g, "bias", where, False),
-                               _int_attr(g, "stride", where), _int_attr(g, "padding", where), attrs)
-            elif ltype == "avgpool2d":
-                layer = AvgPool2d(_int_attr(g, "kernel_size", where), attrs)
-            elif ltype == "relu":
-                layer = ReLU(attrs)
-            elif ltype == "flatten":
-                layer = Flatten(attrs)
-            elif ltype == "batchnorm":
-                eps = float(_attr_value(g.attrs.get("eps", 1e-5)))
-                layer = BatchNorm(*(_read_array(g, n, where) for n in
-                                    ("gamma", "beta", "running_mean", "running_var")), eps, attrs)
-            else:
-                p = g.attrs.get("p", None)
-                layer = Dropout(None if p is None else float(_attr_value(p)), attrs)
-            layers.append(layer)
+        return read_model_group(f, str(path))
+
+
+def read_model_group(f, where="model") -> Network:
+    """Read and validate a model stored in an HDF5 group ``f`` (a file's root or any group laid
+    out like one, e.g. a golden case's ``model`` group); ``where`` names it in errors."""
+    path = where
+    fmt = _attr_value(f.attrs.get("format", ""))
+    if fmt != FORMAT:
+        raise ModelFileError(f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}")
+    version = _attr_value(f.attrs.get("version", None))
+    if version != VERSION:
+        raise ModelFileError(f"{path}: unsupported model-file version {version!r} (this refmem reads {VERSION})")
+    if "input_shape" not in f.attrs:
+        raise ModelFileError(f"{path}: missing root attribute input_shape")
+    ishape = np.atleast_1d(np.asarray(f.attrs["input_shape"]))
+    if ishape.dtype.kind not in "iu":
+        raise ModelFileError(f"{path}: input_shape must be integers")
+    prep = f.attrs.get("input_preprocessing", None)
+    prep = None if prep is None else str(_attr_value(prep))
+    extra = {k: _attr_value(v) for k, v in f.attrs.items() if k not in _RESERVED_ROOT}
+    if "layers" not in f:
+        raise ModelFileError(f"{path}: missing group 'layers'")
+    grp = f["layers"]
+    names = sorted(grp.keys())
+    expected = [f"{i:02d}" for i in range(len(names))]
+    if names != expected:
+        raise ModelFileError(f"{path}: layer groups must be named 00, 01, … in order, got {names}")
+    layers = []
+    for name in names:
+        g = grp[name]
+        where = f"layer {name}"
+        ltype = _attr_value(g.attrs.get("type", None))
+        if ltype not in LAYER_TYPES:
+            raise ModelFileError(f"{where}: unknown or unsupported layer type {ltype!r}")
+        where = f"layer {name} ({ltype})"
+        attrs = {k: _attr_value(v) for k, v in g.attrs.items() if k not in _RESERVED_LAYER}
+        if ltype == "dense":
+            layer = Dense(_read_array(g, "weight", where), _read_array(g, "bias", where, False), attrs)
+        elif ltype == "conv2d":
+            layer = Conv2d(_read_array(g, "weight", where), _read_array(g, "bias", where, False),
+                           _int_attr(g, "stride", where), _int_attr(g, "padding", where), attrs)
+        elif ltype == "avgpool2d":
+            layer = AvgPool2d(_int_attr(g, "kernel_size", where), attrs)
+        elif ltype == "relu":
+            layer = ReLU(attrs)
+        elif ltype == "flatten":
+            layer = Flatten(attrs)
+        elif ltype == "batchnorm":
+            eps = float(_attr_value(g.attrs.get("eps", 1e-5)))
+            layer = BatchNorm(*(_read_array(g, n, where) for n in
+                                ("gamma", "beta", "running_mean", "running_var")), eps, attrs)
+        else:
+            p = g.attrs.get("p", None)
+            layer = Dropout(None if p is None else float(_attr_value(p)), attrs)
+        layers.append(layer)
     net = Network(layers, tuple(int(s) for s in ishape), prep, extra)
     try:
         net.validate()
@@ -149,33 +156,40 @@ def save_model(network: Network, path, *, dtype=np.float64) -> None:
     tmp = path.with_name(path.name + ".partial")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["version"] = VERSION
-            f.attrs["input_shape"] = np.asarray(network.input_shape, dtype=np.int64)
-            if network.input_preprocessing is not None:
-                f.attrs["input_preprocessing"] = str(network.input_preprocessing)
-            for k, v in network.attrs.items():
-                if k not in _RESERVED_ROOT:
-                    f.attrs[k] = v
-            grp = f.create_group("layers")
-            for i, layer in enumerate(network.layers):
-                g = grp.create_group(f"{i:02d}")
-                g.attrs["type"] = layer.type
-                for k, v in getattr(layer, "attrs", {}).items():
-                    if k not in _RESERVED_LAYER:
-                        g.attrs[k] = v
-                for k, v in layer.params().items():
-                    g.create_dataset(k, data=np.asarray(v, dtype=dtype))
-                if isinstance(layer, Conv2d):
-                    g.attrs["stride"] = np.int64(layer.stride)
-                    g.attrs["padding"] = np.int64(layer.padding)
-                elif isinstance(layer, AvgPool2d):
-                    g.attrs["kernel_size"] = np.int64(layer.kernel_size)
-                elif isinstance(layer, BatchNorm):
-                    g.attrs["eps"] = float(layer.eps)
-                elif isinstance(layer, Dropout) and layer.p is not None:
-                    g.attrs["p"] = float(layer.p)
+            write_model_group(network, f, dtype=dtype)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_model_group(network: Network, f, *, dtype=np.float64) -> None:
+    """Write ``network`` into the HDF5 group ``f`` (a file's root or any group) in the model
+    file schema: root attributes on ``f``, layers in ``f["layers"]``."""
+    network.validate()
+    f.attrs["format"] = FORMAT
+    f.attrs["version"] = VERSION
+    f.attrs["input_shape"] = np.asarray(network.input_shape, dtype=np.int64)
+    if network.input_preprocessing is not None:
+        f.attrs["input_preprocessing"] = str(network.input_preprocessing)
+    for k, v in network.attrs.items():
+        if k not in _RESERVED_ROOT:
+            f.attrs[k] = v
+    grp = f.create_group("layers")
+    for i, layer in enumerate(network.layers):
+        g = grp.create_group(f"{i:02d}")
+        g.attrs["type"] = layer.type
+        for k, v in getattr(layer, "attrs", {}).items():
+            if k not in _RESERVED_LAYER:
+                g.attrs[k] = v
+        for k, v in layer.params().items():
+            g.create_dataset(k, data=np.asarray(v, dtype=dtype))
+        if isinstance(layer, Conv2d):
+            g.attrs["stride"] = np.int64(layer.stride)
+            g.attrs["padding"] = np.int64(layer.padding)
+        elif isinstance(layer, AvgPool2d):
+            g.attrs["kernel_size"] = np.int64(layer.kernel_size)
+        elif isinstance(layer, BatchNorm):
+            g.attrs["eps"] = float(layer.eps)
+        elif isinstance(layer, Dropout) and layer.p is not None:
+            g.attrs["p"] = float(layer.p)

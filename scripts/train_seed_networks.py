@@ -53,7 +53,7 @@ import numpy as np
 import refmem
 from refmem import datasets as D
 from refmem.errors import RefmemError
-from refmem.hdf5io import standard_attrs, write_result
+from refmem.hdf5io import standard_attrs
 from refmem.training import SGD, Adam, DeviceNoise, MultiplicativeNoise, StepLR, Trainer, cnn13, mlp
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from .backprop import TConv2d, TDense
 
 
 def _layer_selection(model, layers):
