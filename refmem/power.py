@@ -1,0 +1,192 @@
+"""Expected read power of one inference (spec §11: Propositions 5–8, Corollaries 1–2, corrected).
+
+Power is written with conductances and currents (spec §11), so it uses the **physical** TIA
+gain ``r`` (``CrossbarConfig.r``) and the target conductances ``g± = λ max(±w, 0) + g_min``
+(Eqs. (5)–(6)); it never uses the weight-unit variances of the moment formulas:
+
+- memristor power of a pair driven by ``X``: ``E[(G⁺ + G⁻) X²] = (g⁺ + g⁻) q`` with
+  ``q = μ² + Γ_ii`` (Prop. 5 corrected, D17) — every pair, including the bias row (driven by
+  ``x_b = 1``, D18/D20) and the UL structural zeros (``2 g_min q_n``, spec §6);
+- TIA power of a column with current ``I± = Σ_i G±_i X_i + G^b± x_b``:
+  ``r ((E I±)² + V I±)`` with ``V I± = g±ᵀ Γ g± + Σ_i σ²(g±_i) q_i + σ²(g^b±)`` — the
+  **per-device** variance σ²(g±), not the pair variance 2σ² (Prop. 6 corrected, D19);
+- UR (Props 7–8 corrected, D21–D23): each pair ``(c_o, a)`` is driven at every position by the
+  tap-shifted input ``X_ι(p,a)`` (``q = 0`` in the padding); the bias pair by 1 at each of the
+  ``n_pos`` positions; the TIA power is summed over positions.
+
+Neither MohammadiRad & Sojodishijani's multiplicative noise α (spec §13) nor the dither of
+spec §14 enters power: both perturb weights in the digital/weight domain of the model, not
+the programmed devices, so ``block().vp/.vm`` (device variances only; zero for a layer whose
+noise is switched off) are used here, never ``block().v``.
+
+All functions take the layer's **input** moments (spec §15, Algorithm 1 corrected): mean
+``mu`` (L,) and covariance ``gamma`` (L, L) or ``None`` (deterministic input).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+__all__ = ["fc_power", "ur_power", "ul_power", "layer_power", "patch_quadforms"]
+
+
+def _q(mu, gamma):
+    """q_i = E X_i² = μ_i² + Γ_ii."""
+    return mu * mu if gamma is None else mu * mu + np.diagonal(gamma)
+
+
+def fc_power(blk, mu, gamma, r):
+    r"""Expected power of an FC crossbar (spec §11.1, Corollary 1 corrected, D17–D20).
+
+    Parameters
+    ----------
+    blk : namespace from :meth:`refmem.mapping.MappedLayer.block`
+        ``gp, gm`` (L, J) conductances; ``gbp, gbm`` (J,) bias row or None; ``vp, vm`` (L, J)
+        and ``vbp, vbm`` (J,) per-device variances σ²(g±).
+    mu : ndarray (L,)
+    gamma : ndarray (L, L) or None
+    r : float
+        Physical TIA gain.
+
+    Returns
+    -------
+    namespace with scalars ``mem``, ``tia_pos``, ``tia_neg``.
+    """
+    q = _q(mu, gamma)
+    mem = float(q @ (blk.gp + blk.gm).sum(axis=1))                   # Prop. 5: Σ (g⁺+g⁻) q
+    tia = []
+    for g, vdev, gb, vbdev in ((blk.gp, blk.vp, blk.gbp, blk.vbp),
+                               (blk.gm, blk.vm, blk.gbm, blk.vbm)):
+        EI = mu @ g                                                 # E I = gᵀ μ + g^b x_b
+        VI = q @ vdev                                               # Σ σ²(g_i) q_i
+        if gamma is not None:
+            VI = VI + np.einsum("ij,ij->j", g, gamma @ g)           # gᵀ Γ g
+        if gb is not None:
+            EI = EI + gb
+            VI = VI + vbdev
+        tia.append(r * float(np.sum(EI * EI + VI)))                 # Prop. 6: r (E I² )
+    if blk.gbp is not None:
+        mem += float(np.sum(blk.gbp + blk.gbm))                     # eq. (30) with x_b² = 1
+    return SimpleNamespace(mem=mem, tia_pos=tia[0], tia_neg=tia[1])
+
+
+def _gather(vec, idx):
+    """``vec[ι(p, a)]`` with 0 in the padding: (n_pos, taps)."""
+    ext = np.concatenate([vec, [0.0]])
+    return ext[np.where(idx < 0, vec.shape[0], idx)]
+
+
+def patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
+    r"""``Σ_{a,a'} Wm[a,c] Wm[a',c] Γ[ι(p,a), ι(p,a')]`` for every position p and column c.
+
+    The per-position quadratic form of spec §11.2 (``Γ_∅ = 0`` in the padding), computed from
+    gathered taps×taps blocks of Γ, streamed over positions. Returns (n_pos, C).
+    """
+    n_pos, taps = idx.shape
+    safe = np.where(idx < 0, 0, idx)
+    ok = (idx >= 0).astype(np.float64)
+    out = np.empty((n_pos, Wm.shape[1]))
+    step = max(1, int(chunk_bytes // (8 * taps * taps)))
+    for p0 in range(0, n_pos, step):
+        s = safe[p0:p0 + step]
+        m = ok[p0:p0 + step]
+        Gp = gamma[s[:, :, None], s[:, None, :]] * (m[:, :, None] * m[:, None, :])
+        out[p0:p0 + step] = np.einsum("pab,ac,bc->pc", Gp, Wm, Wm, optimize=True)
+    return out
+
+
+def ur_power(blk, idx, mu, gamma, r):
+    r"""Expected power of a UR convolution crossbar (spec §11.2, Corollary 2 corrected).
+
+    ``blk`` holds the shared crossbar: ``gp, gm, vp, vm`` (C_in k², C_out) and the bias row;
+    ``idx`` (n_pos, C_in k²) is ι(p, a) (−1 in the padding).
+
+    - memristors: ``Σ_{c_o,a} (g⁺+g⁻)_{a,c_o} Σ_p q_ι(p,a) + n_pos Σ_{c_o} (g^b⁺+g^b⁻)``
+      (Prop. 7 with the tap-shifted input, D21; eq. (37) with ``2 g_min``, D22);
+    - TIA: ``r Σ_p [(E I±_{c_o,p})² + V I±_{c_o,p}]`` (Prop. 8 via currents, D23), where
+      ``V I = gᵀ Γ_p g + Σ_a σ²(g_a) q_ι(p,a) + σ²(g^b)``; shared devices do not matter here.
+    """
+    n_pos = idx.shape[0]
+    qp = _gather(_q(mu, gamma), idx)                    # (n_pos, taps)
+    mp_ = _gather(mu, idx)
+    qsum = qp.sum(axis=0)                               # Σ_p q_ι(p,a)
+    mem = float(qsum @ (blk.gp + blk.gm).sum(axis=1))
+    tia = []
+    for g, vdev, gb, vbdev in ((blk.gp, blk.vp, blk.gbp, blk.vbp),
+                               (blk.gm, blk.vm, blk.gbm, blk.vbm)):
+        EI = mp_ @ g                                    # (n_pos, C_out)
+        VI = qp @ vdev
+        if gamma is not None:
+            VI = VI + patch_quadforms(gamma, idx, g)
+        if gb is not None:
+            EI = EI + gb
+            VI = VI + vbdev
+        tia.append(r * float(np.sum(EI * EI + VI)))
+    if blk.gbp is not None:
+        mem += n_pos * float(np.sum(blk.gbp + blk.gbm))  # eq. (37): n_pos (λ|b| + 2 g_min) x_b²
+    return SimpleNamespace(mem=mem, tia_pos=tia[0], tia_neg=tia[1])
+
+
+def ul_power(ml, mu, gamma, r, blocks):
+    r"""Expected power of a UL (Toeplitz) convolution crossbar (spec §11.1 with W = W_UL, §6).
+
+    Every Toeplitz entry is a pair, structural zeros at ``g_min`` included. The terms linear in
+    the inputs (memristor power, mean currents, device-variance term) are summed over explicit
+    column blocks ``blocks`` (an iterable of :meth:`MappedLayer.block` namespaces); the
+    quadratic form ``g±ᵀ Γ g±`` uses the structure ``g± = λ w± + g_min 1`` (w± the Toeplitz
+    column of max(±w, 0)):
+    ``λ² w±ᵀΓw± + 2 λ g_min w±ᵀ(Γ1) + g_min² 1ᵀΓ1``, with ``w±ᵀΓw±`` a per-position patch
+    quadratic form (:func:`patch_quadforms`).
+    """
+    q = _q(mu, gamma)
+    gmin = ml.config.g_min
+    mem = 0.0
+    EIp = np.empty(ml.n_cols)
+    EIm = np.empty(ml.n_cols)
+    VIp = np.empty(ml.n_cols)
+    VIm = np.empty(ml.n_cols)
+    for blk in blocks:
+        c = blk.cols
+        mem += float(q @ (blk.gp + blk.gm).sum(axis=1))
+        EIp[c] = mu @ blk.gp
+        EIm[c] = mu @ blk.gm
+        VIp[c] = q @ blk.vp
+        VIm[c] = q @ blk.vm
+        if blk.gbp is not None:
+            mem += float(np.sum(blk.gbp + blk.gbm))
+            EIp[c] += blk.gbp
+            EIm[c] += blk.gbm
+            VIp[c] += blk.vbp
+            VIm[c] += blk.vbm
+    if gamma is not None:
+        lam = ml.lam
+        rs = gamma.sum(axis=1)
+        tot = float(rs.sum())
+        rsp = _gather(rs, ml.idx)                        # (n_pos, taps)
+        for VI, wpm in ((VIp, np.maximum(ml.W, 0.0)), (VIm, np.maximum(-ml.W, 0.0))):
+            qf = patch_quadforms(gamma, ml.idx, wpm).T.ravel()      # column (c_o, p)
+            cross = (rsp @ wpm).T.ravel()
+            VI += lam * lam * qf + 2.0 * gmin * lam * cross + gmin * gmin * tot
+    tia_pos = r * float(np.sum(EIp * EIp + VIp))
+    tia_neg = r * float(np.sum(EIm * EIm + VIm))
+    return SimpleNamespace(mem=mem, tia_pos=tia_pos, tia_neg=tia_neg)
+
+
+def layer_power(ml, mu, gamma, *, blocks=None):
+    """Expected power of one crossbar layer (spec §11) from its input moments.
+
+    ``ml`` is a :class:`refmem.mapping.MappedLayer`; the physical ``r`` of its configuration
+    is used. ``blocks`` (UL only): iterable of column blocks; default: the whole layer at once.
+    Returns a namespace ``mem``, ``tia_pos``, ``tia_neg``, ``total``.
+    """
+    r = ml.config.r
+    if ml.scheme == "FC":
+        out = fc_power(ml.block(), mu, gamma, r)
+    elif ml.scheme == "UR":
+        out = ur_power(ml.block(), ml.idx, mu, gamma, r)
+    else:
+        out = ul_power(ml, mu, gamma, r, [ml.block()] if blocks is None else blocks)
+    out.total = out.mem + out.tia_pos + out.tia_neg
+    return out

@@ -1,0 +1,615 @@
+"""Moments of a rectified Gaussian vector (spec §8): mean, variance and covariance of ReLU(X).
+
+Every function here works on the pre-activation moments of a Gaussian vector ``X`` (spec §2
+A6): means ``mu``, standard deviations ``s`` (``s_i = sqrt(Γ_ii)``), correlations ``rho`` and
+the standardised means ``a = mu / s``.
+
+- :func:`relu_mean_var` — Proposition 4 (spec §8.1) in a cancellation-free form, including the
+  deep negative tail (a continued fraction for the Mills ratio replaces the cancelling
+  ``E Z² − (E Z)²`` of Eq. (23), corrects D14);
+- :func:`relu_cov_exact` — the exact covariance of two rectified jointly Gaussian variables
+  (spec §8.2, corrects Eq. (28), D15), by adaptive Gauss–Kronrod quadrature of the
+  one-dimensional integral over ``t ∈ [0, arcsin ρ]``;
+- :func:`relu_cov_taylor` — the paper's first-order rule, Eq. (28) with ``f'(μ) = 1[μ > 0]``
+  (spec §8.3; kept for comparison — it is rejected by Monte-Carlo and can be non-PSD);
+- :func:`relu_moments` — the matrix form used by the network pass: mean vector and full
+  covariance matrix (exact or Taylor off-diagonals, Prop. 4 diagonal);
+- :func:`bvn_cdf` — the bivariate normal cdf ``Φ₂(h, k; ρ)`` (Plackett's integral, spec §8.2),
+  a building block for tests and for the closed form.
+
+Accuracy (checked against mpmath at 50 digits in ``tests/test_relu.py``): relative error
+≤ 1e-9 wherever the true value is a normal float (absolute otherwise) for standardised means
+in [−40, 40], any ``s`` ≥ 0 (``s → 0`` included) and ``ρ ∈ [−1, 1]``; the variance is never
+negative and the exact covariance matrix is PSD (up to rounding).
+
+Numerics of the exact covariance (standardised, ``C = Cov / (s₁ s₂)``)::
+
+    C = ρ Φ(a₁) Φ(a₂) + (1/2π) ∫_0^{arcsin ρ} (ρ − sin t) exp(−f(sin t)) dt,
+    f(u) = (a₁² − 2 a₁ a₂ u + a₂²) / (2 (1 − u²)).
+
+``f`` has a single minimum on (−1, 1), at ``u* = a₁/a₂`` or ``a₂/a₁`` (the one of modulus
+≤ 1), where ``f = max(a₁², a₂²)/2``. The integrand is scaled by ``exp(f_min)`` (the factor is
+applied at the end), so it is O(1) at its peak whatever the tail depth, and the interval is
+split at the peak. The integral is then evaluated by globally adaptive 21-point
+Gauss–Kronrod quadrature (the 10-point Gauss–Legendre rule with its Kronrod extension and
+QUADPACK's error heuristic) to a relative tolerance of 1e-13. For ρ ≥ 0 both terms are
+positive; for ρ < 0 the integral is positive and ``ρΦΦ`` negative, and their cancellation is
+bounded by about ``|ρ a₁ a₂|`` (≤ 1.6e3 where the result is a normal float). Standardised
+means beyond ±40 are replaced by their limits (error below 1e-340 relative).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from scipy.special import ndtr
+
+from .errors import DataError
+
+__all__ = ["relu_mean_var", "relu_cov_exact", "relu_cov_taylor", "relu_moments", "bvn_cdf",
+           "A_LIMIT", "RTOL_QUAD"]
+
+A_LIMIT = 40.0
+"""Standardised means with |a| > A_LIMIT are replaced by ±∞ (Φ(−40) ≈ 4e-350 is below the
+smallest subnormal float, so the limit is exact in float64)."""
+
+RTOL_QUAD = 1e-13
+"""Relative tolerance of the adaptive Gauss–Kronrod quadrature (spec §8.2 integral)."""
+
+_MAX_PANELS = 256
+_WS_SIZE = 4 * _MAX_PANELS + 23
+_U_FORM_MAX = 0.9
+_SPLIT_RANGE = 4.0      # split at an interior peak only if f varies by more than this       # |ρ| up to this: integrate in u = sin t (cheaper, same integral)
+_TAIL_A = -2.0          # a below this: continued-fraction (Mills ratio) branch of Prop. 4
+_CF_TERMS = 120         # converged to machine precision for a <= -2 (checked with mpmath)
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_INV_2PI = 1.0 / (2.0 * math.pi)
+
+# Gauss–Kronrod (10, 21) on [-1, 1]: abscissae x_k >= 0 (x_0 = 0), Kronrod weights, and the
+# Gauss weights of the 10-point Gauss–Legendre nodes (odd k; 0 for the Kronrod-only nodes).
+# Computed with mpmath at 60 digits (Stieltjes polynomial roots, exactness to degree 31);
+# ``tests/test_relu.py`` re-checks exactness on monomials and the Gauss nodes against SciPy.
+_GK_X = np.array([
+    0.0,
+    0.14887433898163121088, 0.29439286270146019813, 0.4333953941292471908,
+    0.56275713466860468334, 0.67940956829902440623, 0.78081772658641689706,
+    0.86506336668898451073, 0.930157491355708226, 0.97390652851717172008,
+    0.99565716302580808074])
+_GK_WK = np.array([
+    0.14944555400291690566,
+    0.14773910490133849137, 0.1427759385770600808, 0.13470921731147332593,
+    0.12349197626206585108, 0.1093871588022976419, 0.093125454583697605535,
+    0.075039674810919952767, 0.054755896574351996031, 0.032558162307964727479,
+    0.011694638867371874278])
+_GK_WG = np.array([
+    0.0,
+    0.29552422471475287017, 0.0, 0.26926671930999635509,
+    0.0, 0.219086362515982044, 0.0,
+    0.14945134915058059315, 0.0, 0.066671344308688137594,
+    0.0])
+
+
+# ====================================================================== mean and variance
+def _mills_cf(x):
+    """Continued-fraction tails ``T₁, T₂`` of the Mills ratio, for ``x >= 2`` (array).
+
+    ``R(x) = Φ̄(x)/φ(x) = 1/(x + T₁)``, ``T_k = k/(x + T_{k+1})`` (Laplace's continued fraction),
+    evaluated backwards from ``T_{N+1} = 0`` with N = 120 terms.
+    """
+    T = np.zeros_like(x)
+    T2 = np.zeros_like(x)
+    for k in range(_CF_TERMS, 0, -1):
+        T2, T = T, k / (x + T)
+    return T, T2
+
+
+def relu_mean_var(mu, var):
+    r"""Mean and variance of ``ReLU(X)`` for ``X ~ N(mu, var)`` (elementwise, broadcasting).
+
+    Spec §8.1 (Proposition 4 with γ read as the standard deviation, D7), evaluated without
+    cancellation (corrects Eq. (23), D14). With ``s = sqrt(var)``, ``a = mu/s``:
+
+    - ``a >= 0``: ``E = s(φ(a) + aΦ(a))``,
+      ``V = s² [1 + (a²−1)Φ̄(a) − aφ(a) − (φ(a) − aΦ̄(a))²]``;
+    - ``−2 <= a < 0``: ``E = s(φ(a) + aΦ(a))``, ``V = s² [(a²+1)Φ(a) + aφ(a) − E²/s²]``;
+    - ``a < −2`` (deep tail): with Laplace's continued fraction ``R = Φ(a)/φ(a) = 1/(x + T₁)``,
+      ``x = −a``, ``E = s φ(a) T₁ R`` and ``V = s² φ(a) T₁ R (T₂ − φ(a) T₁ R)``, where
+      ``1 − xR = T₁R`` and ``(x²+1)R − x = T₁T₂R`` remove the cancellation (the spec's
+      truncated-normal / asymptotic-series route, in an exactly equivalent form);
+    - ``a > 40``: ``E = mu``, ``V = s²``; ``s = 0``: ``E = max(mu, 0)``, ``V = 0`` (oracle O2).
+
+    The result is accurate to ~1e-15 relative (mpmath check), never negative.
+
+    Parameters
+    ----------
+    mu, var : array_like
+        Means and variances of the Gaussian inputs. Variances must be >= 0; a negative
+        rounding residue (above −1e-9 (mu² + max|var|)) is treated as 0.
+
+    Returns
+    -------
+    mean, var : ndarray
+        Float64 arrays of the broadcast shape; the variance is never negative.
+    """
+    mu, var = np.broadcast_arrays(np.asarray(mu, dtype=np.float64),
+                                  np.asarray(var, dtype=np.float64))
+    if np.any(np.isnan(mu)) or np.any(np.isnan(var)):
+        raise DataError("ReLU moments: NaN in the input mean or variance")
+    neg = var < 0
+    if np.any(neg):
+        with np.errstate(over="ignore"):
+            if np.any(var[neg] < -1e-9 * (mu[neg] * mu[neg] + np.max(np.abs(var)))):
+                raise DataError("ReLU moments: negative input variance")
+    shape = mu.shape
+    mu = mu.ravel()
+    s = np.sqrt(np.maximum(var.ravel(), 0.0))
+    mean = np.maximum(mu, 0.0)
+    v = np.zeros_like(mu)
+    pos = s > 0
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        a = np.where(pos, mu / np.where(pos, s, 1.0), 0.0)
+    big = pos & (a > A_LIMIT)
+    v[big] = s[big] ** 2
+    # a >= 0
+    m = pos & (a >= 0) & ~big
+    if m.any():
+        am, sm = a[m], s[m]
+        ph = _INV_SQRT2PI * np.exp(-0.5 * am * am)
+        Pb = ndtr(-am)
+        mean[m] = sm * (ph + am * ndtr(am))
+        v[m] = sm * sm * (1.0 + (am * am - 1.0) * Pb - am * ph - (ph - am * Pb) ** 2)
+    # -2 <= a < 0
+    m = pos & (a < 0) & (a >= _TAIL_A)
+    if m.any():
+        am, sm = a[m], s[m]
+        ph = _INV_SQRT2PI * np.exp(-0.5 * am * am)
+        P = ndtr(am)
+        e1 = ph + am * P
+        mean[m] = sm * e1
+        v[m] = sm * sm * ((am * am + 1.0) * P + am * ph - e1 * e1)
+    # a < -2: continued fraction, no cancellation
+    m = pos & (a < _TAIL_A)
+    if m.any():
+        am, sm = a[m], s[m]
+        x = -am
+        with np.errstate(over="ignore", under="ignore"):
+            ph = _INV_SQRT2PI * np.exp(-0.5 * np.minimum(x, 1e154) ** 2)
+            T1, T2 = _mills_cf(x)
+            R = 1.0 / (x + T1)
+            e1 = ph * T1 * R                      # E/s = φ(a)(1 − xR)
+            mean[m] = sm * e1
+            v[m] = sm * sm * e1 * (T2 - e1)       # V/s² = φT₁R(T₂ − φT₁R)
+    np.maximum(v, 0.0, out=v)
+    return mean.reshape(shape), v.reshape(shape)
+
+
+# ====================================================================== exact covariance
+@numba.njit(cache=False)
+def _ndtr_scalar(x):
+    """Φ(x) = erfc(−x/√2)/2 (relative accuracy in both tails)."""
+    return 0.5 * math.erfc(-x / _SQRT2)
+
+
+@numba.njit(cache=False)
+def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
+    """One 21-point Gauss–Kronrod panel on [t0, t1]; writes (K21, error estimate, |f| integral).
+
+    ``kind`` 0: integrand ``|ρ − sin t| exp(−(f(sin t) − f_min))`` (covariance, spec §8.2);
+    ``kind`` 1: ``exp(−(f(sin t) − f_min))`` (Plackett's integral for Φ₂);
+    ``kind`` 2: the covariance integrand in ``u = sin t``: ``|ρ − u| exp(−(f(u) − f_min))/sqrt(1 − u²)``
+    (no sin/cos; used for |ρ| <= 0.9, where the Jacobian is smooth).
+    Error estimate: QUADPACK's ``resasc·min(1, (200|K−G|/resasc)^1.5)`` with a round-off floor.
+    """
+    c = 0.5 * (t0 + t1)
+    h = 0.5 * (t1 - t0)
+    for k in range(11):
+        for sgn in range(2):
+            if k == 0 and sgn == 1:
+                continue
+            t = c + h * gx[k] if sgn == 0 else c - h * gx[k]
+            if kind == 2:                       # u = sin t, dt = du / sqrt(1 - u²)
+                u = t
+                cs2 = (1.0 - u) * (1.0 + u)
+            else:
+                u = math.sin(t)
+                cs = math.cos(t)
+                cs2 = cs * cs
+            d = a1 - a2 * u
+            fval = 0.5 * d * d / cs2 + 0.5 * a2 * a2
+            e = math.exp(-(fval - fmin))
+            if kind == 0:
+                e *= abs(rho - u)
+            elif kind == 2:
+                e *= abs(rho - u) / math.sqrt(cs2)
+            fv[2 * k - 1 + sgn if k > 0 else 0] = e
+    rk = gwk[0] * fv[0]
+    rg = 0.0
+    rabs = abs(rk)
+    for k in range(1, 11):
+        s2 = fv[2 * k - 1] + fv[2 * k]
+        rk += gwk[k] * s2
+        rg += gwg[k] * s2
+        rabs += gwk[k] * (abs(fv[2 * k - 1]) + abs(fv[2 * k]))
+    mean = 0.5 * rk
+    rasc = gwk[0] * abs(fv[0] - mean)
+    for k in range(1, 11):
+        rasc += gwk[k] * (abs(fv[2 * k - 1] - mean) + abs(fv[2 * k] - mean))
+    err = abs(rk - rg) * abs(h)
+    rasc *= abs(h)
+    if rasc != 0.0 and err != 0.0:
+        err = rasc * min(1.0, (200.0 * err / rasc) ** 1.5)
+    rabs *= abs(h)
+    if rabs > 1e-290:
+        err = max(50.0 * 2.220446049250313e-16 * rabs, err)
+    res[0] = rk * h
+    res[1] = err
+
+
+@numba.njit(cache=False)
+def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws):
+    """Globally adaptive GK21 on [lo, hi] (split at ``mid`` if strictly inside); returns ∫.
+
+    ``ws`` is a caller-allocated workspace of :data:`_WS_SIZE` floats (no allocation per call).
+    """
+    P = _MAX_PANELS
+    a_ = ws[0:P]
+    b_ = ws[P:2 * P]
+    val = ws[2 * P:3 * P]
+    err = ws[3 * P:4 * P]
+    res = ws[4 * P:4 * P + 2]
+    fv = ws[4 * P + 2:4 * P + 23]
+    n = 0
+    if lo < mid < hi:
+        a_[0], b_[0], a_[1], b_[1] = lo, mid, mid, hi
+        n = 2
+    else:
+        a_[0], b_[0] = lo, hi
+        n = 1
+    for i in range(n):
+        _gk21_panel(kind, a1, a2, rho, fmin, a_[i], b_[i], gx, gwk, gwg, res, fv)
+        val[i] = res[0]
+        err[i] = res[1]
+    while True:
+        tot = 0.0
+        etot = 0.0
+        worst = 0
+        for i in range(n):
+            tot += val[i]
+            etot += err[i]
+            if err[i] > err[worst]:
+                worst = i
+        if etot <= rtol * abs(tot) or etot <= 1e-300 or n + 1 >= _MAX_PANELS:
+            return tot
+        m = 0.5 * (a_[worst] + b_[worst])
+        if not (a_[worst] < m < b_[worst]):      # interval exhausted at float resolution
+            return tot
+        a_[n], b_[n] = m, b_[worst]
+        b_[worst] = m
+        _gk21_panel(kind, a1, a2, rho, fmin, a_[worst], b_[worst], gx, gwk, gwg, res, fv)
+        val[worst] = res[0]
+        err[worst] = res[1]
+        _gk21_panel(kind, a1, a2, rho, fmin, a_[n], b_[n], gx, gwk, gwg, res, fv)
+        val[n] = res[0]
+        err[n] = res[1]
+        n += 1
+
+
+@numba.njit(cache=False)
+def _f_of_u(a1, a2, u):
+    """f(u) = (a₁ − a₂u)²/(2(1−u²)) + a₂²/2 (+∞ at |u| = 1 unless a₁ = a₂u)."""
+    d = a1 - a2 * u
+    den = (1.0 - u) * (1.0 + u)
+    if den <= 0.0:
+        return 0.5 * a2 * a2 if d == 0.0 else math.inf
+    return 0.5 * d * d / den + 0.5 * a2 * a2
+
+
+@numba.njit(cache=False)
+def _fmin_and_peak(a1, a2, ulo, uhi):
+    """Minimum of f(u) = (a₁² − 2a₁a₂u + a₂²)/(2(1−u²)) on [ulo, uhi] and its location."""
+    m1 = abs(a1)
+    m2 = abs(a2)
+    big = max(m1, m2)
+    if big == 0.0:
+        return 0.0, 0.0
+    ustar = min(m1, m2) / big
+    if a1 * a2 < 0.0:
+        ustar = -ustar
+    if ulo <= ustar <= uhi:
+        return 0.5 * big * big, ustar
+    u = ulo if ustar < ulo else uhi
+    d = a1 - a2 * u
+    return 0.5 * d * d / ((1.0 - u) * (1.0 + u)) + 0.5 * a2 * a2, u
+
+
+@numba.njit(cache=False)
+def _log_ndtr(a):
+    """log Φ(a) without underflow: direct for a >= −37 (Φ is a normal float there), else
+    ``−a²/2 − log√(2π) + log R(−a)`` with the Mills ratio ``R = 1/(x + T₁)`` (30-term continued
+    fraction, converged for x > 37)."""
+    if a >= -37.0:
+        return math.log(0.5 * math.erfc(-a / _SQRT2))
+    x = -a
+    T = 0.0
+    for k in range(30, 0, -1):
+        T = k / (x + T)
+    return -0.5 * x * x - 0.5 * math.log(2.0 * math.pi) - math.log(x + T)
+
+
+@numba.njit(cache=False)
+def _scaled_ndtr_product(rho, a1, a2, s12, logs12):
+    """ρ Φ(a₁) Φ(a₂) s₁s₂, in the log domain when a factor or a partial product nears
+    underflow (so that no intermediate is subnormal when the result is a normal float)."""
+    p = _ndtr_scalar(a1) * _ndtr_scalar(a2)
+    if p > 1e-280 and abs(rho) > 1e-280 and 1e-280 < s12 < 1e280 and abs(rho) * p > 1e-280:
+        return rho * p * s12
+    lg = math.log(abs(rho)) + _log_ndtr(a1) + _log_ndtr(a2) + logs12
+    return math.exp(lg) if rho > 0 else -math.exp(lg)
+
+
+@numba.njit(cache=False)
+def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
+    """``Cov[X₁⁺, X₂⁺] = s₁s₂ C(a₁, a₂, ρ)`` (spec §8.2) for finite a and ρ ∈ [−1, 1].
+
+    The scale enters inside the exponentials (``exp(−f_min + log s₁s₂)``, log-domain Φ
+    products), so a normal-float result is accurate even when ``C`` itself is subnormal.
+    """
+    if rho > 1.0:
+        rho = 1.0
+    elif rho < -1.0:
+        rho = -1.0
+    if rho == 0.0:
+        return 0.0
+    # limits |a| > A_LIMIT: X⁺ = X (a → +∞) or X⁺ = 0 (a → −∞)
+    if a1 < -A_LIMIT or a2 < -A_LIMIT:
+        return 0.0
+    if a1 > A_LIMIT and a2 > A_LIMIT:
+        return rho * s12
+    if a1 > A_LIMIT:                           # Cov[X₁, X₂⁺] = Γ₁₂ Φ(a₂) (Stein)
+        return _scaled_ndtr_product(rho, a2, A_LIMIT * 2.0, s12, logs12)
+    if a2 > A_LIMIT:
+        return _scaled_ndtr_product(rho, a1, A_LIMIT * 2.0, s12, logs12)
+    base = _scaled_ndtr_product(rho, a1, a2, s12, logs12)
+    theta = math.asin(rho)
+    if rho > 0.0:
+        ulo, uhi, tlo, thi = 0.0, rho, 0.0, theta
+    else:
+        ulo, uhi, tlo, thi = rho, 0.0, theta, 0.0
+    fmin, upeak = _fmin_and_peak(a1, a2, ulo, uhi)
+    e = math.exp(-fmin)
+    if e > 1e-280 and 1e-280 < s12 < 1e280:
+        scale = e * s12
+    else:
+        scale = math.exp(-fmin + logs12)
+    if scale == 0.0:
+        return base
+    if upeak != ulo and upeak != uhi:
+        # interior peak: split there only if the integrand varies strongly over the interval
+        fl = _f_of_u(a1, a2, ulo)
+        fh = _f_of_u(a1, a2, uhi)
+        if max(fl, fh) - fmin < _SPLIT_RANGE:
+            upeak = ulo
+    if abs(rho) <= _U_FORM_MAX:
+        integral = _adaptive(2, a1, a2, rho, fmin, ulo, upeak, uhi, rtol, gx, gwk, gwg, ws)
+    else:
+        integral = _adaptive(0, a1, a2, rho, fmin, tlo, math.asin(upeak), thi, rtol, gx, gwk, gwg, ws)
+    return base + scale * integral * _INV_2PI
+
+
+@numba.njit(cache=False)
+def _relu_cov_scalar(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, ws):
+    """``Cov[X₁⁺, X₂⁺]`` for X Gaussian with means mu, stds s, correlation rho (spec §8.2)."""
+    if s1 == 0.0 or s2 == 0.0 or rho == 0.0:
+        return 0.0                                    # oracle O5
+    a1 = mu1 / s1
+    a2 = mu2 / s2
+    if math.isinf(a1):
+        a1 = 2.0 * A_LIMIT if a1 > 0 else -2.0 * A_LIMIT
+    if math.isinf(a2):
+        a2 = 2.0 * A_LIMIT if a2 > 0 else -2.0 * A_LIMIT
+    s12 = s1 * s2
+    if 1e-280 < s12 < 1e280:
+        logs12 = math.log(s12)
+    else:
+        logs12 = math.log(s1) + math.log(s2)
+    return _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws)
+
+
+@numba.njit(cache=False)
+def _relu_cov_vec(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, out):
+    """Elementwise exact ReLU covariance over 1-D arrays (all of one length) into ``out``."""
+    ws = np.empty(_WS_SIZE)
+    for i in range(out.shape[0]):
+        out[i] = _relu_cov_scalar(mu1[i], s1[i], mu2[i], s2[i], rho[i], rtol, gx, gwk, gwg, ws)
+
+
+@numba.njit(cache=False)
+def _relu_cov_row(i, mu, s, G, out, rtol, gx, gwk, gwg):
+    """Row i of the exact ReLU covariance: ``out[i, j] = out[j, i]`` for j > i (in place OK)."""
+    d = mu.shape[0]
+    ws = np.empty(_WS_SIZE)
+    for j in range(i + 1, d):
+        g = G[i, j]
+        if g == 0.0 or s[i] == 0.0 or s[j] == 0.0:
+            c = 0.0
+        else:
+            rho = g / (s[i] * s[j])
+            c = _relu_cov_scalar(mu[i], s[i], mu[j], s[j], rho, rtol, gx, gwk, gwg, ws)
+        out[i, j] = c
+        out[j, i] = c
+
+
+@numba.njit(cache=False)
+def relu_cov_pairs_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
+    """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (spec §8.2).
+
+    ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
+    deviations, a copy of ``sqrt(diag G)``) and the upper triangle of ``G`` (d, d). ``out`` may
+    be ``G`` itself (in place: row i reads only ``G[i, j]``, j > i, before writing it, and
+    writes the lower triangle, which is never read). The diagonal is not touched.
+    """
+    for i in range(mu.shape[0]):
+        _relu_cov_row(i, mu, s, G, out, rtol, gx, gwk, gwg)
+
+
+@numba.njit(cache=False, parallel=True)
+def relu_cov_pairs_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
+    """Parallel :func:`relu_cov_pairs_kernel` (rows k and d−1−k per task, balancing the triangle).
+
+    Every entry is computed by the same scalar code, so the result equals the serial kernel
+    bit for bit whatever the number of threads.
+    """
+    d = mu.shape[0]
+    half = (d + 1) // 2
+    for k in numba.prange(half):
+        _relu_cov_row(k, mu, s, G, out, rtol, gx, gwk, gwg)
+        k2 = d - 1 - k
+        if k2 != k:
+            _relu_cov_row(k2, mu, s, G, out, rtol, gx, gwk, gwg)
+
+
+@numba.njit(cache=False)
+def _bvn_vec(h, k, rho, rtol, gx, gwk, gwg, out):
+    """Φ₂(h, k; ρ) elementwise by Plackett's integral (spec §8.2)."""
+    ws = np.empty(_WS_SIZE)
+    for i in range(out.shape[0]):
+        r = min(1.0, max(-1.0, rho[i]))
+        base = _ndtr_scalar(h[i]) * _ndtr_scalar(k[i])
+        if r == 0.0:
+            out[i] = base
+            continue
+        th = math.asin(r)
+        if r > 0.0:
+            ulo, uhi, tlo, thi = 0.0, r, 0.0, th
+        else:
+            ulo, uhi, tlo, thi = r, 0.0, th, 0.0
+        fmin, upk = _fmin_and_peak(h[i], k[i], ulo, uhi)
+        sc = math.exp(-fmin)
+        if sc == 0.0:
+            out[i] = base
+            continue
+        val = _adaptive(1, h[i], k[i], r, fmin, tlo, math.asin(upk), thi, rtol, gx, gwk, gwg, ws)
+        out[i] = base + (sc * val * _INV_2PI if r > 0.0 else -sc * val * _INV_2PI)
+
+
+def _flat(*arrays):
+    arrs = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64) for a in arrays])
+    return arrs[0].shape, [np.ascontiguousarray(a).ravel() for a in arrs]
+
+
+def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD):
+    r"""Exact ``Cov[X₁⁺, X₂⁺]`` of two rectified jointly Gaussian variables (spec §8.2).
+
+    Corrects the first-order rule of Eq. (28) (D15). With ``a_k = mu_k/s_k``::
+
+        Cov = s₁s₂ [ρ Φ(a₁)Φ(a₂) + (1/2π) ∫_0^{arcsin ρ} (ρ − sin t)
+                     exp(−(a₁ − a₂ sin t)²/(2cos²t) − a₂²/2) dt],
+
+    integrated by adaptive Gauss–Kronrod quadrature (see the module docstring). Valid for
+    ρ ∈ [−1, 1] (values outside are clipped); ``s = 0`` gives 0 (oracle O5); ρ = 1 with
+    identical inputs gives the Prop. 4 variance (oracle O4).
+
+    Parameters
+    ----------
+    mu1, s1, mu2, s2, rho : array_like
+        Means, standard deviations (>= 0) and correlation; broadcast together.
+    rtol : float
+        Relative tolerance of the quadrature.
+
+    Returns
+    -------
+    ndarray of the broadcast shape.
+    """
+    shape, (m1, a1, m2, a2, r) = _flat(mu1, s1, mu2, s2, rho)
+    if not (np.all(np.isfinite(m1)) and np.all(np.isfinite(m2)) and np.all(np.isfinite(r))
+            and np.all(np.isfinite(a1)) and np.all(np.isfinite(a2))):
+        raise DataError("ReLU covariance: non-finite mean, standard deviation or correlation")
+    if np.any(a1 < 0) or np.any(a2 < 0):
+        raise DataError("ReLU covariance: negative standard deviation")
+    out = np.empty(m1.shape[0])
+    _relu_cov_vec(m1, a1, m2, a2, r, float(rtol), _GK_X, _GK_WK, _GK_WG, out)
+    return out.reshape(shape)
+
+
+def relu_cov_taylor(mu1, mu2, cov12):
+    r"""First-order (Taylor) ReLU covariance, Eq. (28) with ``f'(μ) = 1[μ > 0]`` (spec §8.3).
+
+    ``Cov ≈ 1[μ₁ > 0] 1[μ₂ > 0] Γ₁₂``. Rejected by Monte-Carlo (spec §8.3) and, combined with
+    the exact Prop. 4 diagonal, possibly non-PSD (D15); kept for comparison with the paper.
+    """
+    mu1, mu2, cov12 = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64)
+                                            for a in (mu1, mu2, cov12)])
+    return np.where((mu1 > 0) & (mu2 > 0), cov12, 0.0)
+
+
+def bvn_cdf(h, k, rho, *, rtol=RTOL_QUAD):
+    r"""Bivariate standard normal cdf ``Φ₂(h, k; ρ) = P(Z₁ ≤ h, Z₂ ≤ k)`` (spec §8.2).
+
+    Plackett's integral ``Φ(h)Φ(k) + (1/2π) ∫_0^{arcsin ρ} exp(−(h − k sin t)²/(2cos²t) − k²/2) dt``
+    with the same adaptive quadrature as :func:`relu_cov_exact`. Absolute accuracy ~1e-16; for
+    ρ < 0 in the joint lower tail the two terms cancel (relative accuracy is not guaranteed
+    there). Oracle O6: ``Φ₂(0, 0; ρ) = 1/4 + arcsin(ρ)/(2π)``.
+    """
+    shape, (hh, kk, rr) = _flat(h, k, rho)
+    out = np.empty(hh.shape[0])
+    _bvn_vec(hh, kk, rr, float(rtol), _GK_X, _GK_WK, _GK_WG, out)
+    return out.reshape(shape)
+
+
+# ====================================================================== matrix form
+def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
+    r"""Mean vector and covariance matrix of ``ReLU(X)``, ``X ~ N(mu, gamma)`` (spec §8).
+
+    Diagonal: Proposition 4 (:func:`relu_mean_var`, spec §8.1). Off-diagonal:
+
+    - ``mode="exact"`` (default): the exact bivariate covariance of every pair (spec §8.2,
+      corrects Eq. (28), D15); the matrix is PSD;
+    - ``mode="taylor"``: Eq. (28), ``1[μ_i > 0] 1[μ_j > 0] Γ_ij`` (spec §8.3).
+
+    Parameters
+    ----------
+    mu : ndarray (d,)
+    gamma : ndarray (d, d) or None
+        Covariance (only the upper triangle and the diagonal are read). ``None`` means a
+        deterministic input: the output is ``max(mu, 0)`` with covariance ``None``.
+    mode : {"exact", "taylor"}
+    out : ndarray (d, d), optional
+        Where to write the covariance; may be ``gamma`` itself (in place, saving one d×d
+        matrix in the network pass).
+    parallel : bool, optional
+        Use the multi-threaded pair kernel (default: when d >= 256).
+
+    Returns
+    -------
+    mean : ndarray (d,)
+    cov : ndarray (d, d) or None
+    """
+    mu = np.ascontiguousarray(mu, dtype=np.float64)
+    if gamma is None:
+        return np.maximum(mu, 0.0), None
+    d = mu.shape[0]
+    if gamma.shape != (d, d):
+        raise DataError(f"ReLU moments: covariance has shape {gamma.shape}, expected ({d}, {d})")
+    diag = np.array(np.diagonal(gamma), dtype=np.float64)
+    mean, var = relu_mean_var(mu, diag)
+    if out is None:
+        out = np.empty((d, d))
+    if mode == "exact":
+        s = np.sqrt(np.maximum(diag, 0.0))
+        if parallel is None:
+            parallel = d >= 256
+        kern = relu_cov_pairs_kernel_par if parallel else relu_cov_pairs_kernel
+        kern(mu, s, gamma, out, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+    elif mode == "taylor":
+        pos = (mu > 0).astype(np.float64)
+        if out is not gamma:
+            out[...] = gamma
+        out *= pos[:, None]          # gamma is symmetric in the network pass (spec §15)
+        out *= pos[None, :]
+    else:
+        raise DataError(f"ReLU covariance mode must be 'exact' or 'taylor', got {mode!r}")
+    out[np.diag_indices(d)] = var
+    return mean, out

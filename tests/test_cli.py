@@ -1,0 +1,170 @@
+"""CLI: every error path gives one line on stderr, exit status != 0 and no output file; the
+success paths write the documented datasets with the configuration in the attributes."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from refmem import AvgPool2d, Conv2d, CrossbarConfig, Dense, Flatten, Network, ReLU, save_model
+from refmem.cli import main
+
+
+@pytest.fixture()
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    mlp = Network([Dense(rng.normal(size=(6, 5)) / 2, rng.normal(size=6)), ReLU(),
+                   Dense(rng.normal(size=(3, 6)) / 2, rng.normal(size=3))], (5,),
+                  input_preprocessing="none")
+    cnn = Network([Conv2d(rng.normal(size=(2, 1, 3, 3)), rng.normal(size=2), 1, 1), ReLU(),
+                   AvgPool2d(2), Flatten(), Dense(rng.normal(size=(3, 8)), rng.normal(size=3))],
+                  (1, 4, 4))
+    save_model(mlp, tmp_path / "mlp.h5")
+    save_model(cnn, tmp_path / "cnn.h5")
+    np.save(tmp_path / "x.npy", rng.uniform(0, 1, size=(4, 5)))
+    np.save(tmp_path / "ximg.npy", rng.uniform(0, 1, size=(2, 1, 4, 4)))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 2, 1]))
+    return tmp_path
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, pattern, out_path=None):
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("refmem: error: ")
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in err
+    if out_path is not None:
+        assert not out_path.exists()
+        assert not out_path.with_name(out_path.name + ".partial").exists()
+
+
+def test_info_text_and_json(files, capsys):
+    code, out, _ = run(["info", files / "cnn.h5"], capsys)
+    assert code == 0 and "UR 10 x 2" in out and "UL 17 x 32" in out
+    code, out, _ = run(["info", files / "mlp.h5", "--json"], capsys)
+    d = json.loads(out)
+    assert d["input_shape"] == [5] and d["layers"][0]["crossbar"] == [6, 6]
+    assert d["n_crossbar_layers"] == 2
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--sigma", "-0.1"], "sigma must be >= 0"),
+    (["--gu", "0.0"], "outside (g_min, g_max]"),
+    (["--gu", "5", "--gmax", "2"], "outside (g_min, g_max]"),
+    (["--gu", "1,2,3"], "crossbar layers"),
+    (["--noisy-layers", "second"], "unknown layer name"),
+    (["--noisy-layers", "7"], "does not exist"),
+    (["--bits", "1"], "bits"),
+    (["--sigma-table", "missing.csv"], "sigma table not found"),
+    (["--gu", "missing.npz"], "g_u file not found"),
+])
+def test_mc_and_moments_config_errors(files, capsys, extra, pattern):
+    out = files / "out.h5"
+    for cmd in (["mc", "-n", "10", "--seed", "1"], ["moments"]):
+        code, _, err = run(cmd[:1] + [files / "mlp.h5", "--input", files / "x.npy", "-o", out]
+                           + cmd[1:] + extra, capsys)
+        assert_user_error(code, err, pattern, out)
+
+
+def test_input_errors(files, capsys, tmp_path):
+    out = files / "out.h5"
+    base = ["mc", files / "mlp.h5", "-n", "10", "--seed", "1", "-o", out, "--sigma", "0.1"]
+    code, _, err = run(base + ["--input", files / "nope.npy"], capsys)
+    assert_user_error(code, err, "input file not found", out)
+    (files / "bad.npy").write_bytes(b"garbage")
+    code, _, err = run(base + ["--input", files / "bad.npy"], capsys)
+    assert_user_error(code, err, "not a valid .npy", out)
+    np.save(files / "wrong.npy", np.ones((3, 7)))
+    code, _, err = run(base + ["--input", files / "wrong.npy"], capsys)
+    assert_user_error(code, err, "expects (B, 5)", out)
+    np.save(files / "nan.npy", np.full((2, 5), np.nan))
+    code, _, err = run(base + ["--input", files / "nan.npy"], capsys)
+    assert_user_error(code, err, "NaN", out)
+    code, _, err = run(base + ["--input", files / "x.npy", "--labels", files / "ximg.npy"], capsys)
+    assert_user_error(code, err, "labels", out)
+    np.save(files / "c.npy", np.eye(4))
+    code, _, err = run(base + ["--input", files / "x.npy", "--input-cov", files / "c.npy"], capsys)
+    assert_user_error(code, err, "input covariance has shape", out)
+    code, _, err = run(["mc", files / "nomodel.h5", "--input", files / "x.npy", "-n", "10",
+                        "--seed", "1", "-o", out], capsys)
+    assert_user_error(code, err, "model file not found", out)
+    code, _, err = run(base + ["--input", files / "x.npy", "-o", files / "no_dir" / "o.h5"], capsys)
+    assert code == 2 and "output directory does not exist" in err
+
+
+def test_nan_weights_and_unknown_layer_in_model(files, capsys):
+    with h5py.File(files / "mlp.h5", "a") as f:
+        w = f["layers/00/weight"][()]
+        w[0, 0] = np.nan
+        f["layers/00/weight"][...] = w
+    out = files / "out.h5"
+    code, _, err = run(["moments", files / "mlp.h5", "--input", files / "x.npy", "-o", out], capsys)
+    assert_user_error(code, err, "layer 00 (dense): weight contains NaN", out)
+    with h5py.File(files / "cnn.h5", "a") as f:
+        f["layers/01"].attrs["type"] = "gelu"
+    code, _, err = run(["info", files / "cnn.h5"], capsys)
+    assert_user_error(code, err, "unknown or unsupported layer type 'gelu'")
+
+
+def test_mc_writes_schema_and_config(files, capsys):
+    out = files / "mc.h5"
+    code, text, err = run(["mc", files / "mlp.h5", "--input", files / "x.npy", "--labels",
+                           files / "y.npy", "--sigma", "0.05", "--gmin", "0.1", "--gu", "1.5",
+                           "--design", "layer", "-n", "64", "--seed", "3", "--cov", "-q",
+                           "-o", out], capsys)
+    assert code == 0, err
+    with h5py.File(out) as f:
+        for k in ("mean", "var", "mse", "reference", "mean_se", "var_se", "mse_se"):
+            assert f[k].shape == (4, 3), k
+        assert f["cov"].shape == (4, 3, 3) and f["cov_se"].shape == (4, 3, 3)
+        assert "accuracy" in f
+        cfg = CrossbarConfig.from_json(f.attrs["config"])
+        assert cfg.sigma == 0.05 and cfg.g_min == 0.1 and cfg.design == "layer"
+        assert int(f.attrs["seed"]) == 3 and int(f.attrs["n"]) == 64
+        assert f.attrs["refmem_version"] and f.attrs["created_utc"]
+
+
+def test_mc_sigma_sweep_groups(files, capsys):
+    out = files / "sweep.h5"
+    code, _, err = run(["mc", files / "cnn.h5", "--input", files / "ximg.npy", "--sigma",
+                        "0,0.05", "--mapping", "UL", "-n", "32", "--seed", "1", "-q", "-o", out],
+                       capsys)
+    assert code == 0, err
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["sigmas"][()], [0.0, 0.05])
+        assert f["sweep/00/var"][()].max() < 1e-20
+        assert f["sweep/01/var"][()].min() > 0
+
+
+def test_moments_writes_schema(files, capsys):
+    out = files / "an.h5"
+    code, _, err = run(["moments", files / "cnn.h5", "--input", files / "ximg.npy", "--sigma",
+                        "0.05", "--per-layer", "--cov", "-q", "-o", out], capsys)
+    assert code == 0, err
+    with h5py.File(out) as f:
+        for k in ("mean", "var", "mse", "reference", "bias"):
+            assert f[k].shape == (2, 3), k
+        assert f["cov"].shape == (2, 3, 3)
+        assert f["power"].shape == (2,)
+        for k in ("power_layers", "power_mem", "power_tia_pos", "power_tia_neg"):
+            assert f[k].shape == (2, 2), k
+        assert f["mse_mean"].shape == (2,) and f["mse_max"].shape == (2,)
+        assert "layers/00/mean" in f and "layers/04/var" in f
+        assert CrossbarConfig.from_json(f.attrs["config"]).sigma == 0.05
+
+
+def test_console_script_exit_code(files):
+    r = subprocess.run([sys.executable, "-m", "refmem.cli", "info", str(files / "missing.h5")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "model file not found" in r.stderr

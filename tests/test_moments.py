@@ -1,0 +1,638 @@
+"""Analytic moments (refmem.moments) against literal loop oracles (tests/oracles.py, spec §18 T1)
+and the closed-form oracles O8–O17, O21, O21b of spec §18.
+
+Expected values are computed here from the spec's equations (loops or closed forms), never
+from refmem's own output. λ is read from the mapping (tested in test_mapping.py); conductances
+and pair variances are recomputed by the oracles from Eqs. (5)–(6).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+import oracles as O
+from refmem import (AvgPool2d, Conv2d, CrossbarConfig, Dense, Flatten, Network, ReLU,
+                    map_network)
+from refmem.errors import ConfigError, DataError
+from refmem.moments import (conv_mean, conv_signal_cov, dense_moments, pool_moments,
+                            propagate, symmetrize, ul_moments, ul_noise, ur_moments,
+                            ur_shared_noise_kernel)
+from refmem.relu import relu_moments
+
+RTOL = 1e-12
+CONV_EXAMPLES = max(5, settings().max_examples * 3 // 5)    # the 6-index oracle is slow
+
+
+def close(a, b, rtol=RTOL, what=""):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-300)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def rand_psd(rng, n, rank=None):
+    rank = n if rank is None else rank
+    A = rng.normal(size=(n, rank))
+    return A @ A.T / max(rank, 1)
+
+
+def sigma_fn_of(kind, sigma):
+    if kind == "const":
+        return lambda g: sigma
+    return lambda g: sigma * (0.5 + 0.8 * g)         # affine σ(g)
+
+
+def config_for(kind, sigma, **kw):
+    if kind == "const":
+        return CrossbarConfig(sigma=sigma, **kw)
+
+    def affine(g):
+        return sigma * (0.5 + 0.8 * np.asarray(g))
+    return CrossbarConfig(sigma_fn=affine, **kw)
+
+
+noise_case = st.fixed_dictionaries({
+    "design": st.sampled_from(["scalar", "layer", "column"]),
+    "gmin": st.floats(0.0, 0.5),
+    "span": st.floats(0.2, 2.0),
+    "sigma_kind": st.sampled_from(["const", "affine"]),
+    "sigma": st.sampled_from([0.0, 0.03, 0.2]),
+    "alpha": st.sampled_from([0.0, 0.0, 0.3]),
+    "dither": st.booleans(),
+    "r": st.floats(0.5, 3.0),
+    "seed": st.integers(0, 2**31 - 1),
+    "input": st.sampled_from(["det", "cov", "cov_lowrank", "cov_batch"]),
+})
+
+
+def make_cfg(case, **kw):
+    extra = dict(bits=3, quant_mode="dither") if case["dither"] else {}
+    return config_for(case["sigma_kind"], case["sigma"], design=case["design"],
+                      g_min=case["gmin"], g_u=case["gmin"] + case["span"],
+                      alpha=case["alpha"], r=case["r"], **extra, **kw)
+
+
+def make_inputs(case, rng, B, L):
+    x = rng.normal(size=(B, L))
+    kind = case["input"]
+    if kind == "det":
+        return x, None, [None] * B
+    if kind == "cov":
+        C = rand_psd(rng, L) * 0.3
+        return x, C, [C] * B
+    if kind == "cov_lowrank":
+        C = rand_psd(rng, L, rank=1) * 0.3
+        return x, C, [C] * B
+    Cs = np.stack([rand_psd(rng, L) * 0.3 for _ in range(B)])
+    return x, Cs, list(Cs)
+
+
+# ====================================================================== FC (spec §4)
+@given(case=noise_case, L=st.integers(1, 5), J=st.integers(1, 4),
+       bias=st.sampled_from(["row", "none", "digital"]))
+def test_fc_matches_loop_oracle(case, L, J, bias):
+    """Proposition 1 corrected (spec §4) and power (spec §11.1) vs literal loops."""
+    rng = np.random.default_rng(case["seed"])
+    Wt = rng.normal(size=(J, L))
+    b = rng.normal(size=J) if bias != "none" else None
+    net = Network([Dense(Wt, b)], (L,))
+    mapped = map_network(net, make_cfg(case, bias_on_crossbar=(bias != "digital")))
+    ml = mapped.layers[0]
+    B = 2
+    x, C, covs = make_inputs(case, rng, B, L)
+    res = propagate(mapped, x.reshape(B, L), input_cov=C, cov=True)
+    W, bb, lam, gmin = ml.W, ml.b, ml.lam, case["gmin"]
+    sfn = sigma_fn_of(case["sigma_kind"], case["sigma"])
+    dvar = ml.delta ** 2 / 12 if case["dither"] else 0.0
+    v = O.pair_variance(W, lam, gmin, sfn, case["alpha"], dvar)
+    vb = None
+    if bias == "row":
+        vb = O.bias_variance(bb, lam, gmin, sfn, case["alpha"], dvar)
+    for s in range(B):
+        m, c = O.fc_moments(W, bb, v, vb, x[s], covs[s])
+        close(res.mean[s], m, what="mean")
+        close(res.cov[s], c, what="cov")
+        # power (§11.1): conductances from Eqs. (5)-(6), per-device variances, physical r
+        gp, gm = O.conductances(W, lam, gmin)
+        vp = np.vectorize(lambda g: sfn(g) ** 2)(gp)
+        vm = np.vectorize(lambda g: sfn(g) ** 2)(gm)
+        gbp = gbm = vbp = vbm = None
+        if bias == "row":
+            gbp, gbm = O.bias_conductances(bb, lam, gmin)
+            vbp = np.array([sfn(g) ** 2 for g in gbp])
+            vbm = np.array([sfn(g) ** 2 for g in gbm])
+        mem, tp, tn = O.fc_power(gp, gm, gbp, gbm, vp, vm, vbp, vbm, x[s], covs[s], case["r"])
+        close([res.power_mem[s, 0], res.power_tia_pos[s, 0], res.power_tia_neg[s, 0]],
+              [mem, tp, tn], what="power")
+    ref = x @ Wt.T + (0 if b is None else b)
+    np.testing.assert_allclose(res.mse, res.var + (res.mean - ref) ** 2, rtol=1e-10,
+                               atol=1e-12 * (1 + np.max(ref ** 2)))
+
+
+# ====================================================================== conv (spec §5, §6)
+conv_shape = st.fixed_dictionaries({
+    "ci": st.integers(1, 2), "co": st.integers(1, 2), "H": st.integers(1, 4),
+    "W": st.integers(1, 4), "k": st.integers(1, 3), "stride": st.integers(1, 2),
+    "pad": st.integers(0, 1), "bias": st.sampled_from(["row", "none", "digital"]),
+})
+
+
+def conv_setup(shape, case):
+    ci, co, H, W, k, stv, pad = (shape[n] for n in ("ci", "co", "H", "W", "k", "stride", "pad"))
+    assume(H + 2 * pad >= k and W + 2 * pad >= k)
+    E, F = O.out_side(H, k, stv, pad), O.out_side(W, k, stv, pad)
+    assume(co * E * F <= 36)
+    rng = np.random.default_rng(case["seed"])
+    K = rng.normal(size=(co, ci, k, k))
+    b = rng.normal(size=co) if shape["bias"] != "none" else None
+    net = Network([Conv2d(K, b, stv, pad)], (ci, H, W))
+    return rng, net, K, b
+
+
+@given(case=noise_case, shape=conv_shape)
+@settings(max_examples=CONV_EXAMPLES)
+def test_ur_matches_six_index_loops(case, shape):
+    """Proposition 2 corrected (spec §5, D8/D9) and Props 7–8 power (spec §11.2) vs literal loops."""
+    rng, net, K, b = conv_setup(shape, case)
+    mapped = map_network(net, make_cfg(case, mapping="UR",
+                                       bias_on_crossbar=shape["bias"] != "digital"))
+    ml = mapped.layers[0]
+    ci, k = K.shape[1], K.shape[2]
+    in_shape = (ci, shape["H"], shape["W"])
+    L = int(np.prod(in_shape))
+    x, C, covs = make_inputs(case, rng, 2, L)
+    res = propagate(mapped, x.reshape((2,) + in_shape), input_cov=C, cov=True)
+    lam, gmin = ml.lam, case["gmin"]
+    sfn = sigma_fn_of(case["sigma_kind"], case["sigma"])
+    dvar = ml.delta ** 2 / 12 if case["dither"] else 0.0
+    Wur = ml.W                                             # (C_in k², C_out), quantized if fixed
+    Kp = Wur.T.reshape(K.shape)
+    v = O.pair_variance(Wur, lam, gmin, sfn, case["alpha"], dvar).T.reshape(K.shape)
+    bp = ml.b
+    vb = O.bias_variance(bp, lam, gmin, sfn, case["alpha"], dvar) if ml.has_bias_row else None
+    gp, gm = O.conductances(Wur, lam, gmin)
+    vp = np.vectorize(lambda g: sfn(g) ** 2)(gp)
+    vm = np.vectorize(lambda g: sfn(g) ** 2)(gm)
+    four = lambda a: a.T.reshape(K.shape)
+    gbp = gbm = vbp = vbm = None
+    if ml.has_bias_row:
+        gbp, gbm = O.bias_conductances(bp, lam, gmin)
+        vbp = np.array([sfn(g) ** 2 for g in gbp])
+        vbm = np.array([sfn(g) ** 2 for g in gbm])
+    for s in range(2):
+        m, c = O.ur_moments(Kp, bp, v, vb, shape["stride"], shape["pad"], in_shape, x[s], covs[s])
+        close(res.mean[s], m, what="UR mean")
+        close(res.cov[s], c, what="UR cov")
+        mem, tp, tn = O.ur_power(four(gp), four(gm), gbp, gbm, four(vp), four(vm), vbp, vbm,
+                                 shape["stride"], shape["pad"], in_shape, k, x[s], covs[s],
+                                 case["r"])
+        close([res.power_mem[s, 0], res.power_tia_pos[s, 0], res.power_tia_neg[s, 0]],
+              [mem, tp, tn], what="UR power")
+
+
+@given(case=noise_case, shape=conv_shape)
+@settings(max_examples=CONV_EXAMPLES)
+def test_ul_matches_explicit_toeplitz_fc_loops(case, shape):
+    """UL (spec §6) = FC loops (spec §4, §11.1) with the loop-built Toeplitz matrix; every entry
+    (structural zeros included) is a noisy, dissipating pair."""
+    rng, net, K, b = conv_setup(shape, case)
+    try:
+        mapped = map_network(net, make_cfg(case, mapping="UL",
+                                           bias_on_crossbar=shape["bias"] != "digital"))
+    except ConfigError as e:      # every position reads only padding and there is no bias
+        assume("only zero weights" not in str(e))
+        raise
+    ml = mapped.layers[0]
+    in_shape = (K.shape[1], shape["H"], shape["W"])
+    L = int(np.prod(in_shape))
+    x, C, covs = make_inputs(case, rng, 2, L)
+    res = propagate(mapped, x.reshape((2,) + in_shape), input_cov=C, cov=True)
+    Kp = ml.W.T.reshape(K.shape)
+    T, mask = O.toeplitz(Kp, shape["stride"], shape["pad"], in_shape)
+    n_pos = T.shape[1] // K.shape[0]
+    bcol = None if ml.b is None else np.repeat(ml.b, n_pos)
+    lam, gmin = ml.lam, case["gmin"]
+    sfn = sigma_fn_of(case["sigma_kind"], case["sigma"])
+    dvar = ml.delta ** 2 / 12 if case["dither"] else 0.0
+    v = O.pair_variance(T, lam, gmin, sfn, case["alpha"], dvar, mask=mask)
+    vb = O.bias_variance(bcol, lam, gmin, sfn, case["alpha"], dvar) if ml.has_bias_row else None
+    gp, gm = O.conductances(T, lam, gmin)
+    vp = np.vectorize(lambda g: sfn(g) ** 2)(gp)
+    vm = np.vectorize(lambda g: sfn(g) ** 2)(gm)
+    gbp = gbm = vbp = vbm = None
+    if ml.has_bias_row:
+        gbp, gbm = O.bias_conductances(bcol, lam, gmin)
+        vbp = np.array([sfn(g) ** 2 for g in gbp])
+        vbm = np.array([sfn(g) ** 2 for g in gbm])
+    for s in range(2):
+        m, c = O.fc_moments(T, bcol, v, vb, x[s], covs[s])
+        close(res.mean[s], m, what="UL mean")
+        close(res.cov[s], c, what="UL cov")
+        mem, tp, tn = O.fc_power(gp, gm, gbp, gbm, vp, vm, vbp, vbm, x[s], covs[s], case["r"])
+        close([res.power_mem[s, 0], res.power_tia_pos[s, 0], res.power_tia_neg[s, 0]],
+              [mem, tp, tn], what="UL power")
+
+
+def test_ul_streamed_blocks_equal_one_block():
+    """A UL layer streamed over column blocks gives the same moments and power as one block."""
+    rng = np.random.default_rng(5)
+    net = Network([Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 1, 1)], (2, 5, 5))
+    cfg = CrossbarConfig(sigma=0.05, mapping="UL", g_min=0.1, design="column", r=1.5)
+    mapped = map_network(net, cfg)
+    x = rng.normal(size=(1, 2, 5, 5))
+    C = rand_psd(rng, 50) * 0.1
+    whole = propagate(mapped, x, input_cov=C, cov=True)
+    import refmem.moments as M
+    old = M.CHUNK_BYTES
+    try:
+        M.CHUNK_BYTES = 8 * 50 * 10 * 7          # 7 columns per block: streamed, not cached
+        blocks = M._Prepared(mapped).ul_blocks(0)
+        assert not isinstance(blocks, list)
+        assert [b.cols.size for b in blocks][:2] == [7, 7]
+        streamed = propagate(mapped, x, input_cov=C, cov=True)
+    finally:
+        M.CHUNK_BYTES = old
+    close(streamed.cov, whole.cov)
+    close(streamed.power_layers, whole.power_layers)
+
+
+# ====================================================================== pooling, ReLU-Taylor
+@given(seed=st.integers(0, 2**31 - 1), C=st.integers(1, 2), H=st.integers(2, 5),
+       W=st.integers(2, 5), kappa=st.integers(1, 3), det=st.booleans())
+def test_pool_matches_loop_oracle(seed, C, H, W, kappa, det):
+    """Proposition 3 corrected (spec §7, D13): E = Aμ, Cov = AΓAᵀ incl. cross-channel entries."""
+    assume(H >= kappa and W >= kappa)
+    rng = np.random.default_rng(seed)
+    L = C * H * W
+    mu = rng.normal(size=L)
+    G = None if det else rand_psd(rng, L)
+    m, c = pool_moments(mu, None if G is None else G.copy(), (C, H, W), kappa)
+    mo, co = O.avgpool_moments(mu, G, (C, H, W), kappa)
+    close(m, mo)
+    if det:
+        assert c is None
+    else:
+        close(c, co)
+
+
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 6))
+def test_relu_taylor_matches_loop_oracle(seed, d):
+    """Eq. (28) with f'(μ) = 1[μ > 0] (spec §8.3) and the Prop. 4 diagonal."""
+    rng = np.random.default_rng(seed)
+    G = rand_psd(rng, d) + 0.1 * np.eye(d)
+    mu = rng.normal(size=d)
+    m, c = relu_moments(mu, G, "taylor")
+    mo, co = O.relu_taylor_moments(mu, G)
+    np.testing.assert_allclose(m, mo, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(c, co, rtol=1e-10, atol=1e-14)
+
+
+def test_building_blocks_compose_to_propagate():
+    """The network pass equals the public building blocks composed by hand (T2)."""
+    rng = np.random.default_rng(11)
+    net = Network([Conv2d(rng.normal(size=(2, 1, 3, 3)), rng.normal(size=2), 1, 1), ReLU(),
+                   AvgPool2d(2), Flatten(), Dense(rng.normal(size=(3, 8)), rng.normal(size=3)),
+                   ReLU(), Dense(rng.normal(size=(2, 3)), None)], (1, 4, 4))
+    x = rng.normal(size=(1, 1, 4, 4))
+    for mapping in ("UR", "UL"):
+        mapped = map_network(net, CrossbarConfig(sigma=0.1, mapping=mapping, g_min=0.05))
+        res = propagate(mapped, x, cov=True)
+        L0, L1, L2 = mapped.layers
+        b0 = L0.block()
+        mu = x[0].ravel()
+        if mapping == "UR":
+            mu, G = ur_moments(L0.W, L0.b, b0.v, b0.vb, L0.idx, mu, None)
+        else:
+            noise = ul_noise([b0], mu, None, L0.n_cols)
+            mu, G = ul_moments(L0.W, L0.b, L0.idx, noise, mu, None)
+        mu, G = relu_moments(mu, G)
+        mu, G = pool_moments(mu, G, (2, 4, 4), 2)
+        b1 = L1.block()
+        mu, G = dense_moments(b1.W, b1.b, b1.v, b1.vb, mu, G)
+        mu, G = relu_moments(mu, G)
+        b2 = L2.block()
+        mu, G = dense_moments(b2.W, b2.b, b2.v, b2.vb, mu, G)
+        close(res.mean[0], mu)
+        close(res.cov[0], G)
+
+
+# ====================================================================== closed forms (spec §18)
+def small_cnn(rng, mapping_bias=True):
+    return Network([Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 2, 1), ReLU(),
+                    AvgPool2d(1), Flatten(),
+                    Dense(rng.normal(size=(4, 12)), rng.normal(size=4)), ReLU(),
+                    Dense(rng.normal(size=(2, 4)), rng.normal(size=2))], (2, 4, 4))
+
+
+@pytest.mark.parametrize("mapping", ["UR", "UL"])
+@pytest.mark.parametrize("relu_cov", ["exact", "taylor"])
+def test_O8_O9_sigma_zero_is_the_deterministic_forward(mapping, relu_cov):
+    """O8/O9: σ = 0, deterministic input → μ = reliable output, Γ = 0, MSE = 0 (any r, g_min)."""
+    rng = np.random.default_rng(3)
+    net = small_cnn(rng)
+    x = rng.normal(size=(3, 2, 4, 4))
+    mapped = map_network(net, CrossbarConfig(sigma=0.0, mapping=mapping, g_min=0.3, r=2.5,
+                                             relu_cov=relu_cov))
+    res = propagate(mapped, x, cov=True, per_layer=True)
+    ref = net.forward(x)
+    np.testing.assert_allclose(res.mean, ref, rtol=1e-12, atol=1e-12)
+    assert np.all(res.var == 0) and np.all(res.cov == 0) and np.all(res.mse < 1e-24)
+    for pos, g in enumerate(res.groups().values()):
+        np.testing.assert_allclose(g["mean"], net.forward(x, upto=pos + 1), rtol=1e-12,
+                                   atol=1e-12)
+    # O8 per layer with a random (non-zero) input covariance: linear layers give WᵀΓW exactly
+    L = 32
+    C = rand_psd(rng, L) * 0.2
+    lin = Network([Dense(rng.normal(size=(5, L)), rng.normal(size=5))], (L,))
+    r = propagate(map_network(lin, CrossbarConfig(sigma=0.0, g_min=0.2)), rng.normal(size=(1, L)),
+                  input_cov=C, cov=True)
+    Wm = lin.layers[0].weight.T
+    close(r.cov[0], Wm.T @ C @ Wm)
+
+
+def test_O10_fc_deterministic_input():
+    """O10: Cov = diag(2σ²/λ² (1 + ‖x‖²)) with zero off-diagonals; r does not enter (spec §3.3)."""
+    rng = np.random.default_rng(4)
+    L, J, sigma = 6, 4, 0.07
+    net = Network([Dense(rng.normal(size=(J, L)), rng.normal(size=J))], (L,))
+    x = rng.normal(size=(2, L))
+    for r in (1.0, 3.0):
+        mapped = map_network(net, CrossbarConfig(sigma=sigma, design="column", g_min=0.2, r=r))
+        lam = mapped.layers[0].lam
+        res = propagate(mapped, x, cov=True)
+        for s in range(2):
+            want = np.diag(2 * sigma ** 2 / lam ** 2 * (1 + x[s] @ x[s]))
+            close(res.cov[s], want)
+            assert np.all(res.cov[s][~np.eye(J, dtype=bool)] == 0)
+
+
+def test_O11_zero_weights_are_noisy():
+    """O11: W = 0, only the bias non-zero → mean b, variance 2σ²/λ² (1 + Σ q_i)."""
+    rng = np.random.default_rng(5)
+    L, J, sigma = 5, 3, 0.1
+    b = rng.normal(size=J)
+    net = Network([Dense(np.zeros((J, L)), b)], (L,))
+    x = rng.normal(size=(1, L))
+    C = rand_psd(rng, L) * 0.5
+    mapped = map_network(net, CrossbarConfig(sigma=sigma, design="layer", g_min=0.1, g_u=1.3))
+    lam = mapped.layers[0].lam
+    res = propagate(mapped, x, input_cov=C, cov=True)
+    close(res.mean[0], b)
+    q = x[0] ** 2 + np.diag(C)
+    close(res.cov[0], np.diag(2 * sigma ** 2 / lam ** 2 * (1 + q.sum())))
+
+
+def test_O13_ur_k1_is_pixelwise_fc_with_shared_devices():
+    """O13: UR, k = 1, pad 0: Cov = Σ_{c,c'} w w' Γ_(c,p),(c',p') + δ 2σ²/λ² (1 + Σ_c Q_(c,p),(c,p'))."""
+    rng = np.random.default_rng(6)
+    Ci, Co, H, W, sigma = 2, 2, 2, 3, 0.1
+    K = rng.normal(size=(Co, Ci, 1, 1))
+    b = rng.normal(size=Co)
+    net = Network([Conv2d(K, b, 1, 0)], (Ci, H, W))
+    mapped = map_network(net, CrossbarConfig(sigma=sigma, design="column", g_min=0.0))
+    lam = mapped.layers[0].lam
+    L = Ci * H * W
+    mu = rng.normal(size=L)
+    G = rand_psd(rng, L)
+    Q = G + np.outer(mu, mu)
+    res = propagate(mapped, mu.reshape(1, Ci, H, W), input_cov=G, cov=True)
+    P = H * W
+    want = np.zeros((Co * P, Co * P))
+    for co in range(Co):
+        for p in range(P):
+            for co2 in range(Co):
+                for p2 in range(P):
+                    s = sum(K[co, c, 0, 0] * K[co2, c2, 0, 0] * G[c * P + p, c2 * P + p2]
+                            for c in range(Ci) for c2 in range(Ci))
+                    if co == co2:
+                        s += 2 * sigma ** 2 / lam[co] ** 2 * (
+                            1 + sum(Q[c * P + p, c * P + p2] for c in range(Ci)))
+                    want[co * P + p, co2 * P + p2] = s
+    close(res.cov[0], want)
+
+
+def test_O14_one_pixel_k1_ur_equals_ul_equals_fc():
+    """O14: 1×1 image, k = 1: UR = UL = FC (moments and power)."""
+    rng = np.random.default_rng(7)
+    Ci, Co = 3, 2
+    K = rng.normal(size=(Co, Ci, 1, 1))
+    b = rng.normal(size=Co)
+    x = rng.normal(size=(1, Ci))
+    C = rand_psd(rng, Ci)
+    cfg = CrossbarConfig(sigma=0.1, g_min=0.2, r=1.7)
+    out = []
+    for mapping in ("UR", "UL"):
+        net = Network([Conv2d(K, b, 1, 0)], (Ci, 1, 1))
+        out.append(propagate(map_network(net, cfg.with_(mapping=mapping)),
+                             x.reshape(1, Ci, 1, 1), input_cov=C, cov=True))
+    fc = Network([Dense(K.reshape(Co, Ci), b)], (Ci,))
+    out.append(propagate(map_network(fc, cfg), x, input_cov=C, cov=True))
+    for o in out[1:]:
+        close(o.mean, out[0].mean)
+        close(o.cov, out[0].cov)
+        close(o.power_layers, out[0].power_layers)
+        close(o.power_tia_pos, out[0].power_tia_pos)
+
+
+def test_O15_ul_noise_identical_within_a_channel():
+    """O15: UL, constant σ: noise variance 2σ²/λ² (1 + Σ_{n=1}^{L} q_n) for every output of a
+    channel (sum over ALL inputs, D12); no noise covariance between outputs."""
+    rng = np.random.default_rng(8)
+    net = Network([Conv2d(rng.normal(size=(2, 2, 3, 3)), rng.normal(size=2), 1, 1)], (2, 4, 4))
+    sigma = 0.1
+    x = rng.normal(size=(1, 2, 4, 4))
+    C = rand_psd(rng, 32) * 0.3
+    noisy = map_network(net, CrossbarConfig(sigma=sigma, mapping="UL", design="layer"))
+    clean = map_network(net, CrossbarConfig(sigma=0.0, mapping="UL", design="layer"))
+    rn = propagate(noisy, x, input_cov=C, cov=True)
+    rc = propagate(clean, x, input_cov=C, cov=True)
+    lam = noisy.layers[0].lam
+    q = x[0].ravel() ** 2 + np.diag(C)
+    close(rn.cov[0] - rc.cov[0], np.diag(2 * sigma ** 2 / lam ** 2 * (1 + q.sum())), rtol=1e-10)
+
+
+def test_O16_ur_deterministic_input_correlates_a_channel():
+    """O16: UR, deterministic x: Cov[(c,p),(c',p')] = δ_cc' 2σ²/λ² (1 + Σ_a x_ι(p,a) x_ι(p',a))."""
+    rng = np.random.default_rng(9)
+    Co, Ci, k, stv, pad, H = 2, 2, 3, 1, 1, 3
+    net = Network([Conv2d(rng.normal(size=(Co, Ci, k, k)), rng.normal(size=Co), stv, pad)],
+                  (Ci, H, H))
+    sigma = 0.05
+    mapped = map_network(net, CrossbarConfig(sigma=sigma, design="column", g_min=0.1))
+    lam = mapped.layers[0].lam
+    x = rng.normal(size=(1, Ci, H, H))
+    res = propagate(mapped, x, cov=True)
+    xf = x.ravel()
+    E = O.out_side(H, k, stv, pad)
+    pos = [(oh, ow) for oh in range(E) for ow in range(E)]
+    want = np.zeros((Co * len(pos),) * 2)
+    for co in range(Co):
+        for n, (oh, ow) in enumerate(pos):
+            for n2, (oh2, ow2) in enumerate(pos):
+                s = 0.0
+                for c in range(Ci):
+                    for u in range(k):
+                        for v in range(k):
+                            i = O.iota((Ci, H, H), k, stv, pad, oh, ow, c, u, v)
+                            i2 = O.iota((Ci, H, H), k, stv, pad, oh2, ow2, c, u, v)
+                            if i is not None and i2 is not None:
+                                s += xf[i] * xf[i2]
+                want[co * len(pos) + n, co * len(pos) + n2] = 2 * sigma ** 2 / lam[co] ** 2 * (1 + s)
+    close(res.cov[0], want)
+
+
+def test_O17_avgpool_of_constant():
+    """O17: pooling a constant map gives the constant; Γ = c11ᵀ → c11ᵀ."""
+    C, H, W, k = 2, 4, 6, 2
+    L = C * H * W
+    m, G = pool_moments(np.full(L, 1.7), np.full((L, L), 0.3), (C, H, W), k)
+    np.testing.assert_allclose(m, 1.7, rtol=1e-15)
+    np.testing.assert_allclose(G, 0.3, rtol=1e-15)
+
+
+def test_O21_O21b_multiplicative_noise():
+    """O21: α = 0 is deterministic. O21b: single layer, deterministic x:
+    V Z_j = α² (b_j² + Σ_i W_ij² x_i²) (spec §13; exactly the crossbar model with g_min = 0,
+    σ(g) = αg, where λ cancels)."""
+    rng = np.random.default_rng(10)
+    L, J = 5, 3
+    Wt = rng.normal(size=(J, L))
+    b = rng.normal(size=J)
+    net = Network([Dense(Wt, b)], (L,))
+    x = rng.normal(size=(2, L))
+    r0 = propagate(map_network(net, CrossbarConfig(alpha=0.0)), x, cov=True)
+    assert np.all(r0.cov == 0)
+    alpha = 0.3
+    r1 = propagate(map_network(net, CrossbarConfig(alpha=alpha)), x, cov=True)
+    want = alpha ** 2 * (b ** 2 + (x ** 2) @ (Wt.T ** 2))
+    close(r1.var, want)
+    for s in range(2):
+        assert np.all(r1.cov[s][~np.eye(J, dtype=bool)] == 0)
+    # the crossbar equivalence: g_min = 0, σ(g) = α g
+    r2 = propagate(map_network(net, CrossbarConfig(sigma_fn=lambda g: alpha * np.asarray(g),
+                                                   design="column")), x, cov=True)
+    close(r2.var, want)
+    # α does not enter power (spec §11 / §13)
+    close(r1.power, r0.power)
+
+
+def test_noisy_layers_and_clean_layers_are_still_crossbars():
+    """A layer with noise off has σ = α = 0 in its moments but keeps its power (spec §11)."""
+    rng = np.random.default_rng(12)
+    net = Network([Dense(rng.normal(size=(4, 3)), rng.normal(size=4)), ReLU(),
+                   Dense(rng.normal(size=(2, 4)), rng.normal(size=2))], (3,))
+    x = rng.normal(size=(2, 3))
+    cfg = CrossbarConfig(sigma=0.1, alpha=0.2, g_min=0.1, r=2.0)
+    last = propagate(map_network(net, cfg.with_(noisy_layers=("last",))), x)
+    none = propagate(map_network(net, cfg.with_(sigma=0.0, alpha=0.0)), x)
+    allr = propagate(map_network(net, cfg), x)
+    close(last.power_layers[:, 0], none.power_layers[:, 0])       # layer 0 clean: σ-free power
+    assert np.all(allr.power_tia_pos[:, 0] > none.power_tia_pos[:, 0])
+    # only the last layer noisy: its output variance is exactly its own noise term (O21b-like)
+    h = np.maximum(x @ net.layers[0].weight.T + net.layers[0].bias, 0)
+    ml = map_network(net, cfg).layers[1]
+    blk = ml.block()
+    close(last.var, (h ** 2) @ blk.v + blk.vb)
+
+
+# ====================================================================== API and errors
+def test_result_api_and_datasets():
+    rng = np.random.default_rng(13)
+    net = small_cnn(rng)
+    mapped = map_network(net, CrossbarConfig(sigma=0.05))
+    x = rng.normal(size=(2, 2, 4, 4))
+    res = propagate(mapped, x, per_layer=True)
+    d = res.datasets()
+    assert set(d) == {"mean", "var", "mse", "reference", "bias", "power", "power_layers",
+                      "power_mem", "power_tia_pos", "power_tia_neg", "mse_mean", "mse_max"}
+    assert d["mean"].shape == (2, 2) and d["power_layers"].shape == (2, 3)
+    assert res.cov is None
+    close(res.bias, res.mean - res.reference)
+    close(res.mse_mean, res.mse.mean(axis=1))
+    close(res.mse_max, res.mse.max(axis=1))
+    close(res.power, res.power_mem.sum(1) + res.power_tia_pos.sum(1) + res.power_tia_neg.sum(1))
+    g = res.groups()
+    assert list(g) == [f"layers/{i:02d}" for i in range(len(mapped.fused.layers))]
+    assert g["layers/00"]["mean"].shape == (2, 3 * 2 * 2)
+    np.testing.assert_array_equal(g["layers/06"]["var"], res.var)
+    assert "cov" in propagate(mapped, x, cov=True).datasets()
+    assert propagate(mapped, x).groups() == {}
+
+
+def test_bad_input_covariance_is_a_one_line_error():
+    rng = np.random.default_rng(14)
+    net = Network([Dense(rng.normal(size=(2, 3)), None)], (3,))
+    mapped = map_network(net, CrossbarConfig(sigma=0.1))
+    x = rng.normal(size=(2, 3))
+    bad = {
+        "shape": np.eye(4),
+        "NaN": np.full((3, 3), np.nan),
+        "symmetric": np.array([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]]),
+        "semi-definite": np.array([[1.0, 2, 0], [2, 1, 0], [0, 0, 1]]),
+        "numeric": np.array([["a"] * 3] * 3),
+    }
+    for word, C in bad.items():
+        with pytest.raises(DataError, match=word) as e:
+            propagate(mapped, x, input_cov=C)
+        assert "\n" not in str(e.value)
+    with pytest.raises(DataError):
+        propagate(mapped, rng.normal(size=(2, 4)))
+    # (B, L, L) is accepted, and a zero covariance equals a deterministic input
+    r1 = propagate(mapped, x, input_cov=np.zeros((2, 3, 3)), cov=True)
+    r2 = propagate(mapped, x, cov=True)
+    np.testing.assert_array_equal(r1.cov, r2.cov)
+
+
+@pytest.mark.kernel
+def test_ur_noise_kernel_jit_equals_python():
+    """The Numba UR shared-device kernel equals its plain-Python statement (style G3)."""
+    rng = np.random.default_rng(15)
+    from refmem.layers import im2col_index
+    idx = im2col_index((2, 3, 3), 2, 1, 1)
+    L = 18
+    mu = rng.normal(size=L)
+    G = rand_psd(rng, L)
+    v = rng.uniform(0.1, 1, size=(idx.shape[1], 3))
+    vb = rng.uniform(size=3)
+    a = np.empty((3, idx.shape[0], idx.shape[0]))
+    ur_shared_noise_kernel(mu, G, True, idx, v, vb, a)
+    py = getattr(ur_shared_noise_kernel, "py_func", ur_shared_noise_kernel)
+    p = np.empty_like(a)
+    py(mu, G, True, idx, v, vb, p)
+    np.testing.assert_allclose(a, p, rtol=1e-13, atol=1e-15)
+    # against the 6-index oracle's noise term (Γ part and μμᵀ part)
+    K0 = np.zeros((3, 2, 2, 2))
+    _, c = O.ur_moments(K0, None, v.T.reshape(3, 2, 2, 2), vb, 1, 1, (2, 3, 3), mu, G)
+    n = idx.shape[0]
+    for co in range(3):
+        close(a[co], c[co * n:(co + 1) * n, co * n:(co + 1) * n])
+
+
+@pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (1, 0, 2), (1, 2, 3), (3, 1, 2)])
+def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k):
+    """Both streamed passes (im2col gather; stride-1 batched GEMMs) equal W_ULᵀ Γ W_UL with the
+    explicit Toeplitz matrix, chunked or not."""
+    import refmem.moments as M
+    rng = np.random.default_rng(16)
+    conv = Conv2d(rng.normal(size=(3, 2, k, k)), None, stride, pad)
+    in_shape = (2, 5, 4)
+    T = conv.toeplitz(in_shape)
+    G = rand_psd(rng, 40)
+    want = T.T @ G @ T
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    close(conv_signal_cov(Wur, idx, G, chunk_bytes=1), want)
+    close(conv_signal_cov(Wur, idx, G), want)
+    old = M._GEMM_SIZE
+    try:
+        for size in (1, 10**9):
+            M._GEMM_SIZE = size
+            close(conv_signal_cov(Wur, idx, G, geometry=(in_shape, k, stride, pad)), want)
+    finally:
+        M._GEMM_SIZE = old
+    close(conv_mean(Wur, None, idx, np.ones(40)), T.T @ np.ones(40))
+
+
+def test_symmetrize_blockwise():
+    rng = np.random.default_rng(17)
+    A = rng.normal(size=(7, 7))
+    want = 0.5 * (A + A.T)
+    np.testing.assert_allclose(symmetrize(A.copy(), block=3), want, rtol=0, atol=1e-15)

@@ -1,0 +1,394 @@
+"""ReLU moments (spec §8): closed-form oracles O1–O7, robustness against an mpmath reference,
+PSD of the exact covariance matrix, and the Numba kernels (JIT == Python).
+
+Accuracy requirement (issue "Analytic core"): mean, variance and covariance finite, variance
+never negative, and relative error ≤ 1e-9 wherever the true value is a normal float (absolute
+otherwise) for standardised means μ/s ∈ [−40, 40] and s → 0. References are computed here
+with mpmath (≥ 30 significant digits):
+
+- mean/variance: Proposition 4 evaluated at 50 digits (the cancellation of Eq. (23) costs at
+  most ~a⁴ ≈ 3e6, i.e. 7 of the 50 digits);
+- covariance: the spec §8.2 one-dimensional integral at 30 digits with Gauss–Legendre panels
+  graded geometrically toward the peak and both ends (its own error estimate is asserted to be
+  ≤ 1e-20 relative), cross-checked on moderate arguments against an independent form,
+  ``E[X₁⁺X₂⁺] = ∫ (z + a₁) E[(a₂ + Z₂)⁺ | Z₁ = z] φ(z) dz`` minus the product of the means.
+"""
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy.special import ndtr, roots_legendre
+from scipy.stats import multivariate_normal
+
+from refmem.errors import DataError
+from refmem.relu import (_GK_WG, _GK_WK, _GK_X, RTOL_QUAD, bvn_cdf, relu_cov_exact,
+                         relu_cov_pairs_kernel, relu_cov_pairs_kernel_par, relu_cov_taylor,
+                         relu_mean_var, relu_moments)
+
+TINY = np.finfo(float).tiny          # smallest normal float64
+REQ = 1e-9                           # required relative accuracy
+
+
+def assert_accurate(got, true, what, req=REQ, scale=1.0):
+    """Relative ≤ req where |true| is a normal float (scaled), absolute ≤ req·TINY·scale otherwise."""
+    got, true = float(got), float(true)
+    assert math.isfinite(got), f"{what}: not finite ({got})"
+    if abs(true) >= TINY * scale:
+        assert abs(got - true) <= req * abs(true), f"{what}: {got!r} vs {true!r}"
+    else:
+        assert abs(got - true) <= max(req, 1.0) * TINY * scale, f"{what}: {got!r} vs {true!r}"
+
+
+# ---------------------------------------------------------------------- mpmath references
+def mp_mean_var(mu, s, dps=50):
+    """Proposition 4 at high precision: E = s φ(a) + μ Φ(a), E2 = (μ² + s²) Φ(a) + μ s φ(a).
+
+    The working precision grows with |a| = |μ|/s (E2 − E² cancels by a factor ~a² for a ≫ 1).
+    """
+    if s != 0 and mu != 0:
+        if abs(mu) / s > 60:            # Φ(±a) = 1/0 up to e^-1800: the limits are exact here
+            return (mp.mpf(mu), mp.mpf(s) ** 2) if mu > 0 else (mp.mpf(0), mp.mpf(0))
+        dps += int(2 * max(0.0, math.log10(abs(mu) / s + 1.0)))
+    with mp.workdps(dps):
+        mu, s = mp.mpf(mu), mp.mpf(s)
+        if s == 0:
+            return max(mu, 0), mp.mpf(0)
+        a = mu / s
+        e1 = s * mp.npdf(a) + mu * mp.ncdf(a)
+        e2 = (mu * mu + s * s) * mp.ncdf(a) + mu * s * mp.npdf(a)
+        return e1, e2 - e1 * e1
+
+
+def mp_cov_tform(a1, a2, rho, dps=30):
+    """Standardised Cov[X₁⁺, X₂⁺] by the spec §8.2 integral, graded Gauss–Legendre panels."""
+    with mp.workdps(dps):
+        a1, a2, rho = mp.mpf(a1), mp.mpf(a2), mp.mpf(rho)
+        if rho == 0:
+            return mp.mpf(0), mp.mpf(0)
+        th = mp.asin(rho)
+        F = lambda u: (a1 * a1 - 2 * a1 * a2 * u + a2 * a2) / (2 * (1 - u * u))
+        lo, hi = (mp.mpf(0), th) if rho > 0 else (th, mp.mpf(0))
+        big = max(abs(a1), abs(a2))
+        us = mp.mpf(0) if big == 0 else min(abs(a1), abs(a2)) / big * (1 if a1 * a2 >= 0 else -1)
+        tp = min(max(mp.asin(us), lo), hi)
+        fmin = F(mp.sin(tp)) if abs(mp.sin(tp)) < 1 else max(a1 * a1, a2 * a2) / 2
+        g = lambda t: abs(rho - mp.sin(t)) * mp.exp(-(F(mp.sin(t)) - fmin))
+        Lh = hi - lo
+        pts = {lo, hi, tp}
+        for k in range(45):
+            for c in (tp, lo, hi):
+                pts.add(c + Lh * mp.mpf(2) ** -k)
+                pts.add(c - Lh * mp.mpf(2) ** -k)
+        pts = sorted(p for p in pts if lo <= p <= hi)
+        I, err = mp.quad(g, pts, method="gauss-legendre", error=True)
+        sc = mp.exp(-fmin) / (2 * mp.pi)
+        return rho * mp.ncdf(a1) * mp.ncdf(a2) + sc * I, sc * err
+
+
+def _ppm(m, sd):
+    r = m / sd
+    return sd * mp.npdf(r) + m * mp.ncdf(r)
+
+
+def mp_cov_conditional(a1, a2, rho, dps=40):
+    """Independent form: ∫_{−a₁}^∞ (z + a₁) E[(a₂ + ρz + √(1−ρ²)W)⁺] φ(z) dz − E[X₁⁺]E[X₂⁺]."""
+    with mp.workdps(dps):
+        a1, a2, rho = mp.mpf(a1), mp.mpf(a2), mp.mpf(rho)
+        sd = mp.sqrt(1 - rho * rho)
+        f = lambda z: (z + a1) * _ppm(a2 + rho * z, sd) * mp.npdf(z)
+        hi = max(-a1, 0) + 40
+        pts = sorted(set(mp.linspace(-a1, hi, int(4 * (hi + a1)) + 1)))
+        E12 = mp.quad(f, pts + [mp.inf], method="gauss-legendre")
+        return E12 - _ppm(a1, 1) * _ppm(a2, 1)
+
+
+def ref_cov(a1, a2, rho):
+    val, err = mp_cov_tform(a1, a2, rho)
+    assert err <= 1e-20 * abs(val) + mp.mpf(10) ** -330, "mpmath reference did not converge"
+    return val
+
+
+# ====================================================================== quadrature constants
+def test_gauss_kronrod_constants():
+    """GK(10, 21): exact on monomials up to degree 31 (Kronrod) / 19 (Gauss); Gauss nodes = SciPy's."""
+    x = np.concatenate([-_GK_X[:0:-1], _GK_X])
+    wk = np.concatenate([_GK_WK[:0:-1], _GK_WK])
+    wg = np.concatenate([_GK_WG[:0:-1], _GK_WG])
+    for deg in range(32):
+        exact = 2.0 / (deg + 1) if deg % 2 == 0 else 0.0
+        assert abs(np.sum(wk * x ** deg) - exact) < 3e-16
+        if deg < 20:
+            assert abs(np.sum(wg * x ** deg) - exact) < 3e-16
+    gx, gw = roots_legendre(10)
+    np.testing.assert_allclose(np.sort(x[wg > 0]), np.sort(gx), rtol=0, atol=2e-16)
+    np.testing.assert_allclose(np.sort(wg[wg > 0]), np.sort(gw), rtol=0, atol=2e-15)  # SciPy: ~1e-15
+
+
+# ====================================================================== closed forms O1–O7
+def test_O1_standard_normal():
+    m, v = relu_mean_var(0.0, 1.0)
+    assert abs(m - 0.3989422804014327) <= 1e-16
+    assert abs(v - 0.3408450569081046) <= 1e-16
+
+
+def test_O2_zero_variance_is_deterministic():
+    mu = np.array([-3.0, -0.0, 0.0, 2.5, 1e300, -1e300])
+    m, v = relu_mean_var(mu, np.zeros_like(mu))
+    np.testing.assert_array_equal(m, np.maximum(mu, 0))
+    np.testing.assert_array_equal(v, 0)
+
+
+@pytest.mark.parametrize("rho,want", [(0.5, None), (-1.0, -1 / (2 * math.pi)), (0.0, 0.0),
+                                      (1.0, None), (-0.4, None), (0.999999, None)])
+def test_O3_arc_cosine_kernel(rho, want):
+    """O3: μ = 0, s = 1: Cov = (√(1−ρ²) + ρ(π − arccos ρ) − 1)/(2π); ρ = 0.5 → 0.1453439."""
+    with mp.workdps(40):                       # float64 loses digits in √(1−ρ²) near ρ = 1
+        R = mp.mpf(rho)
+        closed = float((mp.sqrt(1 - R * R) + R * (mp.pi - mp.acos(R)) - 1) / (2 * mp.pi))
+    got = float(relu_cov_exact(0.0, 1.0, 0.0, 1.0, rho))
+    assert abs(got - closed) <= 1e-15
+    if want is not None:
+        assert abs(got - want) <= 1e-15
+    if rho == 0.5:
+        assert abs(got - 0.1453439) < 5e-8
+
+
+@pytest.mark.parametrize("a", [-39.0, -25.0, -8.0, -2.0, -0.3, 0.0, 0.4, 3.0, 12.0, 39.0])
+def test_O4_rho_one_identical_inputs_gives_prop4_variance(a):
+    s = 1.7
+    got = float(relu_cov_exact(a * s, s, a * s, s, 1.0))
+    want = float(relu_mean_var(a * s, s * s)[1])
+    assert_accurate(got, want, f"a={a}", req=1e-11, scale=s * s)
+
+
+def test_O5_zero_std_gives_zero_covariance():
+    assert np.all(relu_cov_exact([1.0, -1.0, 0.0], [0.0, 1.0, 0.0], [2.0, 1.0, 0.3],
+                                 [1.0, 0.0, 0.0], [0.5, -0.5, 1.0]) == 0)
+
+
+def test_O6_bvn_at_origin_and_against_scipy():
+    for rho in (-1.0, -0.99, -0.5, -0.1, 0.0, 0.3, 0.9, 0.999, 1.0):
+        got = float(bvn_cdf(0.0, 0.0, rho))
+        assert abs(got - (0.25 + math.asin(rho) / (2 * math.pi))) <= 1e-15
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        h, k = rng.normal(size=2) * 2
+        rho = rng.uniform(-0.98, 0.98)
+        want = multivariate_normal(mean=[0, 0], cov=[[1, rho], [rho, 1]]).cdf([h, k])
+        assert abs(float(bvn_cdf(h, k, rho)) - want) <= 1e-8
+
+
+def test_O7_price_derivative_at_zero_correlation():
+    """O7: ∂Cov/∂Γ₁₂ at Γ₁₂ = 0 equals Φ(a₁)Φ(a₂) (Price's theorem; spec §8.2)."""
+    for mu1, s1, mu2, s2 in [(0.3, 1.0, -0.5, 2.0), (1.5, 0.7, 0.2, 1.3), (-2.0, 1.0, -1.0, 0.5)]:
+        h = 1e-4
+        d = (relu_cov_exact(mu1, s1, mu2, s2, h) - relu_cov_exact(mu1, s1, mu2, s2, -h)) / (
+            2 * h * s1 * s2)
+        assert abs(d - ndtr(mu1 / s1) * ndtr(mu2 / s2)) <= 1e-9
+
+
+def test_closed_form_rosenbaum_agrees():
+    """The spec §8.2 closed form (truncated-bivariate moments, Φ₂ from SciPy) equals the integral."""
+    rng = np.random.default_rng(1)
+    for _ in range(25):
+        a1, a2 = rng.uniform(-2.5, 2.5, size=2)
+        rho = rng.uniform(-0.95, 0.95)
+        c1 = (a1 - rho * a2) / math.sqrt(1 - rho ** 2)
+        c2 = (a2 - rho * a1) / math.sqrt(1 - rho ** 2)
+        P2 = multivariate_normal(mean=[0, 0], cov=[[1, rho], [rho, 1]]).cdf([a1, a2])
+        phi = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+        E12 = ((a1 * a2 + rho) * P2 + a1 * phi(a2) * ndtr(c1) + a2 * phi(a1) * ndtr(c2)
+               + math.sqrt(1 - rho ** 2) / (2 * math.pi)
+               * math.exp(-(a1 ** 2 - 2 * rho * a1 * a2 + a2 ** 2) / (2 * (1 - rho ** 2))))
+        m = lambda a: phi(a) + a * ndtr(a)
+        want = E12 - m(a1) * m(a2)
+        assert abs(float(relu_cov_exact(a1, 1, a2, 1, rho)) - want) <= 1e-8
+
+
+def test_taylor_rule_eq28():
+    np.testing.assert_array_equal(relu_cov_taylor([1.0, 1.0, -1.0, 0.0], [2.0, -1.0, 3.0, 1.0],
+                                                  [0.3, 0.3, 0.3, 0.3]), [0.3, 0.0, 0.0, 0.0])
+
+
+# ====================================================================== robustness vs mpmath
+A_GRID = [-40.0, -38.5, -37.0, -30.0, -20.0, -10.0, -5.0, -2.0000001, -2.0, -1.9999999, -1.0,
+          -1e-9, 0.0, 1e-9, 0.5, 2.0, 6.0, 10.0, 25.0, 38.0, 40.0]
+
+
+def test_mean_var_against_mpmath_grid():
+    """Mean and variance, a ∈ [−40, 40] (a fine grid plus branch boundaries), s = 1 and 3e-5."""
+    grid = np.unique(np.concatenate([np.linspace(-40, 40, 321), A_GRID]))
+    for s in (1.0, 3e-5):
+        m, v = relu_mean_var(grid * s, np.full(grid.shape, s * s))
+        assert np.all(v >= 0) and np.all(m >= 0)
+        for a, mi, vi in zip(grid, m, v):
+            em, ev = mp_mean_var(a * s, s)
+            assert_accurate(mi, em, f"mean a={a} s={s}", scale=s)
+            assert_accurate(vi, ev, f"var a={a} s={s}", scale=s * s)
+
+
+@pytest.mark.parametrize("s", [1e-6, 1e-100, 1e-155, 1e-160, 1e-300, 5e-324])
+def test_mean_var_s_to_zero(s):
+    """s → 0 (including subnormal s): finite, non-negative, accurate (absolute near underflow)."""
+    for mu in (-1.0, -1e-300, 0.0, 1e-310, 1e-300, 2.0):
+        for a_target in (None, -3.0, 0.5):
+            mm = mu if a_target is None else a_target * s
+            m, v = relu_mean_var(mm, s * s)
+            assert np.isfinite(m) and np.isfinite(v) and v >= 0 and m >= 0
+            em, ev = mp_mean_var(mm, math.sqrt(s * s))          # the variance actually passed
+            assert_accurate(m, em, f"mean mu={mm} s={s}", scale=max(s, 1e-300))
+            assert abs(v - float(ev)) <= REQ * float(ev) + 2 * TINY
+
+
+COV_CASES = [(a1, a2, rho)
+             for a1 in (-37.0, -20.0, -6.0, -1.0, 0.0, 2.0, 15.0, 39.5)
+             for a2 in (-26.0, -2.5, 0.7, 30.0)
+             for rho in (-1.0, -0.999999, -0.6, -1e-7, 1e-7, 0.45, 0.999999, 1.0)]
+
+
+def _check_cov_case(a1, a2, rho):
+    got = relu_cov_exact(a1, 1.0, a2, 1.0, rho)
+    assert_accurate(got, ref_cov(a1, a2, rho), f"cov {a1},{a2},{rho}")
+
+
+def test_covariance_against_mpmath_grid():
+    """Exact covariance over a ∈ [−40, 40]², ρ ∈ [−1, 1] (default suite: every third case)."""
+    for case in COV_CASES[::3]:
+        _check_cov_case(*case)
+
+
+@pytest.mark.slow
+def test_covariance_against_mpmath_full_grid():
+    for case in COV_CASES:
+        _check_cov_case(*case)
+
+
+@pytest.mark.parametrize("a1,a2,rho", [(0.3, -0.5, 0.7), (-1.0, 0.5, 0.95), (-2.0, -1.5, 0.99),
+                                       (1.0, 2.0, -0.6), (-1.5, -1.2, -0.8), (0.0, 2.0, -0.3)])
+def test_mpmath_reference_against_independent_form(a1, a2, rho):
+    """The mpmath §8.2 integral used as reference agrees with the conditional-expectation form."""
+    a = mp_cov_tform(a1, a2, rho)[0]
+    b = mp_cov_conditional(a1, a2, rho)
+    assert abs(a - b) <= mp.mpf(10) ** -20 * abs(a)
+    assert_accurate(relu_cov_exact(a1, 1.0, a2, 1.0, rho), a, "implementation")
+
+
+@settings(max_examples=max(10, settings().max_examples))
+@given(a1=st.floats(-40, 40), a2=st.floats(-40, 40),
+       rho=st.one_of(st.floats(-1, 1), st.sampled_from([-1.0, 1.0, 1e-12, -1e-12, 0.0])),
+       ls1=st.floats(-150, 150), ls2=st.floats(-150, 150))
+def test_covariance_hypothesis_extremes(a1, a2, rho, ls1, ls2):
+    """Random standardised means, correlations and scales 10^±150: finite, accurate, and
+    |Cov| ≤ √(V₁V₂) (Cauchy–Schwarz)."""
+    s1, s2 = 10.0 ** ls1, 10.0 ** ls2
+    got = float(relu_cov_exact(a1 * s1, s1, a2 * s2, s2, rho))
+    assert math.isfinite(got)
+    want = ref_cov(a1, a2, rho)
+    with mp.workdps(30):
+        want_abs = want * mp.mpf(s1) * mp.mpf(s2)   # judge the returned (possibly subnormal) value
+    assert_accurate(got, want_abs, f"cov {a1},{a2},{rho} s={s1},{s2}")
+    v1 = float(relu_mean_var(a1, 1.0)[1])
+    v2 = float(relu_mean_var(a2, 1.0)[1])
+    assert abs(got / (s1 * s2)) <= math.sqrt(v1) * math.sqrt(v2) * (1 + 1e-12) + 1e-300
+
+
+@given(mu=st.floats(-1e300, 1e300), lv=st.floats(-320, 300), sgn=st.booleans())
+def test_mean_var_hypothesis_extremes(mu, lv, sgn):
+    """Any finite μ and variance in [1e-320, 1e300]: finite, E ≥ max(μ, 0), V ≥ 0, V ≤ var."""
+    var = 10.0 ** lv
+    m, v = relu_mean_var(mu, var)
+    assert np.isfinite(m) and np.isfinite(v)
+    assert v >= 0 and m >= 0
+    assert m >= max(mu, 0.0) * (1 - 1e-15)              # Jensen
+    assert v <= var * (1 + 1e-12) + 1e-320               # Var[f(X)] ≤ Var X for 1-Lipschitz f
+
+
+def test_bad_inputs():
+    with pytest.raises(DataError):
+        relu_mean_var(np.nan, 1.0)
+    with pytest.raises(DataError):
+        relu_mean_var(0.0, -1.0)
+    with pytest.raises(DataError):
+        relu_cov_exact(0.0, -1.0, 0.0, 1.0, 0.5)
+    with pytest.raises(DataError):
+        relu_cov_exact(np.inf, 1.0, 0.0, 1.0, 0.5)
+    with pytest.raises(DataError):
+        relu_moments(np.zeros(3), np.eye(3), "linear")
+    # tiny negative rounding residues are accepted as 0
+    m, v = relu_mean_var(1.0, -1e-18)
+    assert v == 0 and m == 1.0
+
+
+# ====================================================================== matrix form
+def test_exact_matrix_is_psd_and_taylor_can_fail():
+    """Spec §8.2: the exact covariance matrix is PSD. D15: Prop. 4 diagonal + Eq. (28)
+    off-diagonals is not (μ = (0.5, 0.5), Γ₁₂ = 0.999: min eigenvalue −0.446)."""
+    rng = np.random.default_rng(2)
+    for d in (2, 5, 12):
+        A = rng.normal(size=(d, d))
+        G = A @ A.T / d
+        mu = rng.normal(size=d) * np.sqrt(np.diag(G))
+        _, C = relu_moments(mu, G, "exact")
+        np.testing.assert_array_equal(C, C.T)
+        assert np.linalg.eigvalsh(C)[0] >= -1e-12 * np.trace(C)
+    mu = np.array([0.5, 0.5])
+    G = np.array([[1.0, 0.999], [0.999, 1.0]])
+    _, Ct = relu_moments(mu, G, "taylor")
+    assert abs(np.linalg.eigvalsh(Ct)[0] - (-0.446)) < 1e-3
+    _, Ce = relu_moments(mu, G, "exact")
+    assert np.linalg.eigvalsh(Ce)[0] >= 0
+
+
+def test_matrix_form_uses_pairwise_formula_and_in_place():
+    rng = np.random.default_rng(3)
+    d = 6
+    A = rng.normal(size=(d, d))
+    G = A @ A.T / d
+    G[0, :] = G[:, 0] = 0.0                      # a deterministic coordinate
+    mu = rng.normal(size=d)
+    m, C = relu_moments(mu, G.copy(), "exact")
+    s = np.sqrt(np.diag(G))
+    for i in range(d):
+        for j in range(d):
+            if i == j:
+                want = relu_mean_var(mu[i], G[i, i])[1]
+            elif s[i] == 0 or s[j] == 0:
+                want = 0.0
+            else:
+                a, b = min(i, j), max(i, j)          # the lower triangle mirrors i < j
+                want = relu_cov_exact(mu[a], s[a], mu[b], s[b], G[a, b] / (s[a] * s[b]))
+            assert C[i, j] == want
+    np.testing.assert_array_equal(m, relu_mean_var(mu, np.diag(G))[0])
+    G2 = G.copy()
+    m2, C2 = relu_moments(mu, G2, "exact", out=G2)
+    assert C2 is G2
+    np.testing.assert_array_equal(C2, C)
+    for mode in ("exact", "taylor"):
+        mm, cc = relu_moments(mu, None, mode)
+        np.testing.assert_array_equal(mm, np.maximum(mu, 0))
+        assert cc is None
+
+
+@pytest.mark.kernel
+def test_pair_kernels_jit_equal_python():
+    """JIT kernel == its Python statement (style G3); parallel == serial bit for bit."""
+    rng = np.random.default_rng(4)
+    d = 7
+    A = rng.normal(size=(d, d))
+    G = A @ A.T / d
+    G[1, 2] = G[2, 1] = 0.0
+    mu = rng.normal(size=d) * 3
+    mu[3] = -50.0                                  # beyond the ±40 limit
+    s = np.sqrt(np.diag(G))
+    outs = []
+    for kern in (relu_cov_pairs_kernel, relu_cov_pairs_kernel_par):
+        for f in (kern, getattr(kern, "py_func", kern)):
+            out = np.zeros((d, d))
+            f(mu, s, G, out, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+            outs.append(out)
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], rtol=1e-13, atol=1e-300)
+    np.testing.assert_array_equal(outs[2], outs[0])            # parallel == serial (JIT)
