@@ -318,7 +318,8 @@ def cmd_demo(args):
         raise ConfigError("--images must be >= 1 and -n >= 2")
     log = (lambda *a, **k: None) if args.quiet else print
     run_demo(args.output, sigmas=sigmas, n_images=args.images, n_mc=args.n, seed=args.seed,
-             g_u=args.gu, model=args.model, progress=not args.quiet, log=log)
+             g_u=args.gu, model=args.model, train=args.train, epochs=args.epochs,
+             progress=not args.quiet, log=log)
     return 0
 
 
@@ -389,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--gu", type=float, default=1.0, help="g_u (layer-wise design; default 1)")
     s.add_argument("--model", metavar="MODEL.h5", help="another flat-784 MNIST model file")
+    s.add_argument("--train", action="store_true", help="train the 784-100-10 MLP first with "
+                   "refmem's own Adam (MNIST-5k training split) instead of using the shipped one")
+    s.add_argument("--epochs", type=int, default=30, help="training epochs with --train")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 

@@ -54,9 +54,42 @@ def _load_test_images(n_images, split_seed):
     return x, labels[idx].astype(np.int64)
 
 
+def train_demo_model(output_dir, *, epochs=30, seed=0, progress=True, log=print):
+    """Train the demo's 784-100-10 MLP with refmem's own trainer and write it to ``output_dir``.
+
+    The recipe of the shipped model (``data/models/README.md``, recipe A): the MNIST-5k split
+    ``mnist5k_split(0)`` (4,000 training images), ``pixels/255`` inputs, cross-entropy on
+    unrectified logits, Adam (Kingma & Ba 2015) with lr 1e-3, batches of 64 shuffled with
+    ``seed``, ``epochs`` epochs, float64. Returns the path of the model file.
+    """
+    from .datasets import load_mnist5k, mnist5k_split
+    from .modelfile import save_model
+    from .training import Adam, Trainer, mlp
+
+    images, labels = load_mnist5k()
+    tr_idx, te_idx = mnist5k_split(0)
+    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    model = mlp(784, 100, 10, seed=seed)
+    trainer = Trainer(model, "cross_entropy", Adam(1e-3), batch_size=64, seed=seed,
+                      progress=progress)
+    trainer.fit(x[tr_idx], labels[tr_idx], int(epochs))
+    acc = float(trainer.evaluate(x[te_idx], labels[te_idx])["accuracy"])
+    attrs = trainer.metadata()
+    attrs.update(split_seed=0, test_accuracy=acc, dataset="mnist5k",
+                 architecture="MLP 784-100-10, ReLU (seed 000)", trained_by="refmem demo --train")
+    path = Path(output_dir) / "mnist5k_mlp_784-100-10.h5"
+    save_model(model.to_network("pixels/255", attrs), path)
+    log(f"trained 784-100-10 MLP for {epochs} epochs: test accuracy {acc:.4f}; wrote {path}")
+    return path
+
+
 def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=0,
-             g_u=1.0, model=None, progress=True, log=print):
-    """Run the demo; returns a dict of the arrays written to ``demo.h5``."""
+             g_u=1.0, model=None, train=False, epochs=30, progress=True, log=print):
+    """Run the demo; returns a dict of the arrays written to ``demo.h5``.
+
+    ``train=True`` first trains the MLP (:func:`train_demo_model`, ``epochs`` epochs) into
+    ``output_dir`` and uses it instead of the shipped model.
+    """
     from .datasets import shipped_path
     from .hdf5io import atomic_h5, standard_attrs
     from .mapping import map_network
@@ -66,6 +99,10 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
 
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if train:
+        if model is not None:
+            raise ConfigError("give either a model file or --train, not both")
+        model = train_demo_model(out_dir, epochs=epochs, seed=seed, progress=progress, log=log)
     model_path = Path(model) if model is not None else shipped_path(MODEL_NAME)
     net = load_model(model_path)
     if net.input_shape != (784,):
@@ -101,6 +138,8 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
             f"power analytic {res['an_power'][i]:.5g}  MC {res['mc_power'][i]:.5g}  "
             f"({time.perf_counter() - t0:.1f} s)")
 
+    png = out_dir / "demo.png"
+    _plot(png, sig, res, ref_acc, len(y), int(n_mc))
     h5 = out_dir / "demo.h5"
     with atomic_h5(h5) as f:
         for k, v in standard_attrs(base, command="demo", model=str(model_path),
@@ -118,8 +157,6 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
         f["montecarlo/power"] = res["mc_power"]
         f["montecarlo/power_se"] = res["mc_power_se"]
         f["reference/accuracy"] = ref_acc
-    png = out_dir / "demo.png"
-    _plot(png, sig, res, ref_acc, len(y), int(n_mc))
     log(f"wrote {h5} and {png}")
     return {"sigma": sig, "reference_accuracy": ref_acc, **res}
 
@@ -130,12 +167,15 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc):
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    pos = sig > 0
+    pos = (sig > 0) & (res["an_mse"] > 0)
     a1.plot(sig[pos], res["an_mse"][pos], "-", color="C0", label="analytic (spec §9)")
     a1.errorbar(sig[pos], res["mc_mse"][pos], yerr=2 * res["mc_mse_se"][pos], fmt="o",
                 color="C1", ms=4, capsize=3, label=f"Monte-Carlo ±2 SE (n={n_mc})")
-    a1.set_xscale("log")
-    a1.set_yscale("log")
+    if pos.any():                      # log axes need positive values (σ = 0 has MSE 0)
+        a1.set_xscale("log")
+        a1.set_yscale("log")
+    else:
+        a1.text(0.5, 0.5, "no σ > 0 in the sweep", ha="center", transform=a1.transAxes)
     a1.set_xlabel("device noise σ (std per device, g_u = 1)")
     a1.set_ylabel("output MSE vs noiseless network")
     a1.legend()

@@ -228,7 +228,7 @@ def _geometry(ml):
     return (tuple(ml.in_shape), ml.conv.k, ml.conv.stride, ml.conv.padding)
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def ur_shared_noise_kernel(mu, G, has_g, idx, v, vb, out):
     r"""UR shared-device noise term (spec §5, corrected Eqs. (14)–(16), D9).
 

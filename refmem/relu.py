@@ -187,13 +187,13 @@ def relu_mean_var(mu, var):
 
 
 # ====================================================================== exact covariance
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _ndtr_scalar(x):
     """Φ(x) = erfc(−x/√2)/2 (relative accuracy in both tails)."""
     return 0.5 * math.erfc(-x / _SQRT2)
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
     """One 21-point Gauss–Kronrod panel on [t0, t1]; writes (K21, error estimate, |f| integral).
 
@@ -248,7 +248,7 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
     res[1] = err
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws):
     """Globally adaptive GK21 on [lo, hi] (split at ``mid`` if strictly inside); returns ∫.
 
@@ -297,7 +297,7 @@ def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws):
         n += 1
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _f_of_u(a1, a2, u):
     """f(u) = (a₁ − a₂u)²/(2(1−u²)) + a₂²/2 (+∞ at |u| = 1 unless a₁ = a₂u)."""
     d = a1 - a2 * u
@@ -307,7 +307,7 @@ def _f_of_u(a1, a2, u):
     return 0.5 * d * d / den + 0.5 * a2 * a2
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _fmin_and_peak(a1, a2, ulo, uhi):
     """Minimum of f(u) = (a₁² − 2a₁a₂u + a₂²)/(2(1−u²)) on [ulo, uhi] and its location."""
     m1 = abs(a1)
@@ -325,7 +325,7 @@ def _fmin_and_peak(a1, a2, ulo, uhi):
     return 0.5 * d * d / ((1.0 - u) * (1.0 + u)) + 0.5 * a2 * a2, u
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _log_ndtr(a):
     """log Φ(a) without underflow: direct for a >= −37 (Φ is a normal float there), else
     ``−a²/2 − log√(2π) + log R(−a)`` with the Mills ratio ``R = 1/(x + T₁)`` (30-term continued
@@ -339,7 +339,7 @@ def _log_ndtr(a):
     return -0.5 * x * x - 0.5 * math.log(2.0 * math.pi) - math.log(x + T)
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _scaled_ndtr_product(rho, a1, a2, s12, logs12):
     """ρ Φ(a₁) Φ(a₂) s₁s₂, in the log domain when a factor or a partial product nears
     underflow (so that no intermediate is subnormal when the result is a normal float)."""
@@ -350,7 +350,7 @@ def _scaled_ndtr_product(rho, a1, a2, s12, logs12):
     return math.exp(lg) if rho > 0 else -math.exp(lg)
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
     """``Cov[X₁⁺, X₂⁺] = s₁s₂ C(a₁, a₂, ρ)`` (spec §8.2) for finite a and ρ ∈ [−1, 1].
 
@@ -399,7 +399,7 @@ def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
     return base + scale * integral * _INV_2PI
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _relu_cov_scalar(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, ws):
     """``Cov[X₁⁺, X₂⁺]`` for X Gaussian with means mu, stds s, correlation rho (spec §8.2)."""
     if s1 == 0.0 or s2 == 0.0 or rho == 0.0:
@@ -418,7 +418,7 @@ def _relu_cov_scalar(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, ws):
     return _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws)
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _relu_cov_vec(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, out):
     """Elementwise exact ReLU covariance over 1-D arrays (all of one length) into ``out``."""
     ws = np.empty(_WS_SIZE)
@@ -426,7 +426,7 @@ def _relu_cov_vec(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, out):
         out[i] = _relu_cov_scalar(mu1[i], s1[i], mu2[i], s2[i], rho[i], rtol, gx, gwk, gwg, ws)
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _relu_cov_row(i, mu, s, G, out, rtol, gx, gwk, gwg):
     """Row i of the exact ReLU covariance: ``out[i, j] = out[j, i]`` for j > i (in place OK)."""
     d = mu.shape[0]
@@ -442,7 +442,7 @@ def _relu_cov_row(i, mu, s, G, out, rtol, gx, gwk, gwg):
         out[j, i] = c
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def relu_cov_pairs_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
     """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (spec §8.2).
 
@@ -455,7 +455,7 @@ def relu_cov_pairs_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
         _relu_cov_row(i, mu, s, G, out, rtol, gx, gwk, gwg)
 
 
-@numba.njit(cache=False, parallel=True)
+@numba.njit(cache=True, parallel=True)
 def relu_cov_pairs_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
     """Parallel :func:`relu_cov_pairs_kernel` (rows k and d−1−k per task, balancing the triangle).
 
@@ -471,7 +471,7 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
             _relu_cov_row(k2, mu, s, G, out, rtol, gx, gwk, gwg)
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=True)
 def _bvn_vec(h, k, rho, rtol, gx, gwk, gwg, out):
     """Φ₂(h, k; ρ) elementwise by Plackett's integral (spec §8.2)."""
     ws = np.empty(_WS_SIZE)

@@ -35,3 +35,15 @@ def test_demo_cli_errors_leave_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "model file not found" in err
     assert not (tmp_path / "o2" / "demo.h5").exists()
+
+
+def test_demo_can_train_its_model(tmp_path):
+    """--train: refmem's own trainer produces the model the demo then evaluates."""
+    out = run_demo(tmp_path, sigmas=[0.0], n_images=20, n_mc=2, train=True, epochs=1,
+                   progress=False, log=lambda *a: None)
+    model = tmp_path / "mnist5k_mlp_784-100-10.h5"
+    assert model.exists()
+    with h5py.File(model) as f:
+        assert f.attrs["input_preprocessing"] == "pixels/255"
+        assert f.attrs["training_epochs"] == 1
+    assert out["reference_accuracy"] > 0.5          # one epoch of Adam already learns MNIST
