@@ -35,6 +35,8 @@ References
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from ..errors import ConfigError, DataError
@@ -353,7 +355,7 @@ def _uniform_init(rng, shape, fan_in, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
-class TLayer:
+class TLayer(abc.ABC):
     """Trainable layer base: ``params``, ``grads`` and ``buffers`` are dicts of arrays.
 
     ``forward(x, train, rng)`` caches what ``backward(dy)`` needs; ``backward`` stores the
@@ -371,14 +373,17 @@ class TLayer:
     def output_shape(self, in_shape):
         return self.to_layer().output_shape(in_shape)
 
-    def forward(self, x, train=False, rng=None):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, x, train=False, rng=None):
+        """Implemented by every concrete subclass."""
 
-    def backward(self, dy):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def backward(self, dy):
+        """Implemented by every concrete subclass."""
 
-    def to_layer(self):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def to_layer(self):
+        """Implemented by every concrete subclass."""
 
     def astype(self, dtype):
         for d in (self.params, self.buffers):

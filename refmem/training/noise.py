@@ -27,6 +27,8 @@ there; for the MLPs of both seeds (no batchnorm) it is the crossbar model itself
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -50,17 +52,19 @@ def _layer_selection(model, layers):
     return sorted(set(out))
 
 
-class WeightNoise:
+class WeightNoise(abc.ABC):
     """Base class: :meth:`draw` returns ``{param name: noisy array}`` for one mini-batch."""
 
     def __init__(self, layers=None):
         self.layers = layers
 
-    def draw(self, model, rng) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def draw(self, model, rng) -> dict:
+        """Implemented by every concrete subclass."""
 
-    def to_dict(self) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def to_dict(self) -> dict:
+        """JSON-able description (stored in the model file); every subclass implements it."""
 
     def _targets(self, model):
         """``[(position, layer), …]`` of the noisy crossbar layers."""

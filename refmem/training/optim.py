@@ -20,6 +20,8 @@ References
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from ..errors import ConfigError, DataError
@@ -32,7 +34,7 @@ def _check_positive(name, v, allow_zero=False):
     return v
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base: ``lr`` (current learning rate), ``t`` (steps taken) and per-parameter ``state``."""
 
     name = "optimizer"
@@ -52,8 +54,9 @@ class Optimizer:
         # coupled L2 weight decay: ∇(L + wd/2 ||w||²) = g + wd w
         return g + self.weight_decay * w if self.weight_decay else g
 
-    def step(self, params: dict, grads: dict):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def step(self, params: dict, grads: dict):
+        """Implemented by every concrete subclass."""
 
     # -------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
