@@ -17,7 +17,7 @@ Public API (stable names):
   :mod:`refmem.training` (imported on demand: they load Numba kernels or training code).
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .errors import RefmemError, ConfigError, ModelFileError, DataError  # noqa: E402
 from .config import CrossbarConfig  # noqa: E402

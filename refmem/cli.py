@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import CrossbarConfig
 from .errors import ConfigError, DataError, RefmemError
 
@@ -130,6 +130,13 @@ def add_crossbar_options(p: argparse.ArgumentParser, *, sweep=False):
                    help="add biases digitally (no bias row, no bias noise); default: bias row on the crossbar")
 
 
+def add_force_option(p: argparse.ArgumentParser):
+    """``--force``: replace an existing output that is not a refmem result of this command."""
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output file even if it is not a refmem result of "
+                   "this command (never a directory, device, symbolic link or an input)")
+
+
 def config_from_args(args, sigma=None) -> CrossbarConfig:
     sig = _floats(args.sigma, "--sigma") if sigma is None else [sigma]
     if len(sig) != 1:
@@ -174,11 +181,21 @@ def _load_inputs(args, network):
     return x, labels, cov
 
 
-def _check_output(path):
-    p = Path(path)
-    if p.parent != Path("") and not p.parent.exists():
-        raise DataError(f"output directory does not exist: {p.parent}")
-    return p
+def _inputs(args) -> dict:
+    """The input files of a run (role → path as given), for the output checks and provenance."""
+    roles = ("model", "input", "labels", "input_cov", "targets", "sigma_table")
+    out = {r: getattr(args, r) for r in roles if getattr(args, r, None)}
+    gu = getattr(args, "gu", None)
+    if gu and str(gu).endswith(".npz"):
+        out["gu"] = gu
+    return out
+
+
+def _check_output(args, kind):
+    """Preflight of ``-o`` before any computation (refmem.io.check_output)."""
+    from .io import check_output
+
+    return check_output(args.output, kind, _inputs(args), force=getattr(args, "force", False))
 
 
 # ---------------------------------------------------------------------- commands
@@ -216,7 +233,7 @@ def cmd_mc(args):
     from .modelfile import load_model
     from .montecarlo import monte_carlo
 
-    out = _check_output(args.output)
+    out = _check_output(args, "mc")
     net = load_model(args.model)
     x, labels, cov = _load_inputs(args, net)
     sigmas = _floats(args.sigma, "--sigma")
@@ -237,8 +254,8 @@ def cmd_mc(args):
                                    input_cov=cov, cov=args.cov, chunk=args.chunk,
                                    progress=not args.quiet, checkpoint=ckpt,
                                    keep_checkpoint=True))
-    with atomic_h5(out) as f:
-        attrs = standard_attrs(configs[0], command="mc", model=str(args.model),
+    with atomic_h5(out, "mc", inputs=_inputs(args), force=args.force) as f:
+        attrs = standard_attrs(configs[0], format="refmem-result", kind="mc", command="mc", model=str(args.model),
                                input=str(args.input), seed=int(args.seed), n=int(args.n),
                                seed_block=int(results[0].block))
         for k, v in attrs.items():
@@ -273,15 +290,15 @@ def cmd_moments(args):
     from .modelfile import load_model
     from .moments import propagate
 
-    out = _check_output(args.output)
+    out = _check_output(args, "moments")
     net = load_model(args.model)
     x, _, cov = _load_inputs(args, net)
     cfg = config_from_args(args)
     mapped = map_network(net, cfg)
     res = propagate(mapped, x, input_cov=cov, cov=args.cov, per_layer=args.per_layer,
                     progress=not args.quiet)
-    with atomic_h5(out) as f:
-        for k, v in standard_attrs(cfg, command="moments", model=str(args.model),
+    with atomic_h5(out, "moments", inputs=_inputs(args), force=args.force) as f:
+        for k, v in standard_attrs(cfg, format="refmem-result", kind="moments", command="moments", model=str(args.model),
                                    input=str(args.input)).items():
             f.attrs[k] = v
         f.attrs["mse_mean_overall"] = float(np.mean(res.mse_mean))
@@ -349,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cov", action="store_true", help="also estimate the output covariance")
     s.add_argument("--chunk", type=int, help="realizations held in memory at once (results do not depend on it)")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5")
+    add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_mc)
 
@@ -362,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-layer", action="store_true", help="store mean/var after every layer")
     s.add_argument("--cov", action="store_true", help="store the output covariance")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5")
+    add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_moments)
 
@@ -427,6 +446,9 @@ def main(argv=None) -> int:
         print(f"refmem: internal error: {type(e).__name__}: {msg} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        from .io import release_outputs
+        release_outputs()
 
 
 if __name__ == "__main__":  # pragma: no cover

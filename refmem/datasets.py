@@ -51,7 +51,6 @@ from __future__ import annotations
 import datetime
 import gzip
 import json
-import os
 import pickle
 import zlib
 from dataclasses import dataclass
@@ -927,7 +926,7 @@ def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=N
     X, prep_info = apply_preprocessing(preprocessing, x, x_train)
     Y = y.astype(np.int64) if ds.target == "class" else np.ascontiguousarray(y, dtype=np.float64)
 
-    from . import __version__
+    from ._version import __version__
     meta = {
         "format": "refmem-prepared", "version": 1,
         "dataset": dataset, "split": split,
@@ -950,31 +949,40 @@ def _json_text(meta):
     return "{\n" + body + "\n}\n"
 
 
-def _write_atomically(out_dir, X, Y, meta):
-    """Write X.npy, Y.npy, meta.json via ``*.partial`` names, then rename; clean up on error."""
+def _write_atomically(out_dir, X, Y, meta, force=False):
+    """Write X.npy, Y.npy and meta.json through the one atomic writer (:mod:`refmem.io`).
+
+    Existing files are replaced only when the directory holds a refmem prepared dataset
+    (its ``meta.json``, format ``refmem-prepared``) unless ``force``. On error the files
+    written so far by this call are removed, and a directory created by it too.
+    """
+    from .io import atomic_write, check_output
+
     created = not out_dir.exists()
-    tmps, done = [], []
+    done = []
     ok = False
+    kind = "refmem-prepared"
+    marker = out_dir / "meta.json"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("X.npy", "Y.npy", "meta.json"):
+            check_output(out_dir / name, kind, force=force, marker=marker)
         for name, obj in (("X.npy", X), ("Y.npy", Y), ("meta.json", meta)):
-            tmp = out_dir / (name + ".partial")
-            tmps.append(tmp)
-            with open(tmp, "wb") as f:
-                if name.endswith(".npy"):
-                    np.save(f, obj, allow_pickle=False)
-                else:
-                    f.write(_json_text(obj).encode())
-        for tmp in tmps:
-            final = out_dir / tmp.name[:-len(".partial")]
-            os.replace(tmp, final)
-            done.append(final)
+            if name.endswith(".npy"):
+                write = (lambda a: lambda fh: np.save(fh, a, allow_pickle=False))(obj)
+            else:
+                write = (lambda m: lambda fh: fh.write(_json_text(m).encode()))(obj)
+            atomic_write(out_dir / name, kind, write, force=force, marker=marker)
+            done.append(out_dir / name)
         ok = True
     except OSError as e:
         raise DataError(f"cannot write to {out_dir} ({e.strerror or type(e).__name__})") from None
     finally:
         if not ok:
-            for f in tmps + done:
+            from .io import release_output
+            for name in ("X.npy", "Y.npy", "meta.json"):
+                release_output(out_dir / name)
+            for f in done:
                 try:
                     f.unlink()
                 except OSError:

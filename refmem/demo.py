@@ -23,7 +23,6 @@ Result set layout (``demo.h5``)::
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     ``output_dir`` and uses it instead of the shipped model.
     """
     from .datasets import shipped_path
-    from .hdf5io import atomic_h5, standard_attrs
+    from .io import atomic_h5, check_output, provenance_attrs, write_attrs
     from .mapping import map_network
     from .modelfile import load_model
     from .moments import propagate
@@ -141,11 +140,10 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     png = out_dir / "demo.png"
     _plot(png, sig, res, ref_acc, len(y), int(n_mc))
     h5 = out_dir / "demo.h5"
-    with atomic_h5(h5) as f:
-        for k, v in standard_attrs(base, command="demo", model=str(model_path),
-                                   n_images=int(len(y)), n_mc=int(n_mc), seed=int(seed),
-                                   split_seed=split_seed).items():
-            f.attrs[k] = v
+    with atomic_h5(h5, "demo") as f:
+        write_attrs(f, {**provenance_attrs({"model": model_path}), "format": "refmem-result",
+                        "kind": "demo", "config": base, "n_images": int(len(y)),
+                        "n_mc": int(n_mc), "seed": int(seed), "split_seed": split_seed})
         f["axes/sigma"] = sig
         f["analytic/mse"] = res["an_mse"]
         f["analytic/mse_max"] = res["an_mse_max"]
@@ -189,11 +187,8 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc):
     a2.grid(True, alpha=0.3)
     fig.suptitle("784-100-10 MLP on a noisy memristor crossbar (layer-wise λ)")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".partial.png")
+    from .io import write_png
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        write_png(path, "demo-figure", fig, dpi=110)
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()

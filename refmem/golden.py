@@ -39,6 +39,7 @@ strings) change, and the check ignores attributes.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import json
 import math
@@ -584,11 +585,12 @@ def _json(v):
 def write_suite(out_dir, *, only=None) -> Path:
     """Generate the golden suite into ``out_dir`` (created if its parent exists).
 
-    Writes ``out_dir/refmem-golden-v1.h5`` atomically (:func:`refmem.hdf5io.atomic_h5`) and
+    Writes ``out_dir/refmem-golden-v1.h5`` atomically (:func:`refmem.io.atomic_h5`) and
     ``out_dir/SUMMARY.md`` (the printed case list, for reviewing a regeneration as a diff).
     Returns the path of the HDF5 file.
     """
-    from .hdf5io import atomic_h5, standard_attrs
+    from ._version import __version__
+    from .io import atomic_h5
     from .mapping import map_network
 
     out_dir = Path(out_dir)
@@ -601,8 +603,10 @@ def write_suite(out_dir, *, only=None) -> Path:
     cases = build_cases(only)
     path = out_dir / FILENAME
     summary = []
-    with atomic_h5(path) as f:
-        attrs = standard_attrs()
+    with atomic_h5(path, FORMAT) as f:
+        attrs = {"refmem_version": __version__, "numpy_version": np.__version__,
+                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                     timespec="seconds")}
         attrs.update(format=FORMAT, version=np.int64(VERSION), spec=SPEC,
                      case_ids=_json([c.id for c in cases]),
                      quantities=_json(list(QUANTITIES) + ["layers/NN/mean", "layers/NN/var"]),
@@ -848,11 +852,10 @@ def write_candidate(path, results: dict, attrs: dict | None = None) -> None:
     Names may contain ``/`` (``layers/03/mean``); groups are created as needed. Written
     atomically. Float32 or float64 arrays are both accepted by :func:`check`.
     """
-    from .hdf5io import atomic_h5
+    from .io import atomic_h5, write_attrs
 
-    with atomic_h5(path) as f:
-        for k, v in (attrs or {}).items():
-            f.attrs[k] = v
+    with atomic_h5(path, "golden-candidate") as f:
+        write_attrs(f, {"format": "refmem-result", "kind": "golden-candidate", **(attrs or {})})
         for cid in results:
             for name, arr in results[cid].items():
                 f.create_dataset(f"{cid}/{name}", data=np.asarray(arr))

@@ -20,7 +20,6 @@ layer (:class:`~refmem.errors.ModelFileError`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -147,20 +146,15 @@ def read_model_group(f, where="model") -> Network:
     return net
 
 
-def save_model(network: Network, path, *, dtype=np.float64) -> None:
-    """Write ``network`` to ``path`` atomically (temporary file, then rename)."""
-    import h5py
+def save_model(network: Network, path, *, dtype=np.float64, force=False) -> None:
+    """Write ``network`` to ``path`` through the one atomic writer (:mod:`refmem.io`).
+
+    An existing file is replaced only when it is a refmem model file (``force=True``: any
+    regular file)."""
+    from .io import write_h5
 
     network.validate()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with h5py.File(tmp, "w") as f:
-            write_model_group(network, f, dtype=dtype)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_h5(path, FORMAT, lambda f: write_model_group(network, f, dtype=dtype), force=force)
 
 
 def write_model_group(network: Network, f, *, dtype=np.float64) -> None:

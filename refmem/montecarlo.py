@@ -642,9 +642,8 @@ def _save_checkpoint(path, fingerprint, next_block, accs):
     state = {"fingerprint": np.array(fingerprint), "next_block": np.int64(next_block)}
     for prefix, acc in accs.items():
         state.update(acc.state(prefix))
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, **state)
-    os.replace(tmp, path)
+    from .io import write_npz
+    write_npz(path, "mc-checkpoint", state)
 
 
 # ---------------------------------------------------------------------- sweeps

@@ -182,11 +182,11 @@ def record_time(out_dir, name, trainer, res):
                   "optimizer": trainer.optimizer.name,
                   **{k: float(v) for k, v in res.items()}}
     import platform
-    attrs = standard_attrs(None, machine=platform.processor() or platform.machine(),
+    attrs = standard_attrs(None, format="refmem-result", kind="training-times", machine=platform.processor() or platform.machine(),
                            description="wall-clock training time per network "
                                        "(scripts/train_seed_networks.py)")
-    from refmem.hdf5io import atomic_h5
-    with atomic_h5(h5) as f:
+    from refmem.io import atomic_h5
+    with atomic_h5(h5, "training-times") as f:
         for k, v in attrs.items():
             f.attrs[k] = v
         for g, r in sorted(rows.items()):

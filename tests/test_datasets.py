@@ -445,8 +445,10 @@ def test_prepare_errors_leave_nothing(tmp_path, args, msg):
 
 
 def test_prepare_write_failure_cleans_up(tmp_path, monkeypatch):
+    import refmem.io.atomic as A
+
     calls = []
-    real = D.os.replace
+    real = A.os.replace
 
     def flaky(a, b):
         calls.append(b)
@@ -454,8 +456,8 @@ def test_prepare_write_failure_cleans_up(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real(a, b)
 
-    monkeypatch.setattr(D.os, "replace", flaky)
-    with pytest.raises(DataError, match="cannot write to .*No space left"):
+    monkeypatch.setattr(A.os, "replace", flaky)
+    with pytest.raises(DataError, match="cannot write .*No space left"):
         D.prepare("diabetes", "none", tmp_path / "o")
     assert not (tmp_path / "o").exists()
     (tmp_path / "f").write_text("x")

@@ -22,7 +22,6 @@ Checkpoint file (HDF5, written atomically through ``<name>.partial``)::
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -266,43 +265,32 @@ class Trainer:
     # ================================================================== checkpoints
     def save_checkpoint(self, path=None):
         """Write the full training state (see the module docstring); no-op without a path."""
-        import h5py
-
         path = self.checkpoint if path is None else Path(path)
         if path is None:
             return
-        tmp = path.with_name(path.name + ".partial")
-        try:
-            with h5py.File(tmp, "w") as f:
-                a = f.attrs
-                a["format"] = CHECKPOINT_FORMAT
-                a["version"] = CHECKPOINT_VERSION
-                a["epoch"] = self.epoch
-                a["step"] = self.step
-                a["batch"] = self.batch
-                a["seed"] = self.seed
-                a["rng_state"] = json.dumps(self.rng.bit_generator.state)
-                a["history"] = json.dumps(self.history)
-                a["sums"] = json.dumps(self.sums)
-                a["optimizer"] = json.dumps(self.optimizer.hyperparameters())
-                a["noise"] = json.dumps(self.noise.to_dict()) if self.noise is not None else ""
-                a["train_seconds"] = self.train_seconds
-                a["dtype"] = str(self.model.dtype)
-                g = f.create_group("model")
-                for k, v in self.model.state_arrays().items():
-                    g.create_dataset(k, data=v)
-                o = f.create_group("optim")
-                sd = self.optimizer.state_dict()
-                o.attrs["t"] = sd.pop("t")
-                o.attrs["lr"] = sd.pop("lr")
-                for k, v in sd.items():
-                    o.create_dataset(k, data=v)
-                if self.perm is not None:
-                    f.create_dataset("perm", data=self.perm)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        from ..io import write_attrs, write_h5
+
+        def build(f):
+            write_attrs(f, {
+                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "epoch": self.epoch, "step": self.step, "batch": self.batch, "seed": self.seed,
+                "rng_state": self.rng.bit_generator.state, "history": self.history,
+                "sums": list(self.sums), "optimizer": self.optimizer.hyperparameters(),
+                "noise": self.noise.to_dict() if self.noise is not None else "",
+                "train_seconds": self.train_seconds, "dtype": str(self.model.dtype)})
+            g = f.create_group("model")
+            for k, v in self.model.state_arrays().items():
+                g.create_dataset(k, data=v)
+            o = f.create_group("optim")
+            sd = self.optimizer.state_dict()
+            o.attrs["t"] = sd.pop("t")
+            o.attrs["lr"] = sd.pop("lr")
+            for k, v in sd.items():
+                o.create_dataset(k, data=v)
+            if self.perm is not None:
+                f.create_dataset("perm", data=self.perm)
+
+        write_h5(path, CHECKPOINT_FORMAT, build)
 
     def load_checkpoint(self, path):
         """Restore the state written by :meth:`save_checkpoint` into this trainer and model."""
@@ -315,16 +303,17 @@ class Trainer:
             f = h5py.File(path, "r")
         except OSError:
             raise DataError(f"{path} is not a readable HDF5 checkpoint") from None
+        from ..io import decode_attrs
+
         with f:
-            a = f.attrs
-            fmt = a.get("format", "")
-            fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+            a = decode_attrs(f.attrs)
+            fmt = str(a.get("format", ""))
             if fmt != CHECKPOINT_FORMAT or int(a.get("version", -1)) != CHECKPOINT_VERSION:
                 raise DataError(f"{path} is not a refmem checkpoint (format {fmt!r})")
             if str(a["dtype"]) != str(self.model.dtype):
                 raise DataError(f"{path}: checkpoint dtype {a['dtype']} differs from the model "
                                 f"dtype {self.model.dtype}")
-            hp = json.loads(a["optimizer"])
+            hp = a["optimizer"]
             if hp.get("optimizer") != self.optimizer.name:
                 raise DataError(f"{path}: checkpoint optimizer {hp.get('optimizer')!r} differs "
                                 f"from {self.optimizer.name!r}")
@@ -340,9 +329,9 @@ class Trainer:
             self.batch = int(a["batch"])
             self.seed = int(a["seed"])
             self.rng = np.random.default_rng(self.seed)      # state replaced just below
-            self.rng.bit_generator.state = json.loads(a["rng_state"])
-            self.history = json.loads(a["history"])
-            s = json.loads(a["sums"])
+            self.rng.bit_generator.state = a["rng_state"]
+            self.history = a["history"]
+            s = a["sums"]
             self.sums = [float(s[0]), int(s[1]), int(s[2])]
             self.train_seconds = float(a["train_seconds"])
             self.perm = f["perm"][()] if "perm" in f else None
