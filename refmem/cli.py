@@ -106,12 +106,13 @@ def parse_bits(text):
 def add_crossbar_options(p: argparse.ArgumentParser, *, sweep=False):
     """The crossbar / noise options shared by every command (one CrossbarConfig)."""
     g = p.add_argument_group("crossbar and noise (CrossbarConfig)")
-    g.add_argument("--sigma", default="0", help="device noise std σ (conductance unit); "
-                   + ("a comma-separated list runs a σ sweep" if sweep else "default 0"))
+    g.add_argument("--sigma", default=None, help="device noise std σ (conductance unit), "
+                   "default 0" + ("; a comma-separated list runs a σ sweep" if sweep else ""))
     g.add_argument("--sigma-table", metavar="FILE.csv", help="σ(g) table: CSV columns g,sigma "
                    "(linear interpolation; an error outside its range)")
-    g.add_argument("--alpha", type=float, default=0.0,
-                   help="multiplicative weight noise (1+αN(0,1))w of MohammadiRad & Sojodishijani")
+    g.add_argument("--alpha", default="0",
+                   help="multiplicative weight noise (1+αN(0,1))w of MohammadiRad & Sojodishijani"
+                   + ("; a comma-separated list runs an α sweep" if sweep else ""))
     g.add_argument("--bits", help="k-bit quantization: K or K0,K1,… per crossbar layer ('none' to skip one)")
     g.add_argument("--quant-mode", choices=["fixed", "dither"], default="fixed",
                    help="fixed: program q(W); dither: subtractive dither (the Δ²/12 model)")
@@ -121,6 +122,9 @@ def add_crossbar_options(p: argparse.ArgumentParser, *, sweep=False):
     ex.add_argument("--gu", help="g_u: G (every column), G0,G1,… (per crossbar layer) or "
                     "FILE.npz keyed by layer index (column design); default 1")
     ex.add_argument("--lam", type=float, help="λ for every column instead of g_u (g_u = g_min + λ w^u)")
+    if sweep:
+        g.add_argument("--gu-sweep", metavar="G1,G2,…", help="a sweep over one g_u for every "
+                       "column (a comma in --gu means one value per layer)")
     g.add_argument("--design", choices=["scalar", "layer", "column"], default="scalar")
     g.add_argument("--mapping", choices=["UR", "UL"], default="UR", help="conv mapping")
     g.add_argument("--r", type=float, default=1.0, help="TIA gain (changes power only)")
@@ -137,17 +141,30 @@ def add_force_option(p: argparse.ArgumentParser):
                    "this command (never a directory, device, symbolic link or an input)")
 
 
-def config_from_args(args, sigma=None) -> CrossbarConfig:
-    sig = _floats(args.sigma, "--sigma") if sigma is None else [sigma]
-    if len(sig) != 1:
-        raise ConfigError("--sigma takes one value here")
-    kw = dict(sigma=sig[0], alpha=args.alpha, bits=parse_bits(args.bits), quant_mode=args.quant_mode,
+def config_from_args(args, sigma=None, alpha=None, g_u=None) -> CrossbarConfig:
+    """The one :class:`CrossbarConfig` of the crossbar options (``sigma``, ``alpha``, ``g_u``:
+    the values of one sweep point, overriding the options)."""
+    if sigma is None:
+        if args.sigma is not None and args.sigma_table:
+            raise ConfigError("--sigma and --sigma-table exclude each other (the table gives σ(g))")
+        sig = [0.0] if args.sigma is None else _floats(args.sigma, "--sigma")
+        if len(sig) != 1:
+            raise ConfigError("--sigma takes one value here")
+        sigma = sig[0]
+    if alpha is None:
+        al = _floats(str(args.alpha), "--alpha")
+        if len(al) != 1:
+            raise ConfigError("--alpha takes one value here")
+        alpha = al[0]
+    kw = dict(sigma=sigma, alpha=alpha, bits=parse_bits(args.bits), quant_mode=args.quant_mode,
               g_min=args.gmin, g_max=args.gmax, design=args.design, mapping=args.mapping, r=args.r,
               noisy_layers=args.noisy_layers, bias_on_crossbar=not args.digital_bias)
     if args.sigma_table:
         kw["sigma_table"] = read_sigma_table(args.sigma_table)
     if args.lam is not None:
         kw["lam"] = args.lam
+    elif g_u is not None:
+        kw["g_u"] = float(g_u)
     elif args.gu is not None:
         kw["g_u"] = parse_gu(args.gu)
     if getattr(args, "clip_negative", False):
@@ -202,118 +219,191 @@ def _check_output(args, kind):
 def cmd_info(args):
     from .modelfile import load_model
 
+    from .results import crossbar_index_of_layers, layer_table
+
     net = load_model(args.model)
     rows = net.describe()
     fused = net.fused()
+    for d, xb in zip(rows, crossbar_index_of_layers(net)):
+        d["crossbar_index"] = xb
     info = {"model": str(args.model), "input_shape": list(net.input_shape),
             "input_preprocessing": net.input_preprocessing, "output_shape": list(net.output_shape),
-            "n_crossbar_layers": len(fused.crossbar_positions()), "layers": rows}
+            "n_crossbar_layers": len(fused.crossbar_positions()), "layers": rows,
+            "fused_layers": layer_table(net)}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"model {args.model}: input {tuple(net.input_shape)}"
           + (f" ({net.input_preprocessing})" if net.input_preprocessing else "")
           + f" -> output {tuple(net.output_shape)}; {info['n_crossbar_layers']} crossbar layers after batchnorm fusion")
-    print(f"{'#':>3} {'type':<10} {'input':<14} {'output':<14} crossbar (rows x cols incl. bias row)")
+    print("xb = crossbar layer index, as used by --noisy-layers, --bits, --gu G0,G1,… and the "
+          "per-layer results")
+    print(f"{'#':>3} {'xb':>3} {'type':<10} {'input':<14} {'output':<14} crossbar (rows x cols incl. bias row)")
     for d in rows:
+        idx = d["crossbar_index"]
+        xbi = "" if idx is None else (str(idx) if d["type"] in ("dense", "conv2d") else f"→{idx}")
         xb = ""
         if "crossbar" in d:
             xb = "{} x {}".format(*d["crossbar"])
         elif "crossbar_UR" in d:
             xb = ("UR {} x {} (x{} MVMs); UL {} x {}".format(*d["crossbar_UR"], d["crossbar_UR_mvms"],
                                                             *d["crossbar_UL"]))
-        print(f"{d['index']:>3} {d['type']:<10} {str(tuple(d['in_shape'])):<14} "
+        print(f"{d['index']:>3} {xbi:>3} {d['type']:<10} {str(tuple(d['in_shape'])):<14} "
               f"{str(tuple(d['out_shape'])):<14} {xb}")
     return 0
 
 
+def sweep_configs(args) -> tuple:
+    """The sweep points of ``--sigma S1,S2``, ``--alpha A1,A2`` and ``--gu-sweep G1,G2``:
+    their product, σ varying fastest. Returns ``(configs, axes, order, shape)``; ``axes`` holds
+    only the parameters that are one scalar per point (no ``sigma`` with a σ table, no ``g_u``
+    with per-layer or per-column g_u or ``--lam``)."""
+    import itertools
+
+    if args.sigma_table and args.sigma is not None:
+        raise ConfigError("--sigma and --sigma-table exclude each other (the table gives σ(g))")
+    sigmas = [0.0] if args.sigma is None else _floats(args.sigma, "--sigma")
+    alphas = _floats(args.alpha, "--alpha")
+    if not sigmas or not alphas:
+        raise ConfigError("--sigma and --alpha need at least one value")
+    gus = [None]
+    if getattr(args, "gu_sweep", None) is not None:
+        if args.gu is not None or args.lam is not None:
+            raise ConfigError("--gu-sweep excludes --gu and --lam")
+        gus = _floats(args.gu_sweep, "--gu-sweep")
+        if not gus:
+            raise ConfigError("--gu-sweep is empty")
+    configs, axes = [], {"sigma": [], "alpha": [], "g_u": []}
+    for g, a, sg in itertools.product(gus, alphas, sigmas):
+        cfg = config_from_args(args, sigma=sg, alpha=a, g_u=g)
+        configs.append(cfg)
+        axes["sigma"].append(sg)
+        axes["alpha"].append(a)
+        axes["g_u"].append(cfg.g_u if isinstance(cfg.g_u, (int, float)) else np.nan)
+    if args.sigma_table:
+        del axes["sigma"]
+    if args.lam is not None or np.any(np.isnan(axes["g_u"])):
+        del axes["g_u"]
+    return configs, {k: np.asarray(v, dtype=np.float64) for k, v in axes.items()}, \
+        ["g_u", "alpha", "sigma"], [len(gus), len(alphas), len(sigmas)]
+
+
+def _load_targets(args, network, B):
+    if not getattr(args, "targets", None):
+        return None
+    t = load_npy(args.targets, "targets").astype(np.float64)
+    K = network.n_out
+    if t.ndim == 1 and K == 1:
+        t = t[:, None]
+    if t.shape != (B, K):
+        raise DataError(f"targets have shape {t.shape}, expected ({B}, {K})")
+    if not np.all(np.isfinite(t)):
+        raise DataError("targets contain NaN or infinite values")
+    return t
+
+
+_NONFINITE_OK = ("mse_rel", "mse_rel_batch", "mse_rel_se", "mse_rel_batch_se")
+
+
+def _write_sweep(args, out, sweep, net, extra):
+    """Write a sweep (a single run is a sweep of one) in the result schema."""
+    from .io import write_result
+    from .results import layer_table
+
+    table = layer_table(net)
+    attrs = {"command": " ".join(["refmem"] + list(getattr(args, "argv", []) or [])) or None,
+             "config": sweep.configs[0], "configs": [c.to_dict() for c in sweep.configs],
+             "sweep_order": extra.pop("sweep_order"), "sweep_shape": extra.pop("sweep_shape"),
+             "fused_layers": table, "n_inputs": int(sweep.reference.shape[0]),
+             "n_outputs": int(sweep.reference.shape[1]), **extra}
+    write_result(out, sweep.kind, sweep.datasets(), attrs=attrs, groups=sweep.groups(table),
+                 inputs=_inputs(args), force=args.force, allow_nonfinite=_NONFINITE_OK)
+
+
+def _print_summary(sweep, out, quiet):
+    from .results import summary_lines
+
+    lines, warnings = summary_lines(sweep)
+    for w in warnings:
+        print(f"refmem: warning: {w}", file=sys.stderr)
+    if not quiet:
+        for line in lines:
+            print(line)
+        print(f"wrote {out}")
+
+
 def cmd_mc(args):
-    from .hdf5io import atomic_h5, standard_attrs
     from .mapping import map_network
     from .modelfile import load_model
     from .montecarlo import monte_carlo
+    from .results import Sweep
 
     out = _check_output(args, "mc")
     net = load_model(args.model)
     x, labels, cov = _load_inputs(args, net)
-    sigmas = _floats(args.sigma, "--sigma")
-    if not sigmas:
-        raise ConfigError("--sigma is empty")
+    targets = _load_targets(args, net, x.shape[0])
     if args.n < 2:
         raise ConfigError("-n must be at least 2")
-    configs = [config_from_args(args, sigma=s) for s in sigmas]
+    configs, axes, order, shape = sweep_configs(args)
     results = []
     for i, cfg in enumerate(configs):
         mapped = map_network(net, cfg)
-        # resumable: the accumulated sums are checkpointed next to the output and a rerun of
-        # the same command continues from there (bit-identical to an uninterrupted run)
+        # resumable: the accumulated statistics are checkpointed next to the output and a rerun
+        # of the same command continues from there (bit-identical to an uninterrupted run)
         ckpt = out.with_name(f"{out.name}.mc-checkpoint-{i:02d}.npz")
         if ckpt.exists() and not args.quiet:
-            print(f"resuming sigma={cfg.sigma:g} from {ckpt}", file=sys.stderr)
-        results.append(monte_carlo(mapped, x, n=args.n, seed=args.seed, labels=labels,
-                                   input_cov=cov, cov=args.cov, chunk=args.chunk,
-                                   progress=not args.quiet, checkpoint=ckpt,
-                                   keep_checkpoint=True))
-    with atomic_h5(out, "mc", inputs=_inputs(args), force=args.force) as f:
-        attrs = standard_attrs(configs[0], format="refmem-result", kind="mc", command="mc", model=str(args.model),
-                               input=str(args.input), seed=int(args.seed), n=int(args.n),
-                               seed_block=int(results[0].block))
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        if len(results) == 1:
-            for k, v in results[0].datasets().items():
-                f.create_dataset(k, data=v)
-        else:
-            f.create_dataset("sigmas", data=np.asarray(sigmas))
-            for i, (cfg, res) in enumerate(zip(configs, results)):
-                g = f.create_group(f"sweep/{i:02d}")
-                g.attrs["sigma"] = cfg.sigma
-                g.attrs["config"] = cfg.to_json()
-                for k, v in res.datasets().items():
-                    g.create_dataset(k, data=v)
+            print(f"resuming sweep point {i} from {ckpt}", file=sys.stderr)
+        res = monte_carlo(mapped, x, n=args.n, seed=args.seed, labels=labels, input_cov=cov,
+                          cov=args.cov, chunk=args.chunk, progress=not args.quiet,
+                          checkpoint=ckpt, keep_checkpoint=True)
+        res.targets = targets
+        results.append(res)
+    sweep = Sweep(results, axes, configs)
+    _write_sweep(args, out, sweep, net, {"seed": int(args.seed), "n": int(args.n),
+                                        "seed_block": int(results[0].block),
+                                        "sweep_order": order, "sweep_shape": shape})
     for i in range(len(configs)):
         out.with_name(f"{out.name}.mc-checkpoint-{i:02d}.npz").unlink(missing_ok=True)
-    if not args.quiet:
-        for cfg, res in zip(configs, results):
-            line = f"sigma={cfg.sigma:g}: MSE (mean over inputs and outputs) = {res.mse.mean():.6g}"
-            if res.accuracy is not None:
-                line += f", accuracy = {res.accuracy:.4f} ± {res.accuracy_se:.4f}"
-            line += f", power = {res.power.mean():.6g}"
-            print(line)
-        print(f"wrote {out}")
+    _print_summary(sweep, out, args.quiet)
     return 0
 
 
 def cmd_moments(args):
-    from .hdf5io import atomic_h5, standard_attrs
     from .mapping import map_network
     from .modelfile import load_model
     from .moments import propagate
+    from .results import Sweep
 
     out = _check_output(args, "moments")
     net = load_model(args.model)
-    x, _, cov = _load_inputs(args, net)
-    cfg = config_from_args(args)
-    mapped = map_network(net, cfg)
-    res = propagate(mapped, x, input_cov=cov, cov=args.cov, per_layer=args.per_layer,
-                    progress=not args.quiet)
-    with atomic_h5(out, "moments", inputs=_inputs(args), force=args.force) as f:
-        for k, v in standard_attrs(cfg, format="refmem-result", kind="moments", command="moments", model=str(args.model),
-                                   input=str(args.input)).items():
-            f.attrs[k] = v
-        f.attrs["mse_mean_overall"] = float(np.mean(res.mse_mean))
-        f.attrs["mse_max_overall"] = float(np.max(res.mse_max))
-        f.attrs["power_mean"] = float(np.mean(res.power))
-        for k, v in res.datasets().items():
-            f.create_dataset(k, data=v)
-        for gname, dsets in (res.groups() if args.per_layer else {}).items():
-            g = f.require_group(gname)
-            for k, v in dsets.items():
-                g.create_dataset(k, data=v)
-    if not args.quiet:
-        print(f"analytic MSE (mean over inputs and outputs) = {np.mean(res.mse_mean):.6g}, "
-              f"max = {np.max(res.mse_max):.6g}, expected power = {np.mean(res.power):.6g}")
-        print(f"wrote {out}")
+    x, labels, cov = _load_inputs(args, net)
+    targets = _load_targets(args, net, x.shape[0])
+    configs, axes, order, shape = sweep_configs(args)
+    predicted_accuracy = None
+    if labels is not None:
+        try:
+            from .accuracy import predicted_accuracy
+        except ImportError:
+            raise ConfigError("--labels on moments needs refmem.accuracy, which this build "
+                              "does not have") from None
+    results = []
+    for cfg in configs:
+        mapped = map_network(net, cfg)
+        res = propagate(mapped, x, input_cov=cov, cov=args.cov or labels is not None,
+                        per_layer=args.per_layer, progress=not args.quiet)
+        res.targets = targets
+        if labels is not None:
+            acc = predicted_accuracy(res.mean, res.cov, labels, seed=0)
+            res.accuracy = np.asarray(acc.per_input, dtype=np.float64)
+            res.accuracy_mean = float(acc.mean)
+            res.accuracy_error_bound = float(acc.error_bound)
+            if not args.cov:
+                res.cov = None
+        results.append(res)
+    sweep = Sweep(results, axes, configs)
+    _write_sweep(args, out, sweep, net, {"relu_cov": args.relu_cov, "sweep_order": order,
+                                        "sweep_shape": shape})
+    _print_summary(sweep, out, args.quiet)
     return 0
 
 
@@ -357,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="MODEL.h5")
     s.add_argument("--input", required=True, metavar="X.npy", help="inputs (B, *input_shape), used as given (float64)")
     s.add_argument("--labels", metavar="Y.npy", help="class labels (B,) for accuracy")
+    s.add_argument("--targets", metavar="T.npy", help="ground-truth outputs (B, K): the "
+                   "mse_targets* quantities")
     s.add_argument("--input-cov", metavar="C.npy", help="random Gaussian input: covariance (L,L) or (B,L,L) around X")
     add_crossbar_options(s, sweep=True)
     s.add_argument("--clip-negative", action="store_true",
@@ -373,8 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("moments", help="analytic output moments, MSE and power")
     s.add_argument("model", metavar="MODEL.h5")
     s.add_argument("--input", required=True, metavar="X.npy")
+    s.add_argument("--labels", metavar="Y.npy", help="class labels (B,): predicted accuracy "
+                   "from the output moments (theory §21)")
+    s.add_argument("--targets", metavar="T.npy", help="ground-truth outputs (B, K): the "
+                   "mse_targets* quantities")
     s.add_argument("--input-cov", metavar="C.npy")
-    add_crossbar_options(s)
+    add_crossbar_options(s, sweep=True)
     s.add_argument("--relu-cov", choices=["exact", "taylor"], default="exact",
                    help="ReLU covariance: exact bivariate (spec §8.2) or the paper's Taylor Eq. (28)")
     s.add_argument("--per-layer", action="store_true", help="store mean/var after every layer")
@@ -426,6 +522,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except RefmemError as e:

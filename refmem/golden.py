@@ -462,7 +462,10 @@ def recompute_case(network, x, config, input_cov=None) -> dict:
 
     mapped = map_network(network, config)
     res = propagate(mapped, x, input_cov=input_cov, cov=True, per_layer=True)
-    out = {k: np.asarray(v, dtype=np.float64) for k, v in res.datasets().items()}
+    # the golden v1 names (a published contract): mse_mean / mse_max are the result schema's
+    # mse_per_input / mse_max_per_input
+    v1 = {"mse_mean": "mse_per_input", "mse_max": "mse_max_per_input"}
+    out = {q: np.asarray(getattr(res, v1.get(q, q)), dtype=np.float64) for q in QUANTITIES}
     for gname, dsets in res.groups().items():
         for k, v in dsets.items():
             out[f"{gname}/{k}"] = np.asarray(v, dtype=np.float64)

@@ -370,58 +370,7 @@ def pool_moments(mu, gamma, in_shape, kappa):
 
 
 # ====================================================================== the network pass
-@dataclass
-class MomentsResult:
-    """Analytic moments, MSE and power for a batch of ``B`` inputs and ``J`` outputs.
-
-    Attributes
-    ----------
-    mean, var, mse, reference, bias : ndarray (B, J)
-        Output mean and variance, per-output MSE ``var + (mean − reference)²`` (spec §9),
-        the reference output (unquantized noiseless network) and ``bias = mean − reference``.
-    cov : ndarray (B, J, J) or None
-        Full output covariance (only when requested).
-    power : ndarray (B,)
-        Expected total power per inference (spec §11).
-    power_layers, power_mem, power_tia_pos, power_tia_neg : ndarray (B, n_crossbar)
-        Per crossbar layer: total, memristors (bias rows included), TIA of the positive and
-        negative arrays.
-    mse_mean, mse_max : ndarray (B,)
-        MSE averaged / maximised over outputs.
-    per_layer : dict or None
-        ``{position: {"mean": (B, n), "var": (B, n)}}`` after every layer of the fused
-        network (when requested).
-    """
-
-    mean: np.ndarray
-    var: np.ndarray
-    mse: np.ndarray
-    reference: np.ndarray
-    bias: np.ndarray
-    cov: np.ndarray | None
-    power: np.ndarray
-    power_layers: np.ndarray
-    power_mem: np.ndarray
-    power_tia_pos: np.ndarray
-    power_tia_neg: np.ndarray
-    mse_mean: np.ndarray
-    mse_max: np.ndarray
-    per_layer: dict | None = field(default=None, repr=False)
-
-    def datasets(self) -> dict:
-        """Name → array, as written by ``refmem moments`` (docs/result_format.md)."""
-        d = {k: getattr(self, k) for k in (
-            "mean", "var", "mse", "reference", "bias", "power", "power_layers", "power_mem",
-            "power_tia_pos", "power_tia_neg", "mse_mean", "mse_max")}
-        if self.cov is not None:
-            d["cov"] = self.cov
-        return d
-
-    def groups(self) -> dict:
-        """``"layers/NN"`` → ``{"mean": (B, n), "var": (B, n)}`` (empty without ``per_layer``)."""
-        if not self.per_layer:
-            return {}
-        return {f"layers/{pos:02d}": dict(v) for pos, v in sorted(self.per_layer.items())}
+from .results import MomentsResult  # noqa: E402  (the result object lives with its schema)
 
 
 def _check_input_cov(input_cov, B, L):
@@ -657,5 +606,4 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
     p_layers = p_mem + p_tp + p_tn
     return MomentsResult(mean=mean, var=var, mse=mse, reference=ref, bias=bias, cov=covs,
                          power=p_layers.sum(axis=1), power_layers=p_layers, power_mem=p_mem,
-                         power_tia_pos=p_tp, power_tia_neg=p_tn, mse_mean=mse.mean(axis=1),
-                         mse_max=mse.max(axis=1), per_layer=rec)
+                         power_tia_pos=p_tp, power_tia_neg=p_tn, per_layer=rec)

@@ -94,63 +94,7 @@ def mc_sample_count(mean, std, p, alpha=0.05, z=None) -> int:
 
 
 # ---------------------------------------------------------------------- result
-@dataclass
-class MCResult:
-    """Monte-Carlo estimates for a batch of ``B`` inputs and ``J`` outputs.
-
-    Attributes are ``(B, J)`` arrays ``mean``, ``var``, ``mse``, ``reference`` and their
-    standard errors ``mean_se``, ``var_se``, ``mse_se``; ``cov``, ``cov_se`` ``(B, J, J)`` when
-    requested; ``accuracy``, ``accuracy_se`` (scalars) with labels; ``power``, ``power_se``
-    ``(B,)`` and per crossbar layer ``(B, n_xb)``: ``power_layers``, ``power_mem``,
-    ``power_tia_pos``, ``power_tia_neg`` with ``_se`` companions; ``mse_overall`` (the MSE
-    averaged over inputs and outputs) with ``mse_overall_se``, its standard error over
-    realizations (each realization is shared by the whole batch, so this is the correct SE of
-    a batch average, unlike a combination of the per-output SEs).
-    """
-
-    n: int
-    seed: int
-    block: int
-    reference: np.ndarray
-    mean: np.ndarray
-    var: np.ndarray
-    mse: np.ndarray
-    mean_se: np.ndarray
-    var_se: np.ndarray
-    mse_se: np.ndarray
-    power_mem: np.ndarray
-    power_tia_pos: np.ndarray
-    power_tia_neg: np.ndarray
-    power_mem_se: np.ndarray
-    power_tia_pos_se: np.ndarray
-    power_tia_neg_se: np.ndarray
-    power_layers: np.ndarray
-    power_layers_se: np.ndarray
-    power: np.ndarray
-    power_se: np.ndarray
-    cov: np.ndarray | None = None
-    cov_se: np.ndarray | None = None
-    mse_overall: float | None = None
-    mse_overall_se: float | None = None
-    accuracy: float | None = None
-    accuracy_se: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    def datasets(self) -> dict:
-        """The datasets of a ``refmem mc`` result file (docs/result_format.md)."""
-        names = ["mean", "var", "mse", "reference", "mean_se", "var_se", "mse_se",
-                 "power", "power_se", "power_layers", "power_layers_se", "power_mem",
-                 "power_mem_se", "power_tia_pos", "power_tia_pos_se", "power_tia_neg",
-                 "power_tia_neg_se"]
-        d = {k: getattr(self, k) for k in names}
-        if self.cov is not None:
-            d["cov"], d["cov_se"] = self.cov, self.cov_se
-        d["mse_overall"] = np.float64(self.mse_overall)
-        d["mse_overall_se"] = np.float64(self.mse_overall_se)
-        if self.accuracy is not None:
-            d["accuracy"] = np.float64(self.accuracy)
-            d["accuracy_se"] = np.float64(self.accuracy_se)
-        return d
+from .results import MCResult  # noqa: E402  (the result object lives with its schema)
 
 
 # ---------------------------------------------------------------------- per-layer sampler

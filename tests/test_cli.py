@@ -124,26 +124,35 @@ def test_mc_writes_schema_and_config(files, capsys):
                            "-o", out], capsys)
     assert code == 0, err
     with h5py.File(out) as f:
-        for k in ("mean", "var", "mse", "reference", "mean_se", "var_se", "mse_se"):
-            assert f[k].shape == (4, 3), k
-        assert f["cov"].shape == (4, 3, 3) and f["cov_se"].shape == (4, 3, 3)
-        assert "accuracy" in f
+        assert f.attrs["format"] == "refmem-result" and f.attrs["kind"] == "mc"
+        for k in ("mean", "var", "mse", "mean_se", "var_se", "mse_se", "mse_targets_se"):
+            if k in f:
+                assert f[k].shape == (1, 4, 3), k
+        assert f["reference"].shape == (4, 3)
+        assert f["cov"].shape == (1, 4, 3, 3) and f["cov_se"].shape == (1, 4, 3, 3)
+        assert f["accuracy_mean"].shape == (1,) and f["accuracy_mean_se"].shape == (1,)
+        np.testing.assert_array_equal(f["axes/sigma"][()], [0.05])
+        np.testing.assert_array_equal(f["axes/g_u"][()], [1.5])
         cfg = CrossbarConfig.from_json(f.attrs["config"])
         assert cfg.sigma == 0.05 and cfg.g_min == 0.1 and cfg.design == "layer"
         assert int(f.attrs["seed"]) == 3 and int(f.attrs["n"]) == 64
-        assert f.attrs["refmem_version"] and f.attrs["created_utc"]
+        assert f.attrs["refmem_version"] and f.attrs["created_utc"] and f.attrs["model_sha256"]
+        for name, ds in f.items():
+            if isinstance(ds, h5py.Dataset):
+                assert ds.attrs["units"] is not None and ds.attrs["description"], name
 
 
-def test_mc_sigma_sweep_groups(files, capsys):
+def test_mc_sigma_sweep_axes(files, capsys):
     out = files / "sweep.h5"
     code, _, err = run(["mc", files / "cnn.h5", "--input", files / "ximg.npy", "--sigma",
                         "0,0.05", "--mapping", "UL", "-n", "32", "--seed", "1", "-q", "-o", out],
                        capsys)
     assert code == 0, err
     with h5py.File(out) as f:
-        np.testing.assert_array_equal(f["sigmas"][()], [0.0, 0.05])
-        assert f["sweep/00/var"][()].max() < 1e-20
-        assert f["sweep/01/var"][()].min() > 0
+        np.testing.assert_array_equal(f["axes/sigma"][()], [0.0, 0.05])
+        assert f["var"][0].max() < 1e-20
+        assert f["var"][1].min() > 0
+        assert f["mse_batch"].shape == (2,) and f["mse_batch_se"].shape == (2,)
 
 
 def test_moments_writes_schema(files, capsys):
@@ -152,14 +161,23 @@ def test_moments_writes_schema(files, capsys):
                         "0.05", "--per-layer", "--cov", "-q", "-o", out], capsys)
     assert code == 0, err
     with h5py.File(out) as f:
-        for k in ("mean", "var", "mse", "reference", "bias"):
-            assert f[k].shape == (2, 3), k
-        assert f["cov"].shape == (2, 3, 3)
-        assert f["power"].shape == (2,)
+        for k in ("mean", "var", "mse", "bias"):
+            assert f[k].shape == (1, 2, 3), k
+        assert f["reference"].shape == (2, 3)
+        assert f["cov"].shape == (1, 2, 3, 3)
+        assert f["power"].shape == (1, 2)
         for k in ("power_layers", "power_mem", "power_tia_pos", "power_tia_neg"):
-            assert f[k].shape == (2, 2), k
-        assert f["mse_mean"].shape == (2,) and f["mse_max"].shape == (2,)
+            assert f[k].shape == (1, 2, 2), k
+        assert f["mse_per_input"].shape == (1, 2) and f["mse_max_per_input"].shape == (1, 2)
+        assert f["mse_batch"].shape == (1,) and f["mse_batch_max"].shape == (1,)
+        np.testing.assert_allclose(f["mse_batch"][()], f["mse"][()].mean(axis=(1, 2)))
+        np.testing.assert_allclose(f["mse_rel"][()], f["mse"][()].mean(axis=2)
+                                   / (f["reference"][()] ** 2).mean(axis=1))
         assert "layers/00/mean" in f and "layers/04/var" in f
+        assert f["layers/00/mean"].shape[0] == 1
+        assert f["layers/00"].attrs["crossbar_index"] == 0
+        assert f["layers/00"].attrs["type"] == "conv2d"
+        assert f["layers/01"].attrs["crossbar_index"] == -1
         assert CrossbarConfig.from_json(f.attrs["config"]).sigma == 0.05
 
 

@@ -543,12 +543,17 @@ def test_result_api_and_datasets():
     res = propagate(mapped, x, per_layer=True)
     d = res.datasets()
     assert set(d) == {"mean", "var", "mse", "reference", "bias", "power", "power_layers",
-                      "power_mem", "power_tia_pos", "power_tia_neg", "mse_mean", "mse_max"}
+                      "power_mem", "power_tia_pos", "power_tia_neg", "mse_per_input",
+                      "mse_max_per_input", "mse_batch", "mse_batch_max", "mse_rel",
+                      "mse_rel_batch"}
     assert d["mean"].shape == (2, 2) and d["power_layers"].shape == (2, 3)
     assert res.cov is None
     close(res.bias, res.mean - res.reference)
-    close(res.mse_mean, res.mse.mean(axis=1))
-    close(res.mse_max, res.mse.max(axis=1))
+    close(res.mse_per_input, res.mse.mean(axis=1))
+    close(res.mse_max_per_input, res.mse.max(axis=1))
+    close(res.mse_batch, res.mse.mean())
+    close(res.mse_batch_max, res.mse.mean(axis=1).max())
+    close(res.mse_rel, res.mse.mean(axis=1) / (res.reference ** 2).mean(axis=1))
     close(res.power, res.power_mem.sum(1) + res.power_tia_pos.sum(1) + res.power_tia_neg.sum(1))
     g = res.groups()
     assert list(g) == [f"layers/{i:02d}" for i in range(len(mapped.fused.layers))]
