@@ -426,7 +426,7 @@ def cmd_demo(args):
     log = (lambda *a, **k: None) if args.quiet else print
     run_demo(args.output, sigmas=sigmas, n_images=args.images, n_mc=args.n, seed=args.seed,
              g_u=args.gu, model=args.model, train=args.train, epochs=args.epochs,
-             progress=not args.quiet, log=log)
+             progress=not args.quiet, log=log, force=args.force)
     return 0
 
 
@@ -508,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train", action="store_true", help="train the 784-100-10 MLP first with "
                    "refmem's own Adam (MNIST-5k training split) instead of using the shipped one")
     s.add_argument("--epochs", type=int, default=30, help="training epochs with --train")
+    add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 

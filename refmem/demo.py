@@ -7,18 +7,18 @@ power, and a device-level Monte-Carlo run measures them, with the classification
 The result set ``demo.h5`` and the figure ``demo.png`` (MSE vs σ, analytic against
 Monte-Carlo with error bars; accuracy vs σ) are written atomically.
 
-Result set layout (``demo.h5``)::
+Result set ``demo.h5`` (the result schema of ``docs/result_format.md``, ``kind = "demo"``)::
 
-    /                      attrs: refmem_version, created_utc, config (JSON, σ = 0), model,
-                                  n_images, n_mc, seed, split_seed
-    /axes/sigma            (S,)
-    /analytic/mse          (S,)    MSE averaged over outputs and images (spec §9)
-    /analytic/mse_max      (S,)    mean over images of the max over outputs
-    /analytic/power        (S,)    expected power per inference, mean over images (spec §11)
-    /montecarlo/mse, mse_se            (S,)
-    /montecarlo/accuracy, accuracy_se  (S,)
-    /montecarlo/power, power_se        (S,)
-    /reference/accuracy    ()      noiseless accuracy on the same images
+    /                      attrs: format, kind, versions, created_utc, model, model_sha256,
+                                  config (the layer-wise design actually used, σ per point in
+                                  configs), fused_layers, n_images, n_mc, seed, split_seed
+    /axes/sigma, /axes/g_u (P,)    the sweep
+    /reference             (B, K)  noiseless outputs of the B images
+    /reference_accuracy    ()      noiseless accuracy on the same images
+    /analytic/…            the names of ``refmem moments`` (mse_batch (P,), mse_per_input (P, B),
+                           power (P, B), …)
+    /montecarlo/…          the names of ``refmem mc`` with their ``_se`` (mse_batch,
+                           accuracy_mean, power, …)
 """
 
 from __future__ import annotations
@@ -83,83 +83,122 @@ def train_demo_model(output_dir, *, epochs=30, seed=0, progress=True, log=print)
 
 
 def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=0,
-             g_u=1.0, model=None, train=False, epochs=30, progress=True, log=print):
-    """Run the demo; returns a dict of the arrays written to ``demo.h5``.
+             g_u=1.0, model=None, train=False, epochs=30, progress=True, log=print,
+             force=False):
+    """Run the demo; returns a dict of the per-σ figures written to ``demo.h5``.
 
     ``train=True`` first trains the MLP (:func:`train_demo_model`, ``epochs`` epochs) into
-    ``output_dir`` and uses it instead of the shipped model.
+    ``output_dir`` and uses it instead of the shipped model. Everything that can be checked is
+    checked before any computation, and before ``output_dir`` is created; a directory created
+    here is removed again if the run fails before writing.
     """
     from .datasets import shipped_path
-    from .io import atomic_h5, check_output, provenance_attrs, write_attrs
+    from .io import check_output, release_output, write_result
     from .mapping import map_network
     from .modelfile import load_model
     from .moments import propagate
     from .montecarlo import monte_carlo
+    from .results import Sweep, layer_table
 
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if train:
-        if model is not None:
-            raise ConfigError("give either a model file or --train, not both")
-        model = train_demo_model(out_dir, epochs=epochs, seed=seed, progress=progress, log=log)
-    model_path = Path(model) if model is not None else shipped_path(MODEL_NAME)
-    net = load_model(model_path)
-    if net.input_shape != (784,):
-        raise DataError(f"the demo needs a flat 784-input MNIST model, {model_path} expects "
-                        f"{net.input_shape}")
-    split_seed = int(net.attrs.get("split_seed", 0))
-    x, y = _load_test_images(int(n_images), split_seed)
     sig = np.asarray(sigmas, dtype=np.float64)
     if sig.ndim != 1 or sig.size == 0 or np.any(sig < 0) or not np.all(np.isfinite(sig)):
         raise ConfigError("sigmas must be a non-empty list of finite values >= 0")
+    if int(n_images) < 1 or int(n_mc) < 2:
+        raise ConfigError("--images must be >= 1 and -n >= 2")
+    if train and model is not None:
+        raise ConfigError("give either a model file or --train, not both")
+    if train and int(epochs) < 1:
+        raise ConfigError("--epochs must be >= 1")
     base = CrossbarConfig(g_u=g_u, design="layer")
-    ref_acc = float(np.mean(np.argmax(net.forward(x), axis=1) == y))
-    log(f"model {model_path.name}: noiseless accuracy on {len(y)} MNIST-5k test images = "
-        f"{ref_acc:.4f}")
-    keys = ("an_mse", "an_mse_max", "an_power", "mc_mse", "mc_mse_se", "mc_acc", "mc_acc_se",
-            "mc_power", "mc_power_se")
-    res = {k: np.zeros(sig.size) for k in keys}
-    for i, s in enumerate(sig):
-        t0 = time.perf_counter()
-        mapped = map_network(net, base.with_(sigma=float(s)))
-        an = propagate(mapped, x)
-        mc = monte_carlo(mapped, x, n=int(n_mc), seed=seed, labels=y, progress=progress)
-        res["an_mse"][i] = an.mse.mean()
-        res["an_mse_max"][i] = an.mse_max.mean()
-        res["an_power"][i] = an.power.mean()
-        res["mc_mse"][i] = mc.mse_overall
-        res["mc_mse_se"][i] = mc.mse_overall_se
-        res["mc_acc"][i], res["mc_acc_se"][i] = mc.accuracy, mc.accuracy_se
-        res["mc_power"][i] = mc.power.mean()
-        res["mc_power_se"][i] = mc.power_se.mean()
-        log(f"sigma={s:<6g} MSE analytic {res['an_mse'][i]:.5g}  MC {res['mc_mse'][i]:.5g} "
-            f"± {res['mc_mse_se'][i]:.2g}  accuracy {mc.accuracy:.4f} ± {mc.accuracy_se:.4f}  "
-            f"power analytic {res['an_power'][i]:.5g}  MC {res['mc_power'][i]:.5g}  "
-            f"({time.perf_counter() - t0:.1f} s)")
+    net = model_path = None
+    if not train:
+        model_path = Path(model) if model is not None else shipped_path(MODEL_NAME)
+        net = _check_model(load_model(model_path), model_path)
+    out_dir = Path(output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output {out_dir} exists and is not a directory")
+    created = not out_dir.exists()
+    if created and not out_dir.parent.is_dir():
+        raise DataError(f"output directory does not exist: {out_dir.parent}")
+    h5, png = out_dir / "demo.h5", out_dir / "demo.png"
+    done = False
+    try:
+        out_dir.mkdir(exist_ok=True)
+        inputs = {} if model_path is None else {"model": model_path}
+        check_output(h5, "demo", inputs, force=force)
+        check_output(png, "demo-figure", inputs, force=force)
+        if train:
+            model_path = train_demo_model(out_dir, epochs=epochs, seed=seed, progress=progress,
+                                          log=log)
+            net = _check_model(load_model(model_path), model_path)
+        split_seed = int(net.attrs.get("split_seed", 0))
+        x, y = _load_test_images(int(n_images), split_seed)
+        ref_acc = float(np.mean(np.argmax(net.forward(x), axis=1) == y))
+        log(f"model {model_path.name}: noiseless accuracy on {len(y)} MNIST-5k test images = "
+            f"{ref_acc:.4f}")
+        configs = [base.with_(sigma=float(s)) for s in sig]
+        an_pts, mc_pts = [], []
+        for s, cfg in zip(sig, configs):
+            t0 = time.perf_counter()
+            mapped = map_network(net, cfg)
+            an = propagate(mapped, x)
+            mc = monte_carlo(mapped, x, n=int(n_mc), seed=seed, labels=y, progress=progress)
+            an_pts.append(an)
+            mc_pts.append(mc)
+            log(f"sigma={s:<6g} MSE analytic {an.mse_batch:.5g} y²  MC {mc.mse_batch:.5g} "
+                f"± {mc.mse_batch_se:.2g} y²  accuracy {mc.accuracy_mean:.4f} ± "
+                f"{mc.accuracy_mean_se:.4f}  power analytic {an.power.mean():.5g}  MC "
+                f"{mc.power.mean():.5g} g·x²  ({time.perf_counter() - t0:.1f} s)")
+        axes = {"sigma": sig, "g_u": np.full(sig.size, float(g_u))}
+        an_sw, mc_sw = Sweep(an_pts, axes, configs), Sweep(mc_pts, axes, configs)
+        res = {"an_mse": an_sw.mse_batch, "an_mse_max": an_sw.mse_max_per_input.mean(axis=1),
+               "an_power": an_sw.power.mean(axis=1), "mc_mse": mc_sw.mse_batch,
+               "mc_mse_se": mc_sw.mse_batch_se, "mc_acc": mc_sw.accuracy_mean,
+               "mc_acc_se": mc_sw.accuracy_mean_se, "mc_power": mc_sw.power.mean(axis=1),
+               "mc_power_se": mc_sw.power_se.mean(axis=1)}
+        _plot(png, sig, res, ref_acc, len(y), int(n_mc), net, base)
 
-    png = out_dir / "demo.png"
-    _plot(png, sig, res, ref_acc, len(y), int(n_mc))
-    h5 = out_dir / "demo.h5"
-    with atomic_h5(h5, "demo") as f:
-        write_attrs(f, {**provenance_attrs({"model": model_path}), "format": "refmem-result",
-                        "kind": "demo", "config": base, "n_images": int(len(y)),
-                        "n_mc": int(n_mc), "seed": int(seed), "split_seed": split_seed})
-        f["axes/sigma"] = sig
-        f["analytic/mse"] = res["an_mse"]
-        f["analytic/mse_max"] = res["an_mse_max"]
-        f["analytic/power"] = res["an_power"]
-        f["montecarlo/mse"] = res["mc_mse"]
-        f["montecarlo/mse_se"] = res["mc_mse_se"]
-        f["montecarlo/accuracy"] = res["mc_acc"]
-        f["montecarlo/accuracy_se"] = res["mc_acc_se"]
-        f["montecarlo/power"] = res["mc_power"]
-        f["montecarlo/power_se"] = res["mc_power_se"]
-        f["reference/accuracy"] = ref_acc
+        def strip(d):
+            return {k: v for k, v in d.items() if not k.startswith("axes/") and k != "reference"}
+        write_result(
+            h5, "demo",
+            {**{f"axes/{k}": v for k, v in axes.items()}, "reference": an_sw.reference,
+             "reference_accuracy": np.float64(ref_acc)},
+            groups={"analytic": strip(an_sw.datasets()), "montecarlo": strip(mc_sw.datasets())},
+            attrs={"config": base, "configs": [c.to_dict() for c in configs],
+                   "fused_layers": layer_table(net), "n_images": int(len(y)),
+                   "n_mc": int(n_mc), "seed": int(seed), "split_seed": split_seed,
+                   "sweep_order": ["sigma"], "sweep_shape": [int(sig.size)],
+                   "images": f"MNIST-5k test split (seed {split_seed}), class-balanced, "
+                             "pixels/255"},
+            inputs={"model": model_path}, force=force, allow_nonfinite=(
+                "mse_rel", "mse_rel_batch", "mse_rel_se", "mse_rel_batch_se"))
+        done = True
+    finally:
+        release_output(h5)
+        release_output(png)
+        if not done and created:
+            try:
+                out_dir.rmdir()                       # only when empty
+            except OSError:
+                pass
     log(f"wrote {h5} and {png}")
     return {"sigma": sig, "reference_accuracy": ref_acc, **res}
 
 
-def _plot(path, sig, res, ref_acc, n_images, n_mc):
+def _check_model(net, model_path):
+    if net.input_shape != (784,):
+        raise DataError(f"the demo needs a flat 784-input MNIST model, {model_path} expects "
+                        f"{net.input_shape}")
+    return net
+
+
+def _describe(net):
+    sizes = [str(net.input_shape[0])] + [str(l.n_out) for l in net.layers if l.type == "dense"]
+    return "-".join(sizes)
+
+
+def _plot(path, sig, res, ref_acc, n_images, n_mc, net, config):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -174,8 +213,8 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc):
         a1.set_yscale("log")
     else:
         a1.text(0.5, 0.5, "no σ > 0 in the sweep", ha="center", transform=a1.transAxes)
-    a1.set_xlabel("device noise σ (std per device, g_u = 1)")
-    a1.set_ylabel("output MSE vs noiseless network")
+    a1.set_xlabel(f"device noise σ (std per device; g_u = {config.g_u:g}, {config.design} design)")
+    a1.set_ylabel("output MSE vs noiseless network (y²)")
     a1.legend()
     a1.grid(True, which="both", alpha=0.3)
     a2.errorbar(sig, res["mc_acc"], yerr=2 * res["mc_acc_se"], fmt="o-", color="C1", ms=4,
@@ -185,7 +224,7 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc):
     a2.set_ylabel(f"accuracy ({n_images} MNIST-5k test images)")
     a2.legend()
     a2.grid(True, alpha=0.3)
-    fig.suptitle("784-100-10 MLP on a noisy memristor crossbar (layer-wise λ)")
+    fig.suptitle(f"{_describe(net)} MLP on a noisy memristor crossbar ({config.design}-wise λ)")
     fig.tight_layout()
     from .io import write_png
     try:

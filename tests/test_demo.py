@@ -1,6 +1,8 @@
 """`refmem demo`, the README's main job: it runs from the shipped model and data, writes the
 documented result set and figure, and its analytic and Monte-Carlo columns agree."""
 
+import json
+
 import h5py
 import numpy as np
 
@@ -12,13 +14,23 @@ def test_demo_writes_result_set_and_figure(tmp_path):
     out = run_demo(tmp_path / "d", sigmas=[0.0, 0.05], n_images=10, n_mc=40, seed=1,
                    progress=False, log=lambda *a: None)
     with h5py.File(tmp_path / "d" / "demo.h5") as f:
+        assert f.attrs["format"] == "refmem-result" and f.attrs["kind"] == "demo"
         np.testing.assert_array_equal(f["axes/sigma"][()], [0.0, 0.05])
-        for k in ("analytic/mse", "analytic/power", "montecarlo/mse", "montecarlo/mse_se",
-                  "montecarlo/accuracy", "montecarlo/accuracy_se", "montecarlo/power"):
+        for k in ("analytic/mse_batch", "montecarlo/mse_batch", "montecarlo/mse_batch_se",
+                  "montecarlo/accuracy_mean", "montecarlo/accuracy_mean_se"):
             assert f[k].shape == (2,), k
+        for k in ("analytic/power", "montecarlo/power", "montecarlo/power_se",
+                  "analytic/mse_per_input"):
+            assert f[k].shape == (2, 10), k
+        assert f["reference"].shape == (10, 10)
         assert f.attrs["n_mc"] == 40 and f.attrs["n_images"] == 10
-        acc0 = f["montecarlo/accuracy"][0]
-        assert acc0 == f["reference/accuracy"][()]           # σ = 0 is the noiseless network
+        assert json.loads(f.attrs["configs"])[1]["sigma"] == 0.05
+        assert f.attrs["model_sha256"]
+        acc0 = f["montecarlo/accuracy_mean"][0]
+        assert acc0 == f["reference_accuracy"][()]           # σ = 0 is the noiseless network
+        np.testing.assert_array_equal(f["analytic/mse_batch"][()], out["an_mse"])
+        for name, ds in f["montecarlo"].items():
+            assert ds.attrs["units"] is not None and ds.attrs["description"], name
     assert (tmp_path / "d" / "demo.png").stat().st_size > 10_000
     assert out["an_mse"][0] < 1e-20 and out["mc_mse"][0] < 1e-20
     # network MSE carries the Gaussian-closure bias (spec §19.7): a loose band around MC
@@ -35,6 +47,10 @@ def test_demo_cli_errors_leave_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "model file not found" in err
     assert not (tmp_path / "o2" / "demo.h5").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
+    code = main(["demo", "-o", str(tmp_path / "o3"), "--train", "--epochs", "0", "-q"])
+    assert code == 2 and "--epochs" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()
 
 
 def test_demo_can_train_its_model(tmp_path):
