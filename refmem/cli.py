@@ -407,6 +407,39 @@ def cmd_moments(args):
     return 0
 
 
+def cmd_budget(args):
+    from .budget import budget_table, error_budget, plot_budget
+    from .io import write_result
+    from .modelfile import load_model
+    from .results import UNITS_LEGEND, layer_table
+
+    png = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
+    out = _check_output(args, "budget")
+    from .io import check_output
+    check_output(png, "budget-figure", _inputs(args), force=args.force)
+    if (args.mc is None) != (args.seed is None):
+        raise ConfigError("Monte-Carlo in the budget needs both --mc N and --seed S")
+    net = load_model(args.model)
+    x, _, cov = _load_inputs(args, net)
+    cfg = config_from_args(args)
+    res = error_budget(net, cfg, x, input_cov=cov, mc_n=args.mc, seed=args.seed)
+    plot_budget(res, png, model_name=Path(args.model).name, force=args.force)
+    attrs = {"command": " ".join(["refmem"] + list(getattr(args, "argv", []))),
+             "config": cfg, "configs": [cfg.to_dict()], "fused_layers": layer_table(net),
+             "layer_names": res.layer_names, "layer_types": res.layer_types,
+             "n_inputs": int(x.shape[0]), "figure": str(png)}
+    if args.mc is not None:
+        attrs.update(n=int(args.mc), seed=int(args.seed))
+    write_result(out, "budget", res.datasets(), attrs=attrs, inputs=_inputs(args),
+                 force=args.force, allow_nonfinite=("mse_alone_rel",))
+    if not args.quiet:
+        print(UNITS_LEGEND)
+        for line in budget_table(res):
+            print(line)
+        print(f"wrote {out} and {png}")
+    return 0
+
+
 def cmd_prepare(args):
     from .datasets import prepare
 
@@ -479,6 +512,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_moments)
+
+    s = sub.add_parser("budget", help="per-layer error budget: output MSE with noise in each "
+                       "crossbar layer alone, in all but it, and in all; per-layer power")
+    s.add_argument("model", metavar="MODEL.h5")
+    s.add_argument("--input", required=True, metavar="X.npy")
+    s.add_argument("--input-cov", metavar="C.npy")
+    add_crossbar_options(s)
+    s.add_argument("--relu-cov", choices=["exact", "taylor"], default="exact",
+                   help="ReLU covariance rule of the analytic pass")
+    s.add_argument("--mc", type=int, metavar="N", help="also Monte-Carlo with N realizations "
+                   "per configuration (needs --seed)")
+    s.add_argument("--seed", type=int, help="Monte-Carlo seed (same draws for every configuration)")
+    s.add_argument("-o", "--output", required=True, metavar="OUT.h5")
+    s.add_argument("--plot", metavar="OUT.png", help="bar chart (default: OUT.h5 with .png)")
+    add_force_option(s)
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_budget)
 
     s = sub.add_parser("prepare", help="write X.npy / Y.npy from a dataset with a named preprocessing")
     s.add_argument("dataset", help="mnist5k, fashion-mnist, mnist-idx, cifar10, diabetes, naval")
