@@ -463,6 +463,87 @@ def cmd_demo(args):
     return 0
 
 
+# ---------------------------------------------------------------------- golden suite
+def cmd_golden(args) -> int:
+    """``refmem golden -o DIR``: write the golden suite (:func:`refmem.golden.write_suite`)."""
+    import os
+
+    from .golden import CASES, FORMAT, VERSION, read_suite, write_suite
+
+    only = None
+    if getattr(args, "only", None):
+        only = [t.strip() for t in args.only.split(",") if t.strip()]
+        known = [c for c, _ in CASES]
+        bad = [c for c in only if c not in known]
+        if bad:
+            raise ConfigError(f"unknown case(s) {', '.join(bad)}; known: {', '.join(known)}")
+    path = write_suite(args.output, only=only)
+    if not getattr(args, "quiet", False):
+        suite = read_suite(path)
+        for cid, case in suite.cases.items():
+            print(f"{cid:<22} {case.description}")
+        print(f"wrote {len(suite.cases)} cases to {path} (format {FORMAT} v{VERSION}; "
+              f"{os.path.getsize(path) / 1024:.0f} KiB) and {path.parent / 'SUMMARY.md'}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    """``refmem check GOLDEN [--candidate RESULT.h5]``: exit 0 if every quantity passes, 1 if
+    any fails (bad files raise a one-line error: exit 2 from the CLI)."""
+    from .golden import FORMAT, VERSION, check, read_suite, recompute_case, write_candidate
+
+    if args.save and args.candidate:
+        raise ConfigError("--save writes refmem's own recomputation; it cannot be combined with "
+                          "--candidate")
+    report = check(args.golden, args.candidate, only=args.only, tier=args.tier,
+                   quantities=args.quantities)
+    print(report.format(failures_only=args.quiet))
+    if args.save:
+        results = {}
+        suite = read_suite(args.golden, only=list({r.case for r in report.rows}) or None)
+        for cid, case in suite.cases.items():
+            results[cid] = recompute_case(case.network, case.x, case.config, case.input_cov)
+        write_candidate(args.save, results, attrs={"golden_format": FORMAT,
+                                                   "golden_version": np.int64(VERSION),
+                                                   "producer": "refmem check --save"})
+        print(f"wrote refmem's candidate file {args.save}")
+    return 0 if report.ok else 1
+
+
+def add_golden_commands(subparsers) -> None:
+    """Register ``refmem golden`` and ``refmem check`` on an argparse subparsers object."""
+    from .golden import TIERS
+
+    s = subparsers.add_parser(
+        "golden", help="write the golden-reference suite (HDF5 test vectors for other implementations)",
+        description="Write the versioned golden suite DIR/refmem-golden-v1.h5 (one group per case: "
+                    "model, input, configuration, expected moments/MSE/power with tolerances) and "
+                    "DIR/SUMMARY.md. Format: docs/golden.md.")
+    s.add_argument("-o", "--output", required=True, metavar="DIR")
+    s.add_argument("--only", metavar="CASE,...", help="generate only these cases")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_golden)
+
+    s = subparsers.add_parser(
+        "check", help="compare a candidate result file (or refmem itself) with a golden suite",
+        description="Per case and quantity: max abs / rel error and PASS/FAIL "
+                    "(|c-e| <= atol + rtol|e|). Exit status 0 if all pass, 1 if any fails, "
+                    "2 for a bad file. Without --candidate refmem recomputes every case (self-test).")
+    s.add_argument("golden", metavar="GOLDEN", help="golden file or a directory holding one")
+    s.add_argument("--candidate", metavar="RESULT.h5",
+                   help="one group per case id in the result schema of `refmem moments`")
+    s.add_argument("--only", metavar="CASE[:QUANTITY],...",
+                   help="check only these cases (or single quantities); others are not required")
+    s.add_argument("--quantities", metavar="PATTERN,...",
+                   help="compare only quantities matching these patterns (e.g. 'mean,var,cov,layers/*')")
+    s.add_argument("--tier", choices=sorted(TIERS), default="float64",
+                   help="tolerance tier: float64 (default) or float32 (looser)")
+    s.add_argument("--save", metavar="OUT.h5",
+                   help="self-test only: also write refmem's recomputation as a candidate file")
+    s.add_argument("-q", "--quiet", action="store_true", help="print failing rows and the summary only")
+    s.set_defaults(func=cmd_check)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refmem", description="Noisy memristor-crossbar networks: "
@@ -562,7 +643,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
 
-    from .golden import add_golden_commands
     add_golden_commands(sub)
     return p
 

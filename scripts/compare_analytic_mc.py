@@ -125,12 +125,12 @@ def main(argv=None):
     mc_mse_b = mc.mse.mean(axis=1)
     se_b = mc.mse_se.mean(axis=1)           # conservative SE of the output average
     for b in range(len(x)):
-        a = an.mse_mean[b]
+        a = an.mse_per_input[b]
         rel = (a - mc_mse_b[b]) / mc_mse_b[b] if mc_mse_b[b] else 0.0
         print(f"{b:>5} {a:>12.6g} {mc_mse_b[b]:>12.6g} {se_b[b]:>10.2g} {rel:>+9.2%}")
     a_all = float(an.mse.mean())
-    print(f"{'all':>5} {a_all:>12.6g} {mc.mse_overall:>12.6g} {mc.mse_overall_se:>10.2g} "
-          f"{(a_all - mc.mse_overall) / mc.mse_overall if mc.mse_overall else 0:>+9.2%}")
+    print(f"{'all':>5} {a_all:>12.6g} {mc.mse_batch:>12.6g} {mc.mse_batch_se:>10.2g} "
+          f"{(a_all - mc.mse_batch) / mc.mse_batch if mc.mse_batch else 0:>+9.2%}")
 
     print("\nexpected power per crossbar layer (z = (MC − analytic)/SE; exact for layer 0 with a "
           "deterministic input, later layers inherit A6)")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from refmem.errors import RefmemError
-from refmem.golden import cmd_golden
+from refmem.cli import cmd_golden
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ Writes a markdown table (default ``docs/analytic_vs_mc.md``). The network is a s
 CNN, ``conv(1→4, 3×3, pad 1) → ReLU → avgpool 2 → conv(4→4, 3×3, pad 1) → ReLU → avgpool 2 →
 flatten → dense(16→5)``, on four seeded uniform [0, 1] 8×8 inputs, mapped with ``g_min = 0.05``,
 ``g_u = 1``, scalar design, ``r = 1``. The MSE is averaged over inputs and outputs; the MC
-standard error is over realizations (``MCResult.mse_overall_se``). The analytic value carries
+standard error is over realizations (``MCResult.mse_batch_se``). The analytic value carries
 the bias of the Gaussian assumption A6 (spec §19.7), so it is reported as a relative error
 and a z-score, not tested.
 
@@ -60,7 +60,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             mc = monte_carlo(map_network(net, cfg), x, args.n, args.seed)
             t_mc = time.perf_counter() - t0
-            row = dict(mapping=mapping, sigma=sigma, mc=mc.mse_overall, se=mc.mse_overall_se,
+            row = dict(mapping=mapping, sigma=sigma, mc=mc.mse_batch, se=mc.mse_batch_se,
                        t_mc=t_mc)
             for rule in ("exact", "taylor"):
                 t0 = time.perf_counter()

@@ -53,7 +53,7 @@ import numpy as np
 import refmem
 from refmem import datasets as D
 from refmem.errors import RefmemError
-from refmem.hdf5io import standard_attrs
+from refmem.io import provenance_attrs, write_attrs
 from refmem.training import SGD, Adam, DeviceNoise, MultiplicativeNoise, StepLR, Trainer, cnn13, mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,13 +182,14 @@ def record_time(out_dir, name, trainer, res):
                   "optimizer": trainer.optimizer.name,
                   **{k: float(v) for k, v in res.items()}}
     import platform
-    attrs = standard_attrs(None, format="refmem-result", kind="training-times", machine=platform.processor() or platform.machine(),
-                           description="wall-clock training time per network "
-                                       "(scripts/train_seed_networks.py)")
+    attrs = {**provenance_attrs(), "format": "refmem-result", "kind": "training-times",
+             "machine": platform.processor() or platform.machine(),
+             "description": "wall-clock training time per network "
+                            "(scripts/train_seed_networks.py)"}
     from refmem.io import atomic_h5
-    with atomic_h5(h5, "training-times") as f:
-        for k, v in attrs.items():
-            f.attrs[k] = v
+    # force: the table read above is rewritten (files of refmem 0.1 carry no kind attribute)
+    with atomic_h5(h5, "training-times", force=True) as f:
+        write_attrs(f, attrs)
         for g, r in sorted(rows.items()):
             grp = f.create_group(g)
             for k, v in r.items():
