@@ -188,13 +188,9 @@ def _load_inputs(args, network):
             raise DataError(f"labels must be in [0, {network.n_out - 1}]")
     cov = None
     if getattr(args, "input_cov", None):
+        from .network import check_input_cov
         cov = load_npy(args.input_cov, "input covariance").astype(np.float64)
-        L = int(np.prod(network.input_shape))
-        if cov.shape not in ((L, L), (x.shape[0], L, L)):
-            raise DataError(f"input covariance has shape {cov.shape}, expected ({L}, {L}) or "
-                            f"({x.shape[0]}, {L}, {L})")
-        if not np.all(np.isfinite(cov)):
-            raise DataError("input covariance contains NaN or infinite values")
+        check_input_cov(cov, x.shape[0], int(np.prod(network.input_shape)))
     return x, labels, cov
 
 

@@ -374,29 +374,13 @@ from .results import MomentsResult  # noqa: E402  (the result object lives with 
 
 
 def _check_input_cov(input_cov, B, L):
-    """Validate ``input_cov`` ((L, L) or (B, L, L)); returns a per-sample getter."""
+    """Validate ``input_cov`` ((L, L) or (B, L, L), :func:`refmem.network.check_input_cov`);
+    returns a per-sample getter."""
     if input_cov is None:
         return lambda b: None
-    C = np.asarray(input_cov)
-    if C.dtype.kind not in "biuf":
-        raise DataError(f"input covariance must be numeric, got dtype {C.dtype}")
-    C = C.astype(np.float64, copy=False)
-    if C.shape not in ((L, L), (B, L, L)):
-        raise DataError(f"input covariance has shape {C.shape}, expected ({L}, {L}) or "
-                        f"({B}, {L}, {L})")
-    if not np.all(np.isfinite(C)):
-        raise DataError("input covariance contains NaN or infinite values")
-    mats = [C] if C.ndim == 2 else list(C)
-    for M in mats:
-        scale = float(np.max(np.abs(M))) if M.size else 0.0
-        if scale == 0.0:
-            continue
-        if np.max(np.abs(M - M.T)) > 1e-10 * scale:
-            raise DataError("input covariance is not symmetric")
-        if np.any(np.diagonal(M) < 0):
-            raise DataError("input covariance has a negative variance on its diagonal")
-        if np.linalg.eigvalsh(0.5 * (M + M.T))[0] < -1e-10 * max(float(np.trace(M)), scale):
-            raise DataError("input covariance is not positive semi-definite")
+    from .network import check_input_cov
+    C = check_input_cov(input_cov, B, L)
+    C = C[0] if C.shape[0] == 1 and np.ndim(input_cov) == 2 else C
 
     def get(b):
         M = C if C.ndim == 2 else C[b]

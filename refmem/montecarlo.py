@@ -340,21 +340,10 @@ class _Moments:
 
 # ---------------------------------------------------------------------- inputs
 def _input_factor(input_cov, B, L):
-    """Square-root factors ``A`` with ``A Aᵀ = C`` (eigendecomposition, PSD checked)."""
-    C = np.asarray(input_cov, dtype=np.float64)
-    if C.shape == (L, L):
-        C = C[None]
-    if C.ndim != 3 or C.shape[1:] != (L, L) or C.shape[0] not in (1, B):
-        raise DataError(f"input covariance has shape {np.shape(input_cov)}, expected ({L}, {L}) "
-                        f"or ({B}, {L}, {L})")
-    if not np.all(np.isfinite(C)):
-        raise DataError("input covariance contains NaN or infinite values")
-    scale = max(1.0, float(np.abs(C).max()))
-    if not np.allclose(C, np.swapaxes(C, 1, 2), rtol=0, atol=1e-12 * scale):
-        raise DataError("input covariance is not symmetric")
-    w, V = np.linalg.eigh(0.5 * (C + np.swapaxes(C, 1, 2)))
-    if np.any(w < -1e-10 * np.maximum(1.0, np.abs(w).max(axis=1, keepdims=True))):
-        raise DataError("input covariance is not positive semi-definite")
+    """Square-root factors ``A`` with ``A Aᵀ = C`` (eigendecomposition; validated by
+    :func:`refmem.network.check_input_cov`)."""
+    from .network import check_input_cov
+    _, w, V = check_input_cov(input_cov, B, L, eigh=True)
     return V * np.sqrt(np.maximum(w, 0.0))[:, None, :]      # (1 or B, L, L)
 
 

@@ -214,3 +214,46 @@ def _check_params(i, layer):
     elif isinstance(layer, Dropout):
         if layer.p is not None and not 0 <= layer.p < 1:
             raise ModelFileError(f"{_name(i, layer)}: dropout p must be in [0, 1)")
+
+
+# ---------------------------------------------------------------------- input covariance
+COV_TOL = 1e-10
+"""The one relative tolerance of input-covariance checks (symmetry, diagonal, PSD)."""
+
+
+def check_input_cov(cov, B: int, L: int, *, eigh: bool = False):
+    """Validate the covariance of a random input: ``(L, L)`` (shared) or ``(B, L, L)``.
+
+    The one validator of input covariances (the analytic pass, the Monte-Carlo simulator and
+    the CLI call it): numeric, finite, symmetric to ``COV_TOL × max|C|``, no diagonal entry
+    below ``−COV_TOL × max|C|``, and positive semi-definite (smallest eigenvalue not below
+    ``−COV_TOL × max(max|C|, max|λ|)``). Returns the float64 stack ``(n, L, L)`` (``n`` = 1 or
+    ``B``), and with ``eigh=True`` also the eigen-decomposition ``(w, V)`` of the symmetrised
+    matrices. Raises :class:`~refmem.errors.DataError`.
+    """
+    C = np.asarray(cov)
+    if C.dtype.kind not in "biuf":
+        raise DataError(f"input covariance must be numeric, got dtype {C.dtype}")
+    C = C.astype(np.float64, copy=False)
+    if C.shape not in ((L, L), (B, L, L)):
+        raise DataError(f"input covariance has shape {C.shape}, expected ({L}, {L}) or "
+                        f"({B}, {L}, {L})")
+    if not np.all(np.isfinite(C)):
+        raise DataError("input covariance contains NaN or infinite values")
+    C3 = C[None] if C.ndim == 2 else C
+    scale = np.abs(C3).max(axis=(1, 2)) if C3.size else np.zeros(C3.shape[0])
+    tol = COV_TOL * scale
+    if np.any(np.abs(C3 - np.swapaxes(C3, 1, 2)).max(axis=(1, 2), initial=0.0) > tol):
+        raise DataError("input covariance is not symmetric")
+    if np.any(np.diagonal(C3, axis1=1, axis2=2) < -tol[:, None]):
+        raise DataError("input covariance is not positive semi-definite (a negative variance "
+                        "on its diagonal)")
+    S = 0.5 * (C3 + np.swapaxes(C3, 1, 2))
+    if eigh:
+        w, V = np.linalg.eigh(S)
+    else:
+        w, V = np.linalg.eigvalsh(S), None
+    if w.size and np.any(w.min(axis=1) < -COV_TOL * np.maximum(scale, np.abs(w).max(axis=1))):
+        raise DataError("input covariance is not positive semi-definite")
+    return (C3, w, V) if eigh else C3
+

@@ -376,3 +376,39 @@ def test_cli_never_replaces_an_input_or_a_foreign_file(tmp_path, capsys):
                  "-o", str(other), "-q"]) == 2
     assert "not a refmem 'mc' result" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5", "other.h5", "x.npy"]
+
+
+# ---------------------------------------------------------------------- one covariance validator
+def test_one_input_covariance_validator_and_tolerance():
+    from refmem.network import COV_TOL, check_input_cov
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(4, 4))
+    C = A @ A.T
+    s = np.abs(C).max()
+    assert check_input_cov(C, 2, 4).shape == (1, 4, 4)
+    assert check_input_cov(np.stack([C, C]), 2, 4).shape == (2, 4, 4)
+    near = C.copy()
+    near[0, 1] += 0.5 * COV_TOL * s                 # inside the tolerance
+    check_input_cov(near, 2, 4)
+    far = C.copy()
+    far[0, 1] += 2 * COV_TOL * s                    # outside it
+    with pytest.raises(DataError, match="not symmetric"):
+        check_input_cov(far, 2, 4)
+    w, V = np.linalg.eigh(C)
+    w[0] = -2 * COV_TOL * np.abs(w).max()
+    with pytest.raises(DataError, match="semi-definite"):
+        check_input_cov((V * w) @ V.T, 2, 4)
+    for bad, msg in ((np.ones((3, 3)), "shape"), (np.full((4, 4), np.nan), "NaN"),
+                     (np.array([["a"] * 4] * 4), "numeric")):
+        with pytest.raises(DataError, match=msg):
+            check_input_cov(bad, 2, 4)
+    # the analytic pass, the Monte-Carlo simulator and the CLI give the same verdicts
+    from refmem import CrossbarConfig, Dense, Network, map_network, monte_carlo
+    from refmem.moments import propagate
+    mapped = map_network(Network([Dense(np.ones((2, 4)), None)], (4,)), CrossbarConfig())
+    x = np.zeros((2, 4))
+    for fn in (lambda c: propagate(mapped, x, input_cov=c),
+               lambda c: monte_carlo(mapped, x, 4, 0, input_cov=c)):
+        fn(near)
+        with pytest.raises(DataError, match="not symmetric"):
+            fn(far)
