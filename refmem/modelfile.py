@@ -35,13 +35,9 @@ _RESERVED_LAYER = {"type", "stride", "padding", "kernel_size", "eps", "p"}
 
 
 def _attr_value(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+    """The one attribute codec (:func:`refmem.io.decode_attr`), JSON text kept as text."""
+    from .io.codec import decode_attr
+    return decode_attr(v, json_text=False)
 
 
 def _read_array(g, name, where, required=True):
@@ -166,16 +162,15 @@ def write_model_group(network: Network, f, *, dtype=np.float64) -> None:
     f.attrs["input_shape"] = np.asarray(network.input_shape, dtype=np.int64)
     if network.input_preprocessing is not None:
         f.attrs["input_preprocessing"] = str(network.input_preprocessing)
-    for k, v in network.attrs.items():
-        if k not in _RESERVED_ROOT:
-            f.attrs[k] = v
+    from .io.codec import write_attrs
+
+    write_attrs(f, {k: v for k, v in network.attrs.items() if k not in _RESERVED_ROOT})
     grp = f.create_group("layers")
     for i, layer in enumerate(network.layers):
         g = grp.create_group(f"{i:02d}")
         g.attrs["type"] = layer.type
-        for k, v in getattr(layer, "attrs", {}).items():
-            if k not in _RESERVED_LAYER:
-                g.attrs[k] = v
+        write_attrs(g, {k: v for k, v in getattr(layer, "attrs", {}).items()
+                        if k not in _RESERVED_LAYER})
         for k, v in layer.params().items():
             g.create_dataset(k, data=np.asarray(v, dtype=dtype))
         if isinstance(layer, Conv2d):

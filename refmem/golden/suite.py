@@ -185,11 +185,11 @@ class GoldenSuite:
 
 
 def _attr(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+    """The one attribute codec (:func:`refmem.io.decode_attr`), JSON text kept as text."""
+    from ..io.codec import decode_attr
+    if isinstance(v, np.ndarray):
+        return v                      # arrays stay arrays (as golden v1 readers expect)
+    return decode_attr(v, json_text=False)
 
 
 def _open_h5(path, what):

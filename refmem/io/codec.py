@@ -68,11 +68,16 @@ def encode_attr(v):
     return str(v)
 
 
-def decode_attr(v):
-    """HDF5 attribute value → Python value (the inverse of :func:`encode_attr`)."""
+def decode_attr(v, *, json_text: bool = True):
+    """HDF5 attribute value → Python value (the inverse of :func:`encode_attr`).
+
+    ``json_text=False`` keeps JSON text as a string (the model file and the golden suite
+    expose their attributes as stored: ``Network.attrs``, ``GoldenCase.attrs``)."""
     if isinstance(v, bytes):
         v = v.decode("utf-8", errors="replace")
     if isinstance(v, str):
+        if not json_text:
+            return v
         s = v.lstrip()
         if s[:1] in ("{", "["):
             try:
@@ -82,16 +87,16 @@ def decode_attr(v):
         return v
     if isinstance(v, np.ndarray):
         if v.dtype.kind in "OSU":
-            return [decode_attr(x) for x in v.tolist()]
+            return [decode_attr(x, json_text=json_text) for x in v.tolist()]
         return v.tolist()
     if isinstance(v, np.generic):
         return v.item()
     return v
 
 
-def decode_attrs(attrs) -> dict:
+def decode_attrs(attrs, *, json_text: bool = True) -> dict:
     """Every attribute of an HDF5 object (``obj.attrs``) decoded, as a plain dict."""
-    return {k: decode_attr(attrs[k]) for k in attrs.keys()}
+    return {k: decode_attr(attrs[k], json_text=json_text) for k in attrs.keys()}
 
 
 def write_attrs(obj, attrs: dict | None) -> None:
