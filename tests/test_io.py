@@ -412,3 +412,28 @@ def test_one_input_covariance_validator_and_tolerance():
         fn(near)
         with pytest.raises(DataError, match="not symmetric"):
             fn(far)
+
+
+def test_cli_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """moments --cov --per-layer on a 'full disk' (RLIMIT_FSIZE, SIGXFSZ ignored): exit 2, one
+    line, no output, no temporary (refmem 0.1 crashed here with a segfault inside h5py)."""
+    from refmem import Dense, Network, ReLU, save_model
+    rng = np.random.default_rng(1)
+    net = Network([Dense(rng.normal(size=(60, 50)), None), ReLU(),
+                   Dense(rng.normal(size=(40, 60)), None)], (50,))
+    save_model(net, tmp_path / "m.h5")
+    np.save(tmp_path / "x.npy", rng.uniform(size=(8, 50)))
+    code = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000))
+        from refmem.cli import main
+        sys.exit(main(["moments", "m.h5", "--input", "x.npy", "--sigma", "0.1", "--cov",
+                       "--per-layer", "-q", "-o", "out.h5"]))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.stderr.startswith("refmem: error: cannot write out.h5") and p.stderr.count("\n") == 1
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["m.h5", "x.npy"]
