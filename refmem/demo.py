@@ -148,7 +148,8 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
             log(f"sigma={s:<6g} MSE analytic {an.mse_batch:.5g} y²  MC {mc.mse_batch:.5g} "
                 f"± {mc.mse_batch_se:.2g} y²  accuracy {mc.accuracy_mean:.4f} ± "
                 f"{mc.accuracy_mean_se:.4f}  power analytic {an.power.mean():.5g}  MC "
-                f"{mc.power.mean():.5g} g·x²  ({time.perf_counter() - t0:.1f} s)")
+                f"{mc.power.mean():.5g} ± {mc.power_se.mean():.2g} g·x²  "
+                f"({time.perf_counter() - t0:.1f} s)")
         axes = {"sigma": sig, "g_u": np.full(sig.size, float(g_u))}
         an_sw, mc_sw = Sweep(an_pts, axes, configs), Sweep(mc_pts, axes, configs)
         res = {"an_mse": an_sw.mse_batch, "an_mse_max": an_sw.mse_max_per_input.mean(axis=1),
