@@ -16,7 +16,8 @@ Result set ``demo.h5`` (the result schema of ``docs/result_format.md``, ``kind =
     /reference             (B, K)  noiseless outputs of the B images
     /reference_accuracy    ()      noiseless accuracy on the same images
     /analytic/…            the names of ``refmem moments`` (mse_batch (P,), mse_per_input (P, B),
-                           power (P, B), …)
+                           power (P, B), …; accuracy (P, B), accuracy_mean and
+                           accuracy_error_bound (P,) predicted from the moments, theory §21)
     /montecarlo/…          the names of ``refmem mc`` with their ``_se`` (mse_batch,
                            accuracy_mean, power, …)
 """
@@ -94,6 +95,7 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     """
     from .datasets import shipped_path
     from .io import check_output, release_output, write_result
+    from .accuracy import predicted_accuracy
     from .mapping import map_network
     from .modelfile import load_model
     from .moments import propagate
@@ -141,7 +143,12 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
         for s, cfg in zip(sig, configs):
             t0 = time.perf_counter()
             mapped = map_network(net, cfg)
-            an = propagate(mapped, x)
+            an = propagate(mapped, x, cov=True)
+            pred = predicted_accuracy(an.mean, an.cov, y, seed=seed, n_points=1024)  # theory §21
+            an.accuracy = np.asarray(pred.per_input, dtype=np.float64)
+            an.accuracy_mean = float(pred.mean)
+            an.accuracy_error_bound = float(pred.error_bound)
+            an.cov = None                                   # used for the accuracy, not stored
             mc = monte_carlo(mapped, x, n=int(n_mc), seed=seed, labels=y, progress=progress)
             an_pts.append(an)
             mc_pts.append(mc)
@@ -153,7 +160,8 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
         axes = {"sigma": sig, "g_u": np.full(sig.size, float(g_u))}
         an_sw, mc_sw = Sweep(an_pts, axes, configs), Sweep(mc_pts, axes, configs)
         res = {"an_mse": an_sw.mse_batch, "an_mse_max": an_sw.mse_max_per_input.mean(axis=1),
-               "an_power": an_sw.power.mean(axis=1), "mc_mse": mc_sw.mse_batch,
+               "an_power": an_sw.power.mean(axis=1), "an_acc": an_sw.accuracy_mean,
+               "an_acc_err": an_sw.accuracy_error_bound, "mc_mse": mc_sw.mse_batch,
                "mc_mse_se": mc_sw.mse_batch_se, "mc_acc": mc_sw.accuracy_mean,
                "mc_acc_se": mc_sw.accuracy_mean_se, "mc_power": mc_sw.power.mean(axis=1),
                "mc_power_se": mc_sw.power_se.mean(axis=1)}
@@ -220,6 +228,7 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc, net, config):
     a1.grid(True, which="both", alpha=0.3)
     a2.errorbar(sig, res["mc_acc"], yerr=2 * res["mc_acc_se"], fmt="o-", color="C1", ms=4,
                 capsize=3, label="Monte-Carlo ±2 SE")
+    a2.plot(sig, res["an_acc"], "-", color="C0", label="predicted from the moments (theory §21)")
     a2.axhline(ref_acc, color="k", ls="--", lw=1, label="noiseless")
     a2.set_xlabel("device noise σ")
     a2.set_ylabel(f"accuracy ({n_images} MNIST-5k test images)")

@@ -196,3 +196,17 @@ def test_agrees_with_monte_carlo_accuracy_of_the_shipped_mlp(cfg):
     assert mc.accuracy < clean - 0.005          # the noise matters at this level
     gap = abs(pred.mean - mc.accuracy)
     assert gap <= Z_STAR * mc.accuracy_se + pred.error_bound + CLOSURE_ALLOWANCE
+
+
+def test_demo_draws_predicted_accuracy(tmp_path):
+    import h5py
+    from refmem.demo import run_demo
+    out = run_demo(tmp_path, sigmas=(0.0, 0.05), n_images=60, n_mc=64, progress=False,
+                   log=lambda *a: None)
+    # σ = 0: zero covariance, so the prediction is the noiseless accuracy exactly
+    assert out["an_acc"][0] == out["reference_accuracy"] and out["an_acc_err"][0] == 0.0
+    gap = abs(out["an_acc"][1] - out["mc_acc"][1])
+    assert gap <= Z_STAR * out["mc_acc_se"][1] + out["an_acc_err"][1] + CLOSURE_ALLOWANCE
+    with h5py.File(tmp_path / "demo.h5") as f:
+        assert np.array_equal(f["analytic/accuracy_mean"][()], out["an_acc"])
+        assert f["analytic/accuracy"].shape == (2, 60)
