@@ -303,7 +303,15 @@ class MCResult(_MSEFamily):
     # standard errors of the derived names (Minkowski bounds where marked)
     @property
     def mse_per_input_se(self):
-        return self.mse_se.mean(axis=-1)
+        exact = self.extra.get("mse_per_input_se")     # per-input accumulator, when the run has one
+        return np.asarray(exact) if exact is not None else self.mse_se.mean(axis=-1)
+
+    def bound_se_names(self) -> set:
+        """Names of the ``_se`` values of this result that are upper bounds, not estimates."""
+        names = set(BOUND_SE)
+        if self.extra.get("mse_per_input_se") is not None:
+            names -= {"mse_per_input_se", "mse_batch_max_se", "mse_rel_se"}
+        return names
 
     @property
     def mse_max_per_input_se(self):
@@ -424,7 +432,9 @@ class Sweep:
             if any(v is None for v in vals):
                 continue
             arr = np.stack([np.asarray(v) for v in vals])
-            if name in BOUND_SE:
+            bounds = set().union(*(getattr(p, "bound_se_names", lambda: set())()
+                                   for p in self.points))
+            if name in bounds:
                 from .io import dataset_meta
                 meta = dataset_meta(name)
                 meta["description"] += _BOUND_NOTE

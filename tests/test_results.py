@@ -216,3 +216,17 @@ def test_demo_like_groups_carry_units(tmp_path):
                          "montecarlo": {"mse_batch": np.ones(2), "mse_batch_se": np.ones(2)}})
     with h5py.File(tmp_path / "g.h5") as f:
         assert f["montecarlo/mse_batch_se"].attrs["units"] == "y^2"
+
+
+def test_mc_exact_per_input_se_is_used_when_present(files):
+    d, net, x, _ = files
+    mc = monte_carlo(map_network(net, CrossbarConfig(sigma=0.1)), x, 64, seed=1)
+    bound = mc.mse_per_input_se.copy()
+    assert "mse_per_input_se" in mc.bound_se_names()
+    sw = Sweep([mc], {"sigma": np.array([0.1])})
+    assert "upper bound" in sw.datasets()["mse_per_input_se"][1]["description"]
+    mc.extra["mse_per_input_se"] = bound / 2          # a per-input accumulator's estimate
+    np.testing.assert_array_equal(mc.mse_per_input_se, bound / 2)
+    assert "mse_per_input_se" not in mc.bound_se_names()
+    assert not isinstance(Sweep([mc], {"sigma": np.array([0.1])}).datasets()["mse_per_input_se"],
+                          tuple)
