@@ -132,12 +132,20 @@ def test_only_regular_files_are_written(tmp_path):
     link.symlink_to(target)
     dangling = tmp_path / "dangling.h5"
     dangling.symlink_to(tmp_path / "nowhere.h5")
-    for path, msg in ((d, "directory"), (fifo, "not a regular file"), (link, "symbolic link"),
-                      (dangling, "symbolic link"), (Path("/dev/null"), "not a regular file")):
+    cases = [(d, "directory"), (fifo, "not a regular file"), (link, "symbolic link"),
+             (dangling, "symbolic link")]
+    dev = tmp_path / "null"
+    try:                                   # a character device of our own (root, as in CI)
+        os.mknod(dev, 0o600 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+        cases.append((dev, "not a regular file"))
+    except (PermissionError, OSError):
+        dev = None
+    for path, msg in cases:
         for force in (False, True):
             with pytest.raises(DataError, match=msg):
                 _write(path, force=force)
-    assert link.is_symlink() and dangling.is_symlink() and Path("/dev/null").is_char_device()
+    assert link.is_symlink() and dangling.is_symlink() and fifo.is_fifo()
+    assert dev is None or dev.is_char_device()
     assert not (tmp_path / "nowhere.h5").exists()
 
 
@@ -437,3 +445,26 @@ def test_cli_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert p.stderr.startswith("refmem: error: cannot write out.h5") and p.stderr.count("\n") == 1
     assert sorted(q.name for q in tmp_path.iterdir()) == ["m.h5", "x.npy"]
+
+
+def test_deprecated_hdf5io_still_writes_through_the_one_writer(tmp_path):
+    import warnings
+
+    from refmem import hdf5io
+    attrs = hdf5io.standard_attrs(None, command="optimize", note="x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        hdf5io.write_result(tmp_path / "o.h5", {"g_u": np.array([1.0, np.nan]),
+                                                "mse_batch": np.ones(1)}, attrs,
+                            {"layers/00": {"w": np.ones(2)}})
+    r = rio.read_result(tmp_path / "o.h5")
+    assert r.kind == "optimize" and r.meta["g_u"]["units"] == "unspecified"
+    assert r.meta["mse_batch"]["units"] == "y^2"
+    with hdf5io.atomic_h5(tmp_path / "a.h5") as f:
+        f.attrs["command"] = "legacy"
+        f["x"] = np.ones(3)
+    assert rio.file_kind(tmp_path / "a.h5") == "legacy"
+    with pytest.raises(DataError, match="not a refmem 'other'"):
+        with hdf5io.atomic_h5(tmp_path / "a.h5", "other") as f:
+            f["x"] = np.ones(3)
+    assert _leftovers(tmp_path) == []

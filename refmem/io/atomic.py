@@ -376,6 +376,7 @@ def atomic_write(path, kind: str, write_fn, *, inputs=(), force=False, marker=No
     ``path``. Enforces every rule of the module docstring; returns the output path."""
     p = _target(path)
     ins = normalize_inputs(inputs)
+    _check_target(p, kind, ins, force, marker)         # before taking the lock
     lock = _hold(p)
     try:
         _check_target(p, kind, ins, force, marker)     # again: the world may have changed
