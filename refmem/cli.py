@@ -307,9 +307,12 @@ def _write_sweep(args, out, sweep, net, extra):
     from .results import layer_table
 
     table = layer_table(net)
-    attrs = {"command": " ".join(["refmem"] + list(getattr(args, "argv", []) or [])) or None,
+    extra = dict(extra)
+    order, shape = extra.pop("sweep_order"), extra.pop("sweep_shape")
+    attrs = {"command": " ".join(["refmem"] + list(getattr(args, "argv", []) or [])),
              "config": sweep.configs[0], "configs": [c.to_dict() for c in sweep.configs],
-             "sweep_order": extra.pop("sweep_order"), "sweep_shape": extra.pop("sweep_shape"),
+             "sweep_order": order, "sweep_shape": shape,
+             "swept": [k for k, n in zip(order, shape) if n > 1],
              "fused_layers": table, "n_inputs": int(sweep.reference.shape[0]),
              "n_outputs": int(sweep.reference.shape[1]), **extra}
     write_result(out, sweep.kind, sweep.datasets(), attrs=attrs, groups=sweep.groups(table),

@@ -88,6 +88,7 @@ def test_moments_sweep_is_the_product_of_sigma_alpha_gu(files, capsys):
     assert r["mse"].shape == (P, 5, 3) and r["mse_batch"].shape == (P,)
     assert r.attrs["sweep_order"] == ["g_u", "alpha", "sigma"]
     assert r.attrs["sweep_shape"] == [3, 2, 2]
+    assert r.attrs["swept"] == ["g_u", "alpha", "sigma"]
     pts = list(itertools.product([1, 2, 3], [0, 0.2], [0, 0.1]))
     np.testing.assert_array_equal(r["axes/g_u"], [p[0] for p in pts])
     np.testing.assert_array_equal(r["axes/alpha"], [p[1] for p in pts])
