@@ -153,8 +153,8 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
             an_pts.append(an)
             mc_pts.append(mc)
             log(f"sigma={s:<6g} MSE analytic {an.mse_batch:.5g} y²  MC {mc.mse_batch:.5g} "
-                f"± {mc.mse_batch_se:.2g} y²  accuracy {mc.accuracy_mean:.4f} ± "
-                f"{mc.accuracy_mean_se:.4f}  power analytic {an.power.mean():.5g}  MC "
+                f"± {mc.mse_batch_se:.2g} y²  accuracy predicted {an.accuracy_mean:.4f}  MC "
+                f"{mc.accuracy_mean:.4f} ± {mc.accuracy_mean_se:.4f}  power analytic {an.power.mean():.5g}  MC "
                 f"{mc.power.mean():.5g} ± {mc.power_se.mean():.2g} g·x²  "
                 f"({time.perf_counter() - t0:.1f} s)")
         axes = {"sigma": sig, "g_u": np.full(sig.size, float(g_u))}
