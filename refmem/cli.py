@@ -421,7 +421,10 @@ def cmd_budget(args):
     net = load_model(args.model)
     x, _, cov = _load_inputs(args, net)
     cfg = config_from_args(args)
-    res = error_budget(net, cfg, x, input_cov=cov, mc_n=args.mc, seed=args.seed)
+    from .executor import Executor
+    with Executor(workers=args.workers, scheduler=args.scheduler) as ex:
+        res = error_budget(net, cfg, x, input_cov=cov, mc_n=args.mc, seed=args.seed,
+                           map_fn=ex.map)
     plot_budget(res, png, model_name=Path(args.model).name, force=args.force)
     attrs = {"command": " ".join(["refmem"] + list(getattr(args, "argv", []))),
              "config": cfg, "configs": [cfg.to_dict()], "fused_layers": layer_table(net),
@@ -606,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="Monte-Carlo seed (same draws for every configuration)")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5")
     s.add_argument("--plot", metavar="OUT.png", help="bar chart (default: OUT.h5 with .png)")
+    s.add_argument("--workers", type=int, help="worker processes for the 2n+1 configurations "
+                   "(default: the usable CPUs; 1 = in this process)")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask distributed scheduler")
     add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_budget)

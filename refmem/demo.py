@@ -215,7 +215,7 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc, net, config):
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     pos = (sig > 0) & (res["an_mse"] > 0)
-    a1.plot(sig[pos], res["an_mse"][pos], "-", color="C0", label="analytic (spec §9)")
+    a1.plot(sig[pos], res["an_mse"][pos], "-", color="C0", label="analytic (theory §9)")
     a1.errorbar(sig[pos], res["mc_mse"][pos], yerr=2 * res["mc_mse_se"][pos], fmt="o",
                 color="C1", ms=4, capsize=3, label=f"Monte-Carlo ±2 SE (n={n_mc})")
     if pos.any():                      # log axes need positive values (σ = 0 has MSE 0)

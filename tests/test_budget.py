@@ -93,7 +93,7 @@ def test_budget_cli(tmp_path, capsys):
     save_model(net, tmp_path / "m.h5")
     np.save(tmp_path / "x.npy", rng.uniform(size=(4, 4)))
     argv = ["budget", str(tmp_path / "m.h5"), "--input", str(tmp_path / "x.npy"), "--sigma",
-            "0.05", "--mc", "64", "--seed", "1", "-o", str(tmp_path / "b.h5")]
+            "0.05", "--mc", "64", "--seed", "1", "--workers", "1", "-o", str(tmp_path / "b.h5")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     rows = [l for l in out.splitlines() if l.split() and l.split()[0] in ("0", "1", "2", "all")]
@@ -113,3 +113,18 @@ def test_budget_cli(tmp_path, capsys):
            "-o", str(tmp_path / "d.h5")]
     assert main(bad) == 2 and "--seed" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.h5", "b.png", "m.h5", "x.npy"]
+
+
+def test_budget_parallel_equals_serial():
+    from refmem.executor import Executor
+    rng = np.random.default_rng(8)
+    net = _net(rng)
+    x = rng.uniform(size=(3, 4))
+    cfg = CrossbarConfig(sigma=0.05)
+    serial = error_budget(net, cfg, x, mc_n=16, seed=3)
+    with Executor(workers=2) as ex:
+        par = error_budget(net, cfg, x, mc_n=16, seed=3, map_fn=ex.map)
+    for k in ("mse_alone", "mse_all_but", "power_layer"):
+        np.testing.assert_array_equal(getattr(serial, k), getattr(par, k))
+    for k, v in serial.mc.items():
+        np.testing.assert_array_equal(v, par.mc[k])
