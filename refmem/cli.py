@@ -1,10 +1,13 @@
-"""Command-line interface: ``refmem info | mc | moments | prepare | demo | golden | check``.
+"""Command-line interface: ``refmem info | mc | moments | budget | prepare | demo | golden | check``.
 
-Every command builds its crossbar/noise settings through the one :class:`CrossbarConfig`
-(the same options everywhere) and writes results atomically (``OUT.h5.partial`` renamed at the
-end). Bad input — a missing or malformed file, a wrong shape, NaN weights, a negative σ, a g_u
-outside (g_min, g_max], an unknown layer type — prints one line ``refmem: error: …`` on stderr
-and exits with status 2, leaving no output file behind.
+The one home of argparse in the package (other modules hold the computation; a new subcommand
+adds one ``cmd_<name>(args)`` handler and one ``sub.add_parser(...)`` block here). Every command
+builds its crossbar/noise settings through the one :class:`CrossbarConfig` (the same options
+everywhere, crossbar layers numbered 0..n−1 as ``refmem info`` shows them), checks its output
+before any computation and writes it through :mod:`refmem.io` (atomic; never over an input,
+a non-regular file or a file of another kind without ``--force``). Result files follow
+``docs/result_format.md``. Bad input prints one line ``refmem: error: …`` on stderr and exits
+with status 2, leaving no output file behind.
 """
 
 from __future__ import annotations
