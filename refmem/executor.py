@@ -63,14 +63,16 @@ def _pin_threads():
     for name in THREAD_ENV:
         os.environ[name] = "1"
     try:
-        from threadpoolctl import threadpool_limits
-        _LIMITER = threadpool_limits(limits=1)      # kept alive: the limit lasts for the process
-    except ImportError:                             # pragma: no cover - threadpoolctl is a dependency
-        pass
-    try:
         import numba
         numba.set_num_threads(1)
     except (ImportError, ValueError):               # pragma: no cover
+        pass
+    # after Numba: its threading layer may start (and size) an OpenMP runtime inherited from
+    # the parent; the limits must apply to every pool loaded by then
+    try:
+        from threadpoolctl import threadpool_limits
+        _LIMITER = threadpool_limits(limits=1)      # kept alive: the limit lasts for the process
+    except ImportError:                             # pragma: no cover - threadpoolctl is a dependency
         pass
 
 
