@@ -231,3 +231,29 @@ def test_mc_exact_per_input_se_is_used_when_present(files):
     assert "mse_per_input_se" not in mc.bound_se_names()
     assert not isinstance(Sweep([mc], {"sigma": np.array([0.1])}).datasets()["mse_per_input_se"],
                           tuple)
+
+
+def test_one_plotting_script_reads_moments_and_mc_files(files, capsys):
+    """scripts/plot_results.py draws a moments and an mc sweep with the same code path."""
+    import runpy
+    from pathlib import Path
+    d, *_ = files
+    for cmd, extra in (("moments", []), ("mc", ["-n", "16", "--seed", "0"])):
+        assert main([cmd, str(d / "mlp.h5"), "--input", str(d / "x.npy"), "--sigma",
+                     "0.01,0.1", "-q", "-o", str(d / f"{cmd}.h5"), *extra]) == 0
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plot_results.py"
+    mod = runpy.run_path(str(script))
+    xs, ys, se, _, units = mod["series"](d / "moments.h5")
+    np.testing.assert_array_equal(xs, [0.01, 0.1])
+    assert se is None and units == "y^2"
+    xs2, ys2, se2, _, _ = mod["series"](d / "mc.h5")
+    np.testing.assert_array_equal(xs2, xs)
+    assert se2.shape == (2,) and np.all(se2 > 0)
+    assert mod["main"]([str(d / "moments.h5"), str(d / "mc.h5"), "-o", str(d / "p.png")]) == 0
+    from refmem.io import file_kind
+    assert file_kind(d / "p.png") == "plot"
+    capsys.readouterr()
+    assert mod["main"]([str(d / "moments.h5"), "--y", "accuracy_mean", "-o",
+                        str(d / "q.png")]) == 2
+    assert "no dataset 'accuracy_mean'" in capsys.readouterr().err
+    assert not (d / "q.png").exists()
