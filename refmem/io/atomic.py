@@ -259,7 +259,7 @@ class _Lock:
                     continue
                 raise DataError(f"output {self.target} is being written by another refmem "
                                 f"process ({self._owner()}); wait for it or choose another "
-                                "output") from None
+                                f"output (if no refmem runs, remove {self.path})") from None
             except OSError as e:
                 raise DataError(f"cannot write to {self.target.parent or '.'} "
                                 f"({e.strerror or type(e).__name__})") from None
