@@ -320,7 +320,9 @@ def resolve_layer_spec(spec, n_layers: int) -> int:
     if i < 0:
         i += n_layers
     if not 0 <= i < n_layers:
-        raise ConfigError(f"crossbar layer {spec} does not exist (the network has {n_layers})")
+        raise ConfigError(f"crossbar layer {spec} does not exist: the network has {n_layers} "
+                          f"crossbar layers, numbered 0..{n_layers - 1} (column xb of "
+                          "`refmem info`)")
     return i
 
 
