@@ -449,7 +449,7 @@ def cmd_prepare(args):
     from .datasets import prepare
 
     meta = prepare(args.dataset, args.preprocessing, args.output, split=args.split,
-                   root=args.root, limit=args.limit, seed=args.seed)
+                   root=args.root, limit=args.limit, seed=args.seed, force=args.force)
     if not args.quiet:
         print(f"wrote {args.output}/X.npy {tuple(meta['shape'])} ({meta['preprocessing']})")
     return 0
@@ -630,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="keep the first N samples")
     s.add_argument("--seed", type=int, default=0, help="seed of the stratified MNIST-5k split and of "
                    "the 80/20 diabetes and naval splits")
+    add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_prepare)
 

@@ -868,7 +868,8 @@ def load_split(dataset, split="test", root=None, seed=0):
     return x, y, info
 
 
-def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=None, seed=0) -> dict:
+def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=None, seed=0,
+            force=False) -> dict:
     """Write a preprocessed dataset split as ``X.npy``, ``Y.npy`` and ``meta.json``.
 
     Parameters
@@ -887,6 +888,9 @@ def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=N
         Keep the first ``limit`` samples of the split (1 ≤ limit ≤ split size).
     seed : int, default 0
         Seed of the mnist5k / diabetes / naval split.
+    force : bool, default False
+        Replace existing ``X.npy`` / ``Y.npy`` / ``meta.json`` even when the directory does not
+        hold a refmem prepared dataset (its ``meta.json``).
 
     Returns
     -------
@@ -939,7 +943,7 @@ def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=N
     meta.update(info)  # feature / target names of tabular data
     meta["refmem_version"] = __version__
     meta["created_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    _write_atomically(out_dir, X, Y, meta)
+    _write_atomically(out_dir, X, Y, meta, force=force)
     return meta
 
 

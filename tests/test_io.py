@@ -468,3 +468,17 @@ def test_deprecated_hdf5io_still_writes_through_the_one_writer(tmp_path):
         with hdf5io.atomic_h5(tmp_path / "a.h5", "other") as f:
             f["x"] = np.ones(3)
     assert _leftovers(tmp_path) == []
+
+
+def test_prepare_replaces_only_its_own_files(tmp_path, capsys):
+    from refmem.cli import main
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "X.npy").write_bytes(b"user data")
+    argv = ["prepare", "diabetes", "--preprocessing", "none", "-o", str(out), "-q"]
+    assert main(argv) == 2
+    assert "use --force" in capsys.readouterr().err
+    assert (out / "X.npy").read_bytes() == b"user data"
+    assert main(argv + ["--force"]) == 0
+    assert main(argv) == 0                       # now a refmem prepared dataset: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["X.npy", "Y.npy", "meta.json"]
