@@ -261,9 +261,12 @@ def model_path(dataset, depth, width):
 
 
 def build_cells(S, parts):
+    """The grid, in the order it is computed: 2-layer noise and quantization, noise-aware
+    training, 3-layer noise and quantization, Fashion-MNIST (so that an interrupted run has
+    complete figures for the first parts)."""
     cells = {}
-    if "noise" in parts:
-        for depth in (1, 2):
+    for depth in (1, 2):
+        if "noise" in parts:
             for w in S["widths"]:
                 for tname, layers in targets_for(depth):
                     for i, a in enumerate(S["alphas"]):
@@ -272,8 +275,7 @@ def build_cells(S, parts):
                             dataset="mnist5k", model=model_path("mnist5k", depth, w),
                             layers=layers, alpha=float(a), repeats=S["repeats"],
                             n_analytic=S["n_analytic"][depth - 1], n_points=S["n_points"]))
-    if "quant" in parts:
-        for depth in (1, 2):
+        if "quant" in parts:
             for w in S["widths"]:
                 for tname, layers in targets_for(depth):
                     for k in S["bits"]:
@@ -282,14 +284,14 @@ def build_cells(S, parts):
                             dataset="mnist5k", model=model_path("mnist5k", depth, w),
                             layers=layers, bits=int(k), n_analytic=S["n_analytic"][depth - 1],
                             n_points=S["n_points"]))
-    if "aware" in parts:
-        for w in S["aware_widths"]:
-            for at in S["aware_alphas_train"]:
-                key = f"aware,mnist5k,{arch_name(1, w)},at{at:g}"
-                cells[key] = ("aware", dict(
-                    dataset="mnist5k", width=w, alpha_train=float(at), epochs=S["aware_epochs"],
-                    plain_model=model_path("mnist5k", 1, w), alphas=list(S["aware_alphas"]),
-                    repeats=S["aware_repeats"]))
+        if "aware" in parts and depth == 1:
+            for w in S["aware_widths"]:
+                for at in S["aware_alphas_train"]:
+                    key = f"aware,mnist5k,{arch_name(1, w)},at{at:g}"
+                    cells[key] = ("aware", dict(
+                        dataset="mnist5k", width=w, alpha_train=float(at),
+                        epochs=S["aware_epochs"], plain_model=model_path("mnist5k", 1, w),
+                        alphas=list(S["aware_alphas"]), repeats=S["aware_repeats"]))
     if "fashion" in parts:
         for depth in S["fashion_depths"]:
             for w in S["widths"]:
@@ -307,11 +309,12 @@ def build_cells(S, parts):
                             dataset="fashion-mnist", model=path, layers=layers, alpha=float(a),
                             repeats=S["fashion_repeats"], n_analytic=S["fashion_analytic"],
                             n_points=S["n_points"]))
-        for w in S["proxy_widths"]:
-            key = f"proxy,fashion-mnist,{arch_name(1, w)},n{S['proxy_limit']}"
-            cells[key] = ("proxy", dict(dataset="fashion-mnist", width=w, limit=S["proxy_limit"],
-                                        epochs=30, alphas=list(S["fashion_alphas"]),
-                                        repeats=S["fashion_repeats"]))
+            if depth == 1:
+                for w in S["proxy_widths"]:
+                    key = f"proxy,fashion-mnist,{arch_name(1, w)},n{S['proxy_limit']}"
+                    cells[key] = ("proxy", dict(
+                        dataset="fashion-mnist", width=w, limit=S["proxy_limit"], epochs=30,
+                        alphas=list(S["fashion_alphas"]), repeats=S["fashion_repeats"]))
     return cells
 
 
@@ -374,6 +377,8 @@ def assemble(S, cells, results, out_dir):
         series.setdefault((ds, arch, tname), []).append((int(ai[1:]), p, results[key]))
     for (ds, arch, tname), pts in sorted(series.items()):
         pts.sort(key=lambda t: t[0])
+        if len(pts) < len(S["alphas"] if ds == "mnist5k" else S["fashion_alphas"]):
+            continue                       # an incomplete series (--assemble-only mid-run)
         alphas = np.array([p["alpha"] for _, p, _ in pts])
         acc = np.stack([r["acc"] for _, _, r in pts])
         g = {"axes/alpha": alphas, "mc/accuracy_repeats": acc,
@@ -416,6 +421,8 @@ def assemble(S, cells, results, out_dir):
             qser.setdefault((ds, arch, tname), []).append((int(k[1:]), results[key]))
     for (ds, arch, tname), pts in sorted(qser.items()):
         pts.sort(key=lambda t: t[0])
+        if len(pts) < len(S["bits"]):
+            continue
         g = {"axes/bits": np.array([k for k, _ in pts]),
              "fixed/accuracy": np.array([r["acc_fixed"] for _, r in pts]),
              "fixed/mse_batch": np.array([r["mse_fixed"] for _, r in pts])}
@@ -705,6 +712,9 @@ def main(argv=None):
                     help="hidden-layer counts of the Fashion-MNIST part (1 = 784-N-10, 2 = 784-N-N-10)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--assemble-only", action="store_true",
+                    help="compute nothing: build the result set, tables and figures from the "
+                         "cells already on disk (complete series only)")
     args = ap.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     bad = parts - {"noise", "quant", "aware", "fashion"}
@@ -718,10 +728,18 @@ def main(argv=None):
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         cells = build_cells(S, parts)
-        with Executor(workers=args.workers, scheduler=args.scheduler) as ex:
-            print(f"{len(cells)} cells on {ex.kind} ({ex.workers if ex.kind != 'dask' else args.scheduler})")
-            results = run_grid(any_cell, cells, out_dir / "grid", executor=ex, seed=args.seed,
-                               progress=not args.no_progress)
+        if args.assemble_only:
+            from refmem.executor import load_grid
+            done = {p.stem for p in (out_dir / "grid" / "cells").glob("*.npz")}
+            cells = {k: v for k, v in cells.items() if k in done}
+            results = load_grid(out_dir / "grid", list(cells))
+            print(f"assembling {len(cells)} finished cells")
+        else:
+            with Executor(workers=args.workers, scheduler=args.scheduler) as ex:
+                print(f"{len(cells)} cells on {ex.kind} "
+                      f"({ex.workers if ex.kind != 'dask' else args.scheduler})")
+                results = run_grid(any_cell, cells, out_dir / "grid", executor=ex,
+                                   seed=args.seed, progress=not args.no_progress)
         groups, summary = assemble(S, cells, results, out_dir)
         figs = []
         for ds in ("mnist5k", "fashion-mnist"):
