@@ -572,14 +572,18 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def plot_noise(groups, summary, ds, depth, S, out_dir, log):
+def plot_noise(groups, summary, ds, depth, S, out_dir, kind):
+    """Accuracy vs α per target, one curve per width. ``kind``: "regular" (linear axes, the
+    paper's Figs 2-3) or "loglog" — Monte-Carlo mean ± std on the whole test split; "pred" —
+    predicted accuracy (line) against the Monte-Carlo accuracy ± 2 SE on the same subset."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     tnames = [t for t, _ in targets_for(depth)]
     archs = [arch_name(depth, w) for w in S["widths"]]
     archs = [a for a in archs if f"noise/{ds}/{a}/{tnames[0]}" in groups]
-    if not archs:
+    if not archs or (kind == "pred" and "analytic/accuracy_mean" not in
+                     groups[f"noise/{ds}/{archs[0]}/{tnames[0]}"]):
         return None
     fig, axes = plt.subplots(1, len(tnames), figsize=(4.2 * len(tnames), 3.8), sharey=True)
     for ax, t in zip(axes, tnames):
@@ -588,22 +592,28 @@ def plot_noise(groups, summary, ds, depth, S, out_dir, log):
             if g is None:
                 continue
             al = g["axes/alpha"]
-            ax.errorbar(al, g["mc/accuracy_mean"], yerr=g["mc/accuracy_std"], fmt="o-", ms=3,
-                        color=f"C{c}", capsize=2, lw=1, label=f"{a} MC mean ± std")
-            if "analytic/accuracy_mean" in g:
-                ax.plot(al, g["analytic/accuracy_mean"], "--", color=f"C{c}", lw=1,
-                        label=f"{a} predicted (subset)")
-        ax.set_xscale("log")
-        if log:
+            if kind == "pred":
+                ax.errorbar(al, g["subset/mc_accuracy_mean"], yerr=2 * g["subset/mc_accuracy_mean_se"],
+                            fmt="o", ms=3, color=f"C{c}", capsize=2, label=f"{a} MC ± 2 SE")
+                ax.plot(al, g["analytic/accuracy_mean"], "-", color=f"C{c}", lw=1,
+                        label=f"{a} predicted")
+            else:
+                ax.errorbar(al, g["mc/accuracy_mean"], yerr=g["mc/accuracy_std"], fmt="o-", ms=3,
+                            color=f"C{c}", capsize=2, lw=1, label=f"{a}")
+        if kind != "regular":
+            ax.set_xscale("log")
+        if kind == "loglog":
             ax.set_yscale("log")
         ax.set_title(f"noise on {t} layer{'s' if t == 'all' else ''}")
         ax.set_xlabel("α (relative weight noise std)")
         ax.grid(True, which="both", alpha=0.3)
+    what = {"regular": "Monte-Carlo mean ± std, whole test split",
+            "loglog": "Monte-Carlo mean ± std, whole test split, log-log",
+            "pred": "predicted from the moments vs Monte-Carlo, class-stratified subset"}[kind]
     axes[0].set_ylabel(f"test accuracy ({ds})")
-    axes[-1].legend(fontsize=6, loc="lower left")
-    kind = "loglog" if log else "regular"
-    fig.suptitle(f"{'2' if depth == 1 else '3'}-layer MLPs, {ds}: accuracy vs α ({kind}; "
-                 f"{S['repeats'] if ds == 'mnist5k' else S['fashion_repeats']} repeats)")
+    axes[-1].legend(fontsize=6, loc="lower left" if kind != "regular" else "upper right")
+    reps = S["repeats"] if ds == "mnist5k" else S["fashion_repeats"]
+    fig.suptitle(f"{'2' if depth == 1 else '3'}-layer MLPs, {ds}: {what} ({reps} repeats)")
     fig.tight_layout()
     name = f"fig{'2' if depth == 1 else '3'}_{ds}_{kind}.png"
     _save(fig, out_dir / name)
@@ -744,8 +754,8 @@ def main(argv=None):
         figs = []
         for ds in ("mnist5k", "fashion-mnist"):
             for depth in (1, 2):
-                for log in (False, True):
-                    figs.append(plot_noise(groups, summary, ds, depth, S, out_dir, log))
+                for kind in ("regular", "loglog", "pred"):
+                    figs.append(plot_noise(groups, summary, ds, depth, S, out_dir, kind))
         figs += [plot_pred_vs_mc(groups, out_dir), plot_quant(groups, S, 1, out_dir),
                  plot_quant(groups, S, 2, out_dir), plot_aware(summary, out_dir)]
         dt = time.perf_counter() - t0
