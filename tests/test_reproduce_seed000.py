@@ -90,6 +90,9 @@ def test_loglog_fit_and_alpha_at(script):
     a = script.alpha_at(alphas, acc, 0.3)
     assert abs(a - (0.3 / 0.5) ** (-1 / 0.7)) / a < 0.05
     assert script.alpha_at(alphas, np.ones(16), 0.5) == float("inf")
+    loss = 0.02 * alphas ** 1.3
+    e = script.excess_error_fit(alphas, 0.95 - loss, np.full(16, 1e-4), 0.95)
+    assert abs(e["slope"] - 1.3) < 1e-12 and e["n"] >= 3
 
 
 @pytest.mark.slow
