@@ -105,14 +105,20 @@ def targets_for(depth):
 
 
 # ============================================================================ cell functions
-def perturbed(net, layers, alpha, rng):
-    """One realization of the paper's Eq. (4) on the given crossbar (dense) layers."""
+def perturbed(net, layers, alpha, rng, bias_noise=True):
+    """One realization of the paper's Eq. (4) on the given crossbar (dense) layers (the bias
+    too, as their Eq. (3) counts it among the inputs; ``bias_noise=False``: weights only —
+    the bias draws are still made, so both variants see the same weight noise)."""
     dense = [i for i, l in enumerate(net.layers) if isinstance(l, Dense)]
     new = list(net.layers)
     for ci in layers:
         L = net.layers[dense[ci]]
         W = L.weight * (1.0 + alpha * rng.standard_normal(L.weight.shape))
-        b = None if L.bias is None else L.bias * (1.0 + alpha * rng.standard_normal(L.bias.shape))
+        b = L.bias
+        if b is not None:
+            xi = rng.standard_normal(b.shape)
+            if bias_noise:
+                b = b * (1.0 + alpha * xi)
         new[dense[ci]] = Dense(W, b)
     return Network(new, net.input_shape)
 
@@ -228,6 +234,44 @@ def proxy_cell(p, ss):
     return out
 
 
+REASON_ALPHAS = (10 ** -0.4, 1.0, 10 ** 0.4)      # three points of the main α grid
+
+
+def reasons_cell(p, ss):
+    """Candidate reasons for disagreements with the paper's layer-sensitivity claim, at three
+    α, 2-layer MLPs, target first and second, common random numbers across the variants:
+    ``paper`` (as in the main grid), ``no_bias_noise`` (weights only), ``relu_output`` (their
+    Eq. (1c) rectifies the output layer too) and, for ``recipe="sgd"``, a network retrained
+    with plain SGD (lr 0.05, momentum 0.9) instead of Adam."""
+    if p.get("recipe") == "sgd":
+        from refmem.training import SGD, Trainer, mlp
+        xtr, ytr = train_split(p["dataset"])
+        m = mlp(784, [p["width"]], 10, seed=0)
+        tr = Trainer(m, "cross_entropy", SGD(0.05, momentum=0.9), batch_size=64, seed=0,
+                     progress=False)
+        tr.fit(xtr, ytr, 30)
+        net = m.to_network("pixels/255", {})
+    else:
+        net = model(model_path(p["dataset"], 1, p["width"]))
+    x, y = test_split(p["dataset"])
+    out = {"clean": np.float64(np.mean(np.argmax(net.forward(x), 1) == y))}
+    for tname, layers in targets_for(1)[:2]:
+        for variant in ("paper", "no_bias_noise", "relu_output"):
+            acc = np.empty((len(REASON_ALPHAS), p["repeats"]))
+            rng = np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=ss.spawn_key
+                                                               + (layers[0],)))
+            for i, a in enumerate(REASON_ALPHAS):
+                for r in range(p["repeats"]):
+                    o = perturbed(net, layers, a, rng, bias_noise=variant != "no_bias_noise").forward(x)
+                    if variant == "relu_output":
+                        o = np.maximum(o, 0.0)
+                    acc[i, r] = np.mean(np.argmax(o, 1) == y)
+            out[f"{variant}_{tname}"] = acc
+            if p.get("recipe") == "sgd":
+                break
+    return out
+
+
 # ============================================================================ the study
 def settings(args):
     quick = args.quick
@@ -284,6 +328,12 @@ def build_cells(S, parts):
                             dataset="mnist5k", model=model_path("mnist5k", depth, w),
                             layers=layers, bits=int(k), n_analytic=S["n_analytic"][depth - 1],
                             n_points=S["n_points"]))
+        if "reasons" in parts and depth == 1:
+            for w in ((50,) if S["widths"][0] == 50 and len(S["widths"]) == 2 else (100, 500)):
+                for recipe in ("adam", "sgd"):
+                    key = f"reasons,mnist5k,{arch_name(1, w)},{recipe}"
+                    cells[key] = ("reasons", dict(dataset="mnist5k", width=w, recipe=recipe,
+                                                  repeats=S["repeats"]))
         if "aware" in parts and depth == 1:
             for w in S["aware_widths"]:
                 for at in S["aware_alphas_train"]:
@@ -318,7 +368,8 @@ def build_cells(S, parts):
     return cells
 
 
-CELL_FUNCS = {"noise": noise_cell, "quant": quant_cell, "aware": aware_cell, "proxy": proxy_cell}
+CELL_FUNCS = {"noise": noise_cell, "quant": quant_cell, "aware": aware_cell, "proxy": proxy_cell,
+              "reasons": reasons_cell}
 
 
 def any_cell(p, ss):
@@ -479,6 +530,18 @@ def assemble(S, cells, results, out_dir):
             summary["proxy"][f"{arch}/{n}"] = {
                 "alphas": p["alphas"], "clean": float(r["clean"]),
                 **{t: r[f"acc_{t}"].mean(1).tolist() for t, _ in targets_for(1)}}
+    summary["reasons"] = {}
+    for key, (kind, p) in cells.items():
+        if kind == "reasons":
+            r = results[key]
+            _, ds, arch, recipe = key.split(",")
+            groups[f"reasons/{ds}/{arch}/{recipe}"] = {"axes/alpha": np.array(REASON_ALPHAS),
+                                                        **{k: v for k, v in r.items()}}
+            summary["reasons"][f"{arch}/{recipe}"] = {
+                "alphas": list(REASON_ALPHAS), "clean": float(r["clean"]),
+                **{k: r[k].mean(1).tolist() for k in r if k != "clean"},
+                **{k + "_se": (r[k].std(1, ddof=1) / np.sqrt(r[k].shape[1])).tolist()
+                   for k in r if k != "clean"}}
     # ---- Table I: the trainer's own records
     summary["table1"] = training_table()
     attrs = {"study": "MohammadiRad & Sojodishijani (seed 000) reproduction",
@@ -559,6 +622,18 @@ def report_tables(summary):
                                    if dm is not None else "")
                      for i, a in enumerate(v["fixed_accuracy"])]
             L.append(f"| {arch} | {t} | " + " | ".join(cells) + " |")
+    if summary.get("reasons"):
+        L += ["", "## Candidate reasons for the layer-sensitivity disagreement (2-layer, MC mean "
+              "± SE over the repeats)", "",
+              "| network | recipe | variant | target | " + " | ".join(
+                  f"α={a:.2g}" for a in REASON_ALPHAS) + " |", "|---|---|---|---|" + "---|" * 3]
+        for k, v in summary["reasons"].items():
+            arch, recipe = k.split("/")
+            for name in [n for n in v if n not in ("alphas", "clean") and not n.endswith("_se")]:
+                variant, t = name.rsplit("_", 1)
+                L.append(f"| {arch} (clean {v['clean']:.3f}) | {recipe} | {variant} | {t} | "
+                         + " | ".join(f"{m:.3f} ± {e:.3f}" for m, e in zip(v[name], v[name + '_se']))
+                         + " |")
     if summary["aware"]:
         L += ["", "## Noise-aware vs plain training (target all, MNIST-5k)", "",
               "| network | α_train | clean plain / aware | " + " | ".join(
@@ -734,8 +809,8 @@ def main(argv=None):
     ap.add_argument("--out", default="out/seed000", help="output directory")
     ap.add_argument("--quick", action="store_true",
                     help="reduced grid: widths 50/100, 5 α, 10 repeats, small subsets")
-    ap.add_argument("--parts", default="noise,quant,aware,fashion",
-                    help="comma-separated subset of noise,quant,aware,fashion")
+    ap.add_argument("--parts", default="noise,quant,reasons,aware,fashion",
+                    help="comma-separated subset of noise,quant,reasons,aware,fashion")
     ap.add_argument("--repeats", type=int, default=None, help="override the MC repeats per point")
     ap.add_argument("--workers", type=int, default=None, help="local worker processes")
     ap.add_argument("--scheduler", default=None, help="Dask scheduler address")
@@ -748,7 +823,7 @@ def main(argv=None):
                          "cells already on disk (complete series only)")
     args = ap.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    bad = parts - {"noise", "quant", "aware", "fashion"}
+    bad = parts - {"noise", "quant", "reasons", "aware", "fashion"}
     try:
         if bad:
             raise ConfigError(f"unknown part(s) {sorted(bad)}")
