@@ -279,7 +279,7 @@ def settings(args):
         widths=(50, 100) if quick else WIDTHS,
         alphas=np.geomspace(0.03, 3.0, 5) if quick else np.geomspace(0.01, 10.0, 16),
         repeats=10 if quick else 100,
-        n_analytic=(20, 20) if quick else (100, 40),     # (2-layer, 3-layer) subset sizes
+        n_analytic=(20, 20) if quick else (100, 20),     # (2-layer, 3-layer) subset sizes
         n_points=512 if quick else 1024,
         bits=(2, 3, 4, 8) if quick else tuple(range(2, 9)),
         aware_widths=(50,) if quick else WIDTHS,
@@ -304,12 +304,27 @@ def model_path(dataset, depth, width):
     return str(MODELS / f"{prefix}_mlp_{arch_name(depth, width)}.h5")
 
 
+def quant_cells(S, depth):
+    cells = {}
+    for w in S["widths"]:
+        for tname, layers in targets_for(depth):
+            for k in S["bits"]:
+                key = f"quant,mnist5k,{arch_name(depth, w)},{tname},k{k}"
+                cells[key] = ("quant", dict(
+                    dataset="mnist5k", model=model_path("mnist5k", depth, w),
+                    layers=layers, bits=int(k), n_analytic=S["n_analytic"][depth - 1],
+                    n_points=S["n_points"]))
+    return cells
+
+
 def build_cells(S, parts):
-    """The grid, in the order it is computed: 2-layer noise and quantization, noise-aware
-    training, 3-layer noise and quantization, Fashion-MNIST (so that an interrupted run has
+    """The grid, in the order it is computed: 2-layer noise and quantization, the reasons,
+    noise-aware training, 3-layer quantization and noise, Fashion-MNIST (so that an interrupted run has
     complete figures for the first parts)."""
     cells = {}
     for depth in (1, 2):
+        if "quant" in parts and depth == 2:
+            cells.update(quant_cells(S, depth))
         if "noise" in parts:
             for w in S["widths"]:
                 for tname, layers in targets_for(depth):
@@ -319,15 +334,8 @@ def build_cells(S, parts):
                             dataset="mnist5k", model=model_path("mnist5k", depth, w),
                             layers=layers, alpha=float(a), repeats=S["repeats"],
                             n_analytic=S["n_analytic"][depth - 1], n_points=S["n_points"]))
-        if "quant" in parts:
-            for w in S["widths"]:
-                for tname, layers in targets_for(depth):
-                    for k in S["bits"]:
-                        key = f"quant,mnist5k,{arch_name(depth, w)},{tname},k{k}"
-                        cells[key] = ("quant", dict(
-                            dataset="mnist5k", model=model_path("mnist5k", depth, w),
-                            layers=layers, bits=int(k), n_analytic=S["n_analytic"][depth - 1],
-                            n_points=S["n_points"]))
+        if "quant" in parts and depth == 1:
+            cells.update(quant_cells(S, depth))
         if "reasons" in parts and depth == 1:
             for w in ((50,) if S["widths"][0] == 50 and len(S["widths"]) == 2 else (100, 500)):
                 for recipe in ("adam", "sgd"):
