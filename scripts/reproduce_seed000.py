@@ -241,9 +241,12 @@ def reasons_cell(p, ss):
     """Candidate reasons for disagreements with the paper's layer-sensitivity claim, at three
     α, 2-layer MLPs, target first and second, common random numbers across the variants:
     ``paper`` (as in the main grid), ``no_bias_noise`` (weights only), ``relu_output`` (their
-    Eq. (1c) rectifies the output layer too) and, for ``recipe="sgd"``, a network retrained
-    with plain SGD (lr 0.05, momentum 0.9) instead of Adam."""
-    if p.get("recipe") == "sgd":
+    Eq. (1c) rectifies the output layer too); ``recipe="sgd"``: a network retrained with SGD
+    (lr 0.05, momentum 0.9) instead of Adam; ``recipe="adam5k"``: retrained on the first 5,000
+    training images (with ``dataset="fashion-mnist"``: the dataset-size proxy)."""
+    if p.get("recipe") == "adam5k":
+        net, _ = train_mlp(p["dataset"], p["width"], 1, epochs=30, limit=5000)
+    elif p.get("recipe") == "sgd":
         from refmem.training import SGD, Trainer, mlp
         xtr, ytr = train_split(p["dataset"])
         m = mlp(784, [p["width"]], 10, seed=0)
@@ -256,7 +259,7 @@ def reasons_cell(p, ss):
     x, y = test_split(p["dataset"])
     out = {"clean": np.float64(np.mean(np.argmax(net.forward(x), 1) == y))}
     for tname, layers in targets_for(1)[:2]:
-        for variant in ("paper", "no_bias_noise", "relu_output"):
+        for variant in p.get("variants", ("paper", "no_bias_noise", "relu_output")):
             acc = np.empty((len(REASON_ALPHAS), p["repeats"]))
             rng = np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=ss.spawn_key
                                                                + (layers[0],)))
@@ -267,7 +270,7 @@ def reasons_cell(p, ss):
                         o = np.maximum(o, 0.0)
                     acc[i, r] = np.mean(np.argmax(o, 1) == y)
             out[f"{variant}_{tname}"] = acc
-            if p.get("recipe") == "sgd":
+            if p.get("recipe") in ("sgd", "adam5k"):
                 break
     return out
 
@@ -342,6 +345,14 @@ def build_cells(S, parts):
                     key = f"reasons,mnist5k,{arch_name(1, w)},{recipe}"
                     cells[key] = ("reasons", dict(dataset="mnist5k", width=w, recipe=recipe,
                                                   repeats=S["repeats"]))
+            if S["widths"] != (50, 100):
+                # dataset size: the same layer comparison on Fashion-MNIST, trained on 60k
+                # (the shipped model) and on its first 5,000 images
+                for recipe in ("adam", "adam5k"):
+                    key = f"reasons,fashion-mnist,{arch_name(1, 100)},{recipe}"
+                    cells[key] = ("reasons", dict(dataset="fashion-mnist", width=100,
+                                                  recipe=recipe, repeats=20,
+                                                  variants=("paper",)))
         if "aware" in parts and depth == 1:
             for w in S["aware_widths"]:
                 for at in S["aware_alphas_train"]:
@@ -545,7 +556,7 @@ def assemble(S, cells, results, out_dir):
             _, ds, arch, recipe = key.split(",")
             groups[f"reasons/{ds}/{arch}/{recipe}"] = {"axes/alpha": np.array(REASON_ALPHAS),
                                                         **{k: v for k, v in r.items()}}
-            summary["reasons"][f"{arch}/{recipe}"] = {
+            summary["reasons"][f"{ds}/{arch}/{recipe}"] = {
                 "alphas": list(REASON_ALPHAS), "clean": float(r["clean"]),
                 **{k: r[k].mean(1).tolist() for k in r if k != "clean"},
                 **{k + "_se": (r[k].std(1, ddof=1) / np.sqrt(r[k].shape[1])).tolist()
@@ -651,10 +662,10 @@ def report_tables(summary):
               "| network | recipe | variant | target | " + " | ".join(
                   f"α={a:.2g}" for a in REASON_ALPHAS) + " |", "|---|---|---|---|" + "---|" * 3]
         for k, v in summary["reasons"].items():
-            arch, recipe = k.split("/")
+            ds, arch, recipe = k.split("/")
             for name in [n for n in v if n not in ("alphas", "clean") and not n.endswith("_se")]:
                 variant, t = name.rsplit("_", 1)
-                L.append(f"| {arch} (clean {v['clean']:.3f}) | {recipe} | {variant} | {t} | "
+                L.append(f"| {ds} {arch} (clean {v['clean']:.3f}) | {recipe} | {variant} | {t} | "
                          + " | ".join(f"{m:.3f} ± {e:.3f}" for m, e in zip(v[name], v[name + '_se']))
                          + " |")
     if summary["aware"]:
