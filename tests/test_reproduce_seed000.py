@@ -10,6 +10,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import h5py
@@ -28,6 +29,7 @@ def script():
     spec = importlib.util.spec_from_file_location("reproduce_seed000",
                                                   ROOT / "scripts" / "reproduce_seed000.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce_seed000"] = mod       # the worker processes unpickle its functions
     spec.loader.exec_module(mod)
     return mod
 
