@@ -330,7 +330,10 @@ def build_cells(S, parts):
             cells.update(quant_cells(S, depth))
         if "noise" in parts:
             for w in S["widths"]:
-                for tname, layers in targets_for(depth):
+                # "all" first, then the layers from the first one: with an interrupted run, the
+                # widest nets' most informative series come first
+                tl = targets_for(depth)
+                for tname, layers in tl[-1:] + tl[:-1]:
                     for i, a in enumerate(S["alphas"]):
                         key = f"noise,mnist5k,{arch_name(depth, w)},{tname},a{i:02d}"
                         cells[key] = ("noise", dict(
