@@ -64,15 +64,15 @@ def _pin_threads():
     global _LIMITER
     for name in THREAD_ENV:
         os.environ[name] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
-        _LIMITER = threadpool_limits(limits=1)      # kept alive: the limit lasts for the process
-    except ImportError:                             # pragma: no cover - threadpoolctl is a dependency
-        pass
-    try:
+    try:            # first: starting Numba's threading layer may load an OpenMP runtime
         import numba
         numba.set_num_threads(1)
     except (ImportError, ValueError):               # pragma: no cover
+        pass
+    try:            # then limit every BLAS/OpenMP library loaded so far
+        from threadpoolctl import threadpool_limits
+        _LIMITER = threadpool_limits(limits=1)      # kept alive: the limit lasts for the process
+    except ImportError:                             # pragma: no cover - threadpoolctl is a dependency
         pass
 
 
