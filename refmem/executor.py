@@ -20,7 +20,9 @@ comes from the seed the caller passes in, never from process state.
 :func:`run_grid` adds resumability. Every cell has a stable string key; its seed is
 ``SeedSequence(seed, spawn_key=k)`` with ``k`` derived from a hash of the key alone, so a
 cell's random numbers depend neither on the other cells, nor on the order, nor on the
-executor. Each finished cell is written atomically as its own small ``.npz`` file
+executor. Each finished cell is written atomically as its own small ``.npz`` file (with a
+SHA-256 fingerprint of its parameters, so a rerun with changed parameters is refused instead of
+mixing two grids)
 (``out_dir/cells/<key>.npz``: written to a temporary name, then renamed) by the parent
 process as soon as it arrives; a rerun skips the keys whose file exists. A ``kill -9`` thus
 loses at most the cells in flight, and no cell is ever stored twice or half.
@@ -62,14 +64,12 @@ def _pin_threads():
     global _LIMITER
     for name in THREAD_ENV:
         os.environ[name] = "1"
-    try:
+    try:            # first: starting Numba's threading layer may load an OpenMP runtime
         import numba
         numba.set_num_threads(1)
     except (ImportError, ValueError):               # pragma: no cover
         pass
-    # after Numba: its threading layer may start (and size) an OpenMP runtime inherited from
-    # the parent; the limits must apply to every pool loaded by then
-    try:
+    try:            # then limit every BLAS/OpenMP library loaded so far
         from threadpoolctl import threadpool_limits
         _LIMITER = threadpool_limits(limits=1)      # kept alive: the limit lasts for the process
     except ImportError:                             # pragma: no cover - threadpoolctl is a dependency
@@ -214,12 +214,29 @@ def _check_key(key):
     return key
 
 
+_FINGERPRINT = "_params_sha256"
+
+
+def _fingerprint(params) -> str:
+    """SHA-256 of the cell parameters as canonical JSON (tuples as lists, numbers by repr)."""
+    def enc(v):
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, (np.integer, np.floating)):
+            return v.item()
+        return repr(v)
+    text = json.dumps(params, sort_keys=True, default=enc)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _run_cell(task):
     fn, key, params, ss = task
     res = fn(params, ss)
     if not isinstance(res, dict):
         raise DataError(f"grid cell {key}: the cell function must return a dict of arrays, "
                         f"got {type(res).__name__}")
+    if _FINGERPRINT in res:
+        raise DataError(f"grid cell {key}: the result name {_FINGERPRINT} is reserved")
     return {str(k): np.asarray(v) for k, v in res.items()}
 
 
@@ -322,7 +339,16 @@ def run_grid(fn, cells, out_dir, *, executor, seed, progress=False) -> dict:
     for stale in cell_dir.glob(".*.tmp"):       # temporaries of a killed run
         stale.unlink(missing_ok=True)
 
-    todo = [(k, p) for k, p in pairs if not (cell_dir / f"{k}.npz").exists()]
+    todo = []
+    for k, p in pairs:
+        path = cell_dir / f"{k}.npz"
+        if not path.exists():
+            todo.append((k, p))
+            continue
+        have = _read_cell(path).get(_FINGERPRINT)
+        if have is None or str(have) != _fingerprint(p):
+            raise DataError(f"grid cell {k!r} in {out_dir} was computed with other parameters; "
+                            f"use another directory or remove the cell file")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -330,6 +356,7 @@ def run_grid(fn, cells, out_dir, *, executor, seed, progress=False) -> dict:
     try:
         tasks = [(fn, k, p, cell_seed(seed, k)) for k, p in todo]
         for i, res in executor.imap_unordered(_run_cell, tasks):
+            res[_FINGERPRINT] = np.asarray(_fingerprint(todo[i][1]))
             _write_cell(cell_dir / f"{todo[i][0]}.npz", res)
             if bar is not None:
                 bar.update(1)
@@ -351,5 +378,7 @@ def load_grid(out_dir, keys=None) -> dict:
         p = cell_dir / f"{k}.npz"
         if not p.exists():
             raise DataError(f"grid cell {k!r} is missing in {out_dir}")
-        out[k] = _read_cell(p)
+        res = _read_cell(p)
+        res.pop(_FINGERPRINT, None)
+        out[k] = res
     return out

@@ -112,6 +112,10 @@ def test_rerun_skips_finished_cells_and_rejects_other_grids(tmp_path):
         again = run_grid(noisy_cell, grid_cells(), tmp_path, executor=ex, seed=1)
         assert [f.stat().st_mtime_ns for f in files] == mtimes
         assert all(np.array_equal(first[k]["draw"], again[k]["draw"]) for k in first)
+        changed = grid_cells()
+        changed["n=3,scale=0.5"] = {"n": 3, "scale": 0.25}
+        with pytest.raises(DataError, match="other parameters"):
+            run_grid(noisy_cell, changed, tmp_path, executor=ex, seed=1)
         with pytest.raises(DataError, match="different grid"):
             run_grid(noisy_cell, grid_cells(), tmp_path, executor=ex, seed=2)
         with pytest.raises(ConfigError, match="duplicate"):
@@ -152,7 +156,7 @@ CELL_MODULE = textwrap.dedent('''
         if log:
             with open(log, "a") as fh:
                 fh.write(params["key"] + "\\n")
-        time.sleep(params["sleep"])
+        time.sleep(float(os.environ.get("GRIDCELL_SLEEP", "0")))
         rng = np.random.default_rng(ss)
         return {"x": rng.normal(size=3), "i": params["i"]}
 ''')
@@ -162,7 +166,9 @@ RUNNER = textwrap.dedent('''
     sys.path[:0] = [{root!r}, {mod!r}]
     from refmem.executor import Executor, run_grid
     from gridcells import slow_cell
-    cells = {{f"c{{i:02d}}": {{"i": i, "key": f"c{{i:02d}}", "sleep": {sleep}}} for i in range(12)}}
+    import os
+    os.environ["GRIDCELL_SLEEP"] = "{sleep}"
+    cells = {{f"c{{i:02d}}": {{"i": i, "key": f"c{{i:02d}}"}} for i in range(12)}}
     with Executor(workers={workers}) as ex:
         run_grid(slow_cell, cells, {out!r}, executor=ex, seed=5)
 ''')
