@@ -18,9 +18,19 @@ import numpy as np
 
 from . import __version__
 from .config import CrossbarConfig
-from .errors import ConfigError, DataError, RefmemError
+from .errors import ConfigError, DataError, RefmemError, UsageError
 
 EXIT_USER_ERROR = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors raised as :class:`~refmem.errors.UsageError` (one line
+    ``refmem: error: …`` from :func:`main`, no usage block; the usage stays in ``--help``).
+    Subcommand parsers inherit the class."""
+
+    def error(self, message):
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        raise UsageError(f"{where}{message} (see {self.prog} --help)")
 
 
 # ---------------------------------------------------------------------- input helpers
@@ -325,7 +335,7 @@ def cmd_demo(args):
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refmem", description="Noisy memristor-crossbar networks: "
+    p = ArgumentParser(prog="refmem", description="Noisy memristor-crossbar networks: "
                                 "analytic moments, power and Monte-Carlo (reference implementation).")
     p.add_argument("--version", action="version", version=f"refmem {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -373,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="DIR")
     s.add_argument("--split", default="test", choices=["train", "test"])
     s.add_argument("--root", help="dataset directory or file (IDX folder, CIFAR batches, naval data.txt)")
-    s.add_argument("--limit", type=int, help="keep the first N samples")
+    s.add_argument("--limit", type=int, help="keep N samples: stratified over the classes "
+                   "(floor(N/K) each, the remainder to the first classes) or, for regression "
+                   "data, the first N after a shuffle seeded by --seed")
     s.add_argument("--seed", type=int, default=0, help="seed of the stratified MNIST-5k split and of "
                    "the 80/20 diabetes and naval splits")
     s.add_argument("-q", "--quiet", action="store_true")
@@ -402,18 +414,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USER_ERROR
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere before a "--" (also after the subcommand)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for i, a in enumerate(argv) if not (i < end and a == "--debug")]
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            raise UsageError("no command given (see refmem --help)")
         return args.func(args)
     except RefmemError as e:
-        if args.debug:
+        if debug:
             raise
         print("refmem: error: " + " ".join(str(e).split()), file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # the reader went away (e.g. `refmem info … | head`): stop quietly; route what is
+        # left in stdout's buffer to /dev/null so the interpreter's final flush stays silent
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         print("refmem: interrupted", file=sys.stderr)
         return 130
@@ -421,12 +442,24 @@ def main(argv=None) -> int:
         print("refmem: error: out of memory (reduce the batch, -n or --chunk)", file=sys.stderr)
         return 1
     except Exception as e:  # an internal error: still one line unless --debug
-        if args.debug:
+        if debug:
             raise
         msg = " ".join(str(e).split())
         print(f"refmem: internal error: {type(e).__name__}: {msg} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return 1
+
+
+def _silence_stdout():
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return                                   # not a real file (e.g. captured in tests)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

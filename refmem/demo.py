@@ -37,7 +37,7 @@ MODEL_NAME = "models/mnist5k_mlp_784-100-10.h5"
 
 
 def _load_test_images(n_images, split_seed):
-    from .datasets import load_mnist5k, mnist5k_split
+    from .datasets import load_mnist5k, mnist5k_split, stratified_subset
 
     images, labels = load_mnist5k()
     _, test_idx = mnist5k_split(split_seed)
@@ -45,11 +45,7 @@ def _load_test_images(n_images, split_seed):
         raise ConfigError(f"the MNIST-5k test split has {test_idx.size} images, "
                           f"asked for {n_images}")
     # a class-balanced subset: one image of every class in turn (rank within class, class)
-    lab = labels[test_idx]
-    rank = np.zeros(lab.size, dtype=np.int64)
-    for c in np.unique(lab):
-        rank[lab == c] = np.arange(np.count_nonzero(lab == c))
-    idx = test_idx[np.lexsort((lab, rank))][:n_images]
+    idx = test_idx[stratified_subset(labels[test_idx], n_images)]
     x = images[idx].reshape(len(idx), -1).astype(np.float64) / 255.0      # pixels/255
     return x, labels[idx].astype(np.int64)
 
@@ -139,7 +135,7 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
             f"({time.perf_counter() - t0:.1f} s)")
 
     png = out_dir / "demo.png"
-    _plot(png, sig, res, ref_acc, len(y), int(n_mc))
+    _plot(png, sig, res, ref_acc, len(y), int(n_mc), _labels(net, model_path, base))
     h5 = out_dir / "demo.h5"
     with atomic_h5(h5) as f:
         for k, v in standard_attrs(base, command="demo", model=str(model_path),
@@ -161,7 +157,28 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     return {"sigma": sig, "reference_accuracy": ref_acc, **res}
 
 
-def _plot(path, sig, res, ref_acc, n_images, n_mc):
+def architecture(net) -> str:
+    """A short name of the network's architecture, e.g. ``784-100-10 MLP`` or
+    ``CNN (2 conv + 1 dense crossbar layers)``, from the layers themselves."""
+    rows = net.describe()
+    dense = [d for d in rows if d["type"] == "dense"]
+    conv = [d for d in rows if d["type"] == "conv2d"]
+    if dense and not conv:
+        widths = [int(np.prod(dense[0]["in_shape"]))] + [int(np.prod(d["out_shape"]))
+                                                          for d in dense]
+        return "-".join(str(w) for w in widths) + " MLP"
+    return f"CNN ({len(conv)} conv + {len(dense)} dense crossbar layers)"
+
+
+def _labels(net, model_path, cfg) -> dict:
+    """Title and axis labels of the demo figure from the model and configuration used."""
+    gu = ", ".join(f"{float(v):g}" for v in np.ravel(np.asarray(cfg.g_u, dtype=np.float64)))
+    return {"title": f"{architecture(net)} ({Path(model_path).name}) on a noisy memristor "
+                     f"crossbar ({cfg.design} design, g_u = {gu})",
+            "xlabel": f"device noise σ (std per device; g_min = {cfg.g_min:g}, g_u = {gu})"}
+
+
+def _plot(path, sig, res, ref_acc, n_images, n_mc, labels):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,7 +193,7 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc):
         a1.set_yscale("log")
     else:
         a1.text(0.5, 0.5, "no σ > 0 in the sweep", ha="center", transform=a1.transAxes)
-    a1.set_xlabel("device noise σ (std per device, g_u = 1)")
+    a1.set_xlabel(labels["xlabel"])
     a1.set_ylabel("output MSE vs noiseless network")
     a1.legend()
     a1.grid(True, which="both", alpha=0.3)
@@ -187,7 +204,7 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc):
     a2.set_ylabel(f"accuracy ({n_images} MNIST-5k test images)")
     a2.legend()
     a2.grid(True, alpha=0.3)
-    fig.suptitle("784-100-10 MLP on a noisy memristor crossbar (layer-wise λ)")
+    fig.suptitle(labels["title"])
     fig.tight_layout()
     tmp = path.with_name(path.name + ".partial.png")
     try:

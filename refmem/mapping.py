@@ -147,7 +147,7 @@ class MappedLayer:
             return ns
         sm = cfg.sigma_model
         if self.noisy and not sm.is_zero:
-            ns.vp, ns.vm = sm.var(gp), sm.var(gm)
+            ns.vp, ns.vm = sm.var(np.stack([gp, gm]))          # one range check for g⁺ and g⁻
         else:
             ns.vp = ns.vm = np.zeros_like(gp)
         v = (ns.vp + ns.vm) / lam**2                               # spec §3.2, weight units
@@ -318,6 +318,30 @@ def _gu_columns(cfg, i, n_cols, n_layers):
     return np.full(n_cols, float(gu))
 
 
+def _check_sigma_table_range(config, mapped, col_wu):
+    """A σ(g) table must cover every conductance the noisy layers program (theory §3.2).
+
+    Each weight puts one device of its pair at ``g_min`` and the other at ``g_min + λ_j |w|``
+    (Eqs. (5)–(6)), so the programmed g⁺ and g⁻ (bias rows included) span exactly
+    ``[g_min, g_min + max_j λ_j w^max_j]`` with ``w^max_j`` the column's max-abs weight.
+    Checked before any computation, naming that full range.
+    """
+    sm = config.sigma_model
+    if sm.kind != "table":
+        return
+    highs = [float(np.max(ml.lam * cw)) for ml, cw in zip(mapped, col_wu)
+             if ml.noisy and cw.size]
+    if not highs:
+        return
+    lo, hi = config.g_min, config.g_min + max(highs)
+    t_lo, t_hi = float(sm.g[0]), float(sm.g[-1])
+    tol = 1e-12 * max(1.0, abs(t_hi))
+    if lo < t_lo - tol or hi > t_hi + tol:
+        raise ConfigError(f"sigma table covers g in [{t_lo:g}, {t_hi:g}] but the mapping "
+                          f"programs g+ and g- in [{lo:g}, {hi:g}] (g_min to g_min + max "
+                          "λ|w| over the noisy crossbar layers, bias rows included)")
+
+
 def map_network(network: Network, config: CrossbarConfig | None = None) -> MappedNetwork:
     """Map ``network`` onto crossbars under ``config`` (spec §3, §6, §7, §14)."""
     config = CrossbarConfig() if config is None else config
@@ -379,6 +403,7 @@ def map_network(network: Network, config: CrossbarConfig | None = None) -> Mappe
             W=np.ascontiguousarray(W), b=b, W_ref=W_ref, b_ref=b_ref, lam=lam, g_u=gu, w_u=wu,
             noisy=i in noisy, bits=bits[i], delta=delta, config=config, conv=conv, idx=idx,
             bias_digital=(b is not None and not bias_on)))
+    _check_sigma_table_range(config, mapped, col_wu)
     programmed = Network(prog_layers, network.input_shape, network.input_preprocessing,
                          dict(network.attrs))
     programmed.validate()
