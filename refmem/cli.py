@@ -55,6 +55,8 @@ def read_sigma_table(path):
     p = Path(path)
     if not p.exists():
         raise DataError(f"sigma table not found: {p}")
+    if not p.is_file():
+        raise DataError(f"sigma table {p} is not a regular file")
     try:
         lines = [l.strip() for l in p.read_text().splitlines() if l.strip() and not l.startswith("#")]
         header = [h.strip().lower() for h in lines[0].split(",")]
@@ -62,7 +64,7 @@ def read_sigma_table(path):
         rows = [[float(c) for c in l.split(",")] for l in lines[1:]]
         g = np.array([r[gi] for r in rows])
         s = np.array([r[si] for r in rows])
-    except (IndexError, ValueError, UnicodeDecodeError):
+    except (IndexError, ValueError, UnicodeDecodeError, OSError):
         raise DataError(f"sigma table {p} must be a CSV with a header 'g,sigma' and numeric rows") from None
     return (g, s)
 
@@ -100,6 +102,8 @@ def parse_gu(text):
 def parse_bits(text):
     if text is None:
         return None
+    if not text.strip():
+        raise ConfigError("--bits is empty (give K, K0,K1,… or 'none')")
     out = []
     for t in text.split(","):
         t = t.strip().lower()
@@ -424,7 +428,10 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             raise UsageError("no command given (see refmem --help)")
-        return args.func(args)
+        # floating-point overflow shows up as inf/NaN in the results, which the writer
+        # refuses with one line; numpy's RuntimeWarnings would only add lines to stderr
+        with np.errstate(all="ignore"):
+            return args.func(args)
     except RefmemError as e:
         if debug:
             raise

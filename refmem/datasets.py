@@ -212,9 +212,9 @@ def load_diabetes():
 
 # ============================================================================ splits
 def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    from .checks import check_seed
+
+    return check_seed(seed)
 
 
 def stratified_split(labels, n_train_per_class, n_test_per_class, seed=0):
@@ -953,6 +953,8 @@ def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=N
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))
                               or limit < 1):
         raise DataError(f"limit must be a positive integer, got {limit!r}")
+    if str(output_dir) == "":
+        raise DataError("the output directory name is empty")
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output path exists and is not a directory: {out_dir}")

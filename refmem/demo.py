@@ -93,23 +93,40 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     from .moments import propagate
     from .montecarlo import monte_carlo
 
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if train:
-        if model is not None:
-            raise ConfigError("give either a model file or --train, not both")
-        model = train_demo_model(out_dir, epochs=epochs, seed=seed, progress=progress, log=log)
-    model_path = Path(model) if model is not None else shipped_path(MODEL_NAME)
-    net = load_model(model_path)
-    if net.input_shape != (784,):
-        raise DataError(f"the demo needs a flat 784-input MNIST model, {model_path} expects "
-                        f"{net.input_shape}")
-    split_seed = int(net.attrs.get("split_seed", 0))
-    x, y = _load_test_images(int(n_images), split_seed)
+    # validate everything before creating the output directory or computing anything
+    from .checks import check_count, check_seed
+
+    seed = check_seed(seed)
+    n_mc = check_count(n_mc, "the number of Monte-Carlo realizations n", minimum=2)
     sig = np.asarray(sigmas, dtype=np.float64)
     if sig.ndim != 1 or sig.size == 0 or np.any(sig < 0) or not np.all(np.isfinite(sig)):
         raise ConfigError("sigmas must be a non-empty list of finite values >= 0")
     base = CrossbarConfig(g_u=g_u, design="layer")
+    out_dir = Path(output_dir)
+    if str(output_dir) == "":
+        raise DataError("the output directory name is empty")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output path exists and is not a directory: {out_dir}")
+    if train:
+        if model is not None:
+            raise ConfigError("give either a model file or --train, not both")
+        epochs = check_count(epochs, "epochs", minimum=1)
+        split_seed = 0
+    else:
+        model_path = Path(model) if model is not None else shipped_path(MODEL_NAME)
+        net = load_model(model_path)
+        if net.input_shape != (784,):
+            raise DataError(f"the demo needs a flat 784-input MNIST model, {model_path} "
+                            f"expects {net.input_shape}")
+        split_seed = int(net.attrs.get("split_seed", 0))
+    x, y = _load_test_images(check_count(n_images, "the number of images", minimum=1),
+                             split_seed)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if train:
+        model_path = train_demo_model(out_dir, epochs=epochs, seed=seed, progress=progress,
+                                      log=log)
+        net = load_model(model_path)
     ref_acc = float(np.mean(np.argmax(net.forward(x), axis=1) == y))
     log(f"model {model_path.name}: noiseless accuracy on {len(y)} MNIST-5k test images = "
         f"{ref_acc:.4f}")

@@ -26,7 +26,3 @@ class DataError(RefmemError, ValueError):
 class UsageError(RefmemError, ValueError):
     """A malformed command line (unknown option, missing argument, bad choice)."""
 
-
-class OutputError(RefmemError, OSError):
-    """An output target that cannot or may not be written (missing directory, a directory, a
-    non-regular file, an input of the same run, a read-only place, a full disk)."""

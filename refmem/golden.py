@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import CrossbarConfig
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RefmemError
 from .layers import AvgPool2d, BatchNorm, Conv2d, Dense, Dropout, Flatten, ReLU
 from .network import Network
 
@@ -779,7 +779,14 @@ def read_suite(path, *, only=None) -> GoldenSuite:
                None if only is None else tuple(only))
         if key in _CACHE:
             return _CACHE[key]
-    suite = _read_suite(path, only)
+    try:
+        suite = _read_suite(path, only)
+    except RefmemError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+        # damage inside the HDF5 file (h5py: bad B-tree, truncated heap, dangling link, …)
+        raise DataError(f"golden file {path} is damaged or unreadable ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]})") from None
     if key is not None:
         _CACHE.clear()
         _CACHE[key] = suite
@@ -1017,7 +1024,7 @@ def check(golden, candidate=None, *, only=None, tier="float64", quantities=None)
                 names = [n for n in names if n in sel[cid]]
             if pats is not None:
                 names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-            got = _candidate_case(cand, cid, case)
+            got = _read_candidate_case(cand, cid, case, candidate)
             for name in names:
                 rows.append(_row(cid, name, case, got, tier))
     finally:
@@ -1028,6 +1035,17 @@ def check(golden, candidate=None, *, only=None, tier="float64", quantities=None)
     return CheckReport(golden=suite.path, tier=tier,
                        candidate=str(candidate) if candidate is not None else "refmem (self-test)",
                        rows=rows)
+
+
+def _read_candidate_case(cand, cid, case, candidate):
+    """:func:`_candidate_case` with damage inside a candidate file as one-line DataError."""
+    if cand is None:
+        return _candidate_case(cand, cid, case)
+    try:
+        return _candidate_case(cand, cid, case)
+    except (OSError, RuntimeError, KeyError) as e:
+        raise DataError(f"candidate {candidate} is damaged or unreadable "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
 
 
 def _candidate_case(cand, cid, case):

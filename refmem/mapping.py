@@ -351,6 +351,12 @@ def map_network(network: Network, config: CrossbarConfig | None = None) -> Mappe
     if n == 0:
         raise ConfigError("the network has no dense or conv2d layer to map onto a crossbar")
     noisy = config.noisy_layer_set(n)
+    if isinstance(config.g_u, dict):
+        unknown = sorted(set(config.g_u) - set(range(n)))
+        if unknown:
+            raise ConfigError(f"column g_u has entries for crossbar layer(s) "
+                              f"{', '.join(map(str, unknown))}, but the network has {n} "
+                              f"(0 to {n - 1})")
     bits = config.bits_per_layer(n)
     shapes = ref_fused.shapes
     bias_on = config.bias_on_crossbar

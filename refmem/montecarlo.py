@@ -58,6 +58,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.special import ndtri
 
+from .checks import check_count, check_seed
 from .errors import ConfigError, DataError
 from .layers import gather_patches
 from .stats import CentralMoments
@@ -383,15 +384,8 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
     x = net.check_input(x)
     B = x.shape[0]
     L = int(np.prod(net.input_shape))
-    try:
-        n = int(n)
-        seed = int(seed)
-    except (TypeError, ValueError):
-        raise ConfigError("n and seed must be integers") from None
-    if n < 2:
-        raise ConfigError(f"Monte-Carlo needs n >= 2 realizations, got {n}")
-    if seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
+    n = check_count(n, "the number of Monte-Carlo realizations n", minimum=2)
+    seed = check_seed(seed)
     block = int(block)
     if block < 1:
         raise ConfigError("block must be >= 1")

@@ -13,7 +13,7 @@ import pytest
 
 import refmem.datasets as D
 from refmem.cli import main
-from refmem.errors import DataError
+from refmem.errors import ConfigError, DataError
 
 SHARED = Path("/work/shared/data")
 
@@ -161,7 +161,7 @@ def test_split_errors():
         D.mnist5k_split(0, labels=np.zeros(5000, dtype=int))
     with pytest.raises(DataError, match="class 1 has 2 samples"):
         D.stratified_split([0, 0, 0, 1, 1], 2, 1)
-    with pytest.raises(DataError, match="seed"):
+    with pytest.raises(ConfigError, match="seed"):
         D.random_split(10, 0.8, seed=-1)
 
 
