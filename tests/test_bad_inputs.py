@@ -234,3 +234,29 @@ def test_random_bad_input_arrays(tmp_path_factory, arr):
     assert code == 2 and len(lines) == 1 and lines[0].startswith("refmem: error: "), \
         err.getvalue()
     assert not (d / "o.h5").exists()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_randomly_corrupted_golden_files(golden_dir, tmp_path_factory, data):
+    """A golden file damaged at random bytes given to `check`: a report (exit 0/1) when the
+    damage missed everything that is read, otherwise one error line, exit 2."""
+    d = tmp_path_factory.mktemp("gcorrupt")
+    src = next(golden_dir.glob("*.h5"))
+    b = bytearray(src.read_bytes())
+    if data.draw(st.booleans()):
+        b = b[:data.draw(st.integers(0, len(b) - 1))]
+    else:
+        for _ in range(data.draw(st.integers(1, 16))):
+            b[data.draw(st.integers(0, len(b) - 1))] = data.draw(st.integers(0, 255))
+    (d / "g.h5").write_bytes(bytes(b))
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["check", str(d / "g.h5"), "-q"])
+    if code in (0, 1) and not err.getvalue().strip():
+        return
+    lines = [l for l in err.getvalue().splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("refmem: error: "), \
+        err.getvalue()
