@@ -560,3 +560,6 @@ register("outputs", "mc-full-disk", mc("--cov", out="big.h5"), mode="fsize", fsi
 register("outputs", "prepare-full-disk", ["prepare", "mnist5k", "--preprocessing", "pixels/255",
                                           "-q", "-o", "prep_out"], mode="fsize", fsize=65536,
          needs=("io",))
+register("outputs", "mc-full-disk-at-first-checkpoint",
+         ["mc", "model.h5", "--input", "x.npy", "-n", "600", "--seed", "1", "-q", "--cov",
+          "-o", "big.h5"], mode="fsize", fsize=1024)
