@@ -122,7 +122,11 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     x, y = _load_test_images(check_count(n_images, "the number of images", minimum=1),
                              split_seed)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the output directory {out_dir}: "
+                        f"{e.strerror or type(e).__name__}") from None
     if train:
         model_path = train_demo_model(out_dir, epochs=epochs, seed=seed, progress=progress,
                                       log=log)

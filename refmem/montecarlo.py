@@ -459,6 +459,14 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
                 ys[c0:c0 + m] = np.broadcast_to(h, (m, B, J))
                 if bar is not None:
                     bar.update(m)
+            if not (np.all(np.isfinite(ys)) and np.all(np.isfinite(ps))):
+                # finite inputs (checked) but an overflow on the way: stop at the first block
+                # instead of after the whole run, and leave no checkpoint that would resume it
+                if checkpoint is not None:
+                    Path(checkpoint).unlink(missing_ok=True)
+                what = "outputs" if not np.all(np.isfinite(ys)) else "power"
+                raise DataError(f"the Monte-Carlo {what} overflowed to inf/NaN in seed block "
+                                f"{k} (inputs, weights or g_u too large?); nothing written")
             d = ys - ref
             acc_y.add(d)
             acc_m.add((d * d).mean(axis=(1, 2))[:, None])

@@ -340,8 +340,8 @@ _ARRAYS = [
 ]
 for _id, _files, _match in _ARRAYS:
     _needs = ("io",) if "overflow" in _id else ()      # the writer's inf/NaN check
-    register("arrays", "mc-" + _id, mc()[:3] + ["b.npy"] + mc()[4:], _files, _match,
-             needs=_needs)
+    register("arrays", "mc-" + _id, mc()[:3] + ["b.npy"] + mc()[4:], _files,
+             "overflow" if "overflow" in _id else _match)
     register("arrays", "moments-" + _id, mom()[:3] + ["b.npy"] + mom()[4:], _files, _match,
              needs=_needs)
 for _id, arr, _match in [
@@ -423,8 +423,7 @@ for _id, extra, _match in _MC_OPTS:
             "n-not-int": ["-n", "1e3", "--seed", "0"]}[_id]
     else:
         argv = mc(*extra)
-    register("options", "mc-" + _id, argv, None, _match,
-             needs=("io",) if _id in _OVERFLOW else ())
+    register("options", "mc-" + _id, argv, None, "overflow" if _id in _OVERFLOW else _match)
 for _id, extra, _match in _MC_OPTS:
     if _id.startswith(("seed", "n-", "chunk", "sigma-and")):
         continue

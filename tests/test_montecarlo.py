@@ -522,3 +522,13 @@ def test_checkpoint_write_failure_leaves_no_temporary(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
     with np.load(ck) as z:
         assert int(z["next_block"]) == 1
+
+
+def test_overflow_stops_at_the_first_block_and_leaves_no_checkpoint(tmp_path):
+    rng = np.random.default_rng(24)
+    net, _, _ = dense_net(rng, 3, 2)
+    mapped = map_network(net, CrossbarConfig(sigma=0.1))
+    ck = tmp_path / "c.npz"
+    with np.errstate(all="ignore"), pytest.raises(DataError, match="overflowed"):
+        monte_carlo(mapped, np.full((2, 3), 1e300), n=64, seed=0, block=8, checkpoint=ck)
+    assert list(tmp_path.iterdir()) == []
