@@ -429,7 +429,6 @@ for _id, extra, _match in _MC_OPTS:
         continue
     register("options", "moments-" + _id, mom(*extra), None, _match,
              needs=("io",) if _id in _OVERFLOW else ())
-register("options", "moments-sigma-list", mom("--sigma", "0.1,0.2"), None, "sigma")
 register("options", "moments-sigma-and-table", mom("--sigma", "0.3", "--sigma-table", "table.csv"),
          None, "sigma")
 register("options", "mc-seed-2-64", ["mc", "model.h5", "--input", "x.npy", "-n", "4", "--seed",
