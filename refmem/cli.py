@@ -21,9 +21,19 @@ import numpy as np
 
 from ._version import __version__
 from .config import CrossbarConfig
-from .errors import ConfigError, DataError, RefmemError
+from .errors import ConfigError, DataError, RefmemError, UsageError
 
 EXIT_USER_ERROR = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors raised as :class:`~refmem.errors.UsageError` (one line
+    ``refmem: error: …`` from :func:`main`, no usage block; the usage stays in ``--help``).
+    Subcommand parsers inherit the class."""
+
+    def error(self, message):
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        raise UsageError(f"{where}{message} (see {self.prog} --help)")
 
 
 # ---------------------------------------------------------------------- input helpers
@@ -48,6 +58,8 @@ def read_sigma_table(path):
     p = Path(path)
     if not p.exists():
         raise DataError(f"sigma table not found: {p}")
+    if not p.is_file():
+        raise DataError(f"sigma table {p} is not a regular file")
     try:
         lines = [l.strip() for l in p.read_text().splitlines() if l.strip() and not l.startswith("#")]
         header = [h.strip().lower() for h in lines[0].split(",")]
@@ -55,7 +67,7 @@ def read_sigma_table(path):
         rows = [[float(c) for c in l.split(",")] for l in lines[1:]]
         g = np.array([r[gi] for r in rows])
         s = np.array([r[si] for r in rows])
-    except (IndexError, ValueError, UnicodeDecodeError):
+    except (IndexError, ValueError, UnicodeDecodeError, OSError):
         raise DataError(f"sigma table {p} must be a CSV with a header 'g,sigma' and numeric rows") from None
     return (g, s)
 
@@ -93,6 +105,8 @@ def parse_gu(text):
 def parse_bits(text):
     if text is None:
         return None
+    if not text.strip():
+        raise ConfigError("--bits is empty (give K, K0,K1,… or 'none')")
     out = []
     for t in text.split(","):
         t = t.strip().lower()
@@ -551,7 +565,7 @@ def add_golden_commands(subparsers) -> None:
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refmem", description="Noisy memristor-crossbar networks: "
+    p = ArgumentParser(prog="refmem", description="Noisy memristor-crossbar networks: "
                                 "analytic moments, power and Monte-Carlo (reference implementation).")
     p.add_argument("--version", action="version", version=f"refmem {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -627,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="DIR")
     s.add_argument("--split", default="test", choices=["train", "test"])
     s.add_argument("--root", help="dataset directory or file (IDX folder, CIFAR batches, naval data.txt)")
-    s.add_argument("--limit", type=int, help="keep the first N samples")
+    s.add_argument("--limit", type=int, help="keep N samples: stratified over the classes "
+                   "(floor(N/K) each, the remainder to the first classes) or, for regression "
+                   "data, the first N after a shuffle seeded by --seed")
     s.add_argument("--seed", type=int, default=0, help="seed of the stratified MNIST-5k split and of "
                    "the 80/20 diabetes and naval splits")
     add_force_option(s)
@@ -657,19 +673,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USER_ERROR
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere before a "--" (also after the subcommand)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for i, a in enumerate(argv) if not (i < end and a == "--debug")]
     try:
-        return args.func(args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            raise UsageError("no command given (see refmem --help)")
+        args.argv = list(argv)
+        # floating-point overflow shows up as inf/NaN in the results, which the writer
+        # refuses with one line; numpy's RuntimeWarnings would only add lines to stderr
+        with np.errstate(all="ignore"):
+            return args.func(args)
     except RefmemError as e:
-        if args.debug:
+        if debug:
             raise
         print("refmem: error: " + " ".join(str(e).split()), file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # the reader went away (e.g. `refmem info … | head`): stop quietly; route what is
+        # left in stdout's buffer to /dev/null so the interpreter's final flush stays silent
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         print("refmem: interrupted", file=sys.stderr)
         return 130
@@ -677,7 +705,7 @@ def main(argv=None) -> int:
         print("refmem: error: out of memory (reduce the batch, -n or --chunk)", file=sys.stderr)
         return 1
     except Exception as e:  # an internal error: still one line unless --debug
-        if args.debug:
+        if debug:
             raise
         msg = " ".join(str(e).split())
         print(f"refmem: internal error: {type(e).__name__}: {msg} (rerun with --debug for a traceback)",
@@ -686,6 +714,18 @@ def main(argv=None) -> int:
     finally:
         from .io import release_outputs
         release_outputs()
+
+
+def _silence_stdout():
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return                                   # not a real file (e.g. captured in tests)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

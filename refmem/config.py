@@ -206,6 +206,9 @@ class CrossbarConfig:
             raise ConfigError("give either sigma_table or sigma_fn, not both")
         if self.sigma_table is not None:
             set_(self, "sigma_table", _validate_table(self.sigma_table))
+            if self.sigma != 0.0:
+                raise ConfigError(f"give either sigma ({self.sigma:g}) or a sigma table, not "
+                                  "both (the table would be used and sigma recorded)")
         if self.sigma_fn is not None and not callable(self.sigma_fn):
             raise ConfigError("sigma_fn must be callable")
         if self.lam is not None:
@@ -215,6 +218,9 @@ class CrossbarConfig:
             set_(self, "lam", lam)
         else:
             set_(self, "g_u", _validate_gu(self.g_u, self.g_min, self.g_max))
+            if isinstance(self.g_u, dict) and self.design != "column":
+                raise ConfigError("a per-column g_u (one entry per crossbar layer, e.g. a .npz "
+                                  f"file) needs design='column', got design={self.design!r}")
         set_(self, "bits", _validate_bits(self.bits))
         set_(self, "noisy_layers", _validate_noisy(self.noisy_layers))
 
@@ -388,8 +394,9 @@ def _validate_bits(bits):
             bi = int(b)
         except (TypeError, ValueError):
             raise ConfigError(f"bits must be integers >= 2, got {b!r}") from None
-        if bi != b or bi < 2:
-            raise ConfigError(f"bits must be integers >= 2, got {b!r}")
+        if bi != b or not 2 <= bi <= 53:
+            raise ConfigError(f"bits must be integers in [2, 53] (a float64 holds 53 bits), "
+                              f"got {b!r}")
         return bi
 
     if isinstance(bits, (list, tuple, np.ndarray)):
@@ -402,6 +409,8 @@ def _validate_noisy(spec):
         if spec.strip().lower() == "all":
             return "all"
         parts = [p for p in spec.split(",") if p.strip()]
+        if not parts:
+            raise ConfigError("noisy_layers is empty; give all, or layer indices / first / last")
         return _validate_noisy(parts)
     out = []
     for s in spec:

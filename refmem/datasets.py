@@ -64,6 +64,7 @@ from .errors import DataError
 
 __all__ = [
     "shipped_path", "load_mnist5k", "mnist5k_split", "stratified_split", "random_split",
+    "stratified_subset", "shuffled_subset",
     "load_diabetes", "read_idx", "load_idx_dataset", "load_cifar10", "load_naval",
     "Preprocessing", "PREPROCESSINGS", "apply_preprocessing", "DatasetInfo", "DATASETS",
     "SPLITS", "load_split", "prepare", "FASHION_MNIST_ROOT", "NAVAL_FEATURES",
@@ -210,9 +211,9 @@ def load_diabetes():
 
 # ============================================================================ splits
 def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    from .checks import check_seed
+
+    return check_seed(seed)
 
 
 def stratified_split(labels, n_train_per_class, n_test_per_class, seed=0):
@@ -252,6 +253,42 @@ def stratified_split(labels, n_train_per_class, n_test_per_class, seed=0):
         test.append(perm[n_train_per_class:need])
     return (np.sort(np.concatenate(train)).astype(np.int64),
             np.sort(np.concatenate(test)).astype(np.int64))
+
+
+def stratified_subset(labels, n) -> np.ndarray:
+    """Positions of ``n`` samples balanced over the classes, one class after another.
+
+    Every class ``c`` (in increasing order) contributes its samples in their given order;
+    the result takes the first sample of every class, then the second of every class, and so
+    on (order by rank within the class, then by class), and keeps the first ``n``. With ``K``
+    classes that is ``⌊n/K⌋`` samples per class and one more for the first ``n mod K``
+    classes, as long as every class has enough samples (a class that runs out leaves its
+    turns to the others). Used by ``refmem prepare --limit`` and by the demo.
+
+    Returns
+    -------
+    ndarray, int64, shape (n,)
+        Positions into ``labels`` in the interleaved order described above.
+    """
+    labels = np.asarray(labels)
+    n = int(n)
+    if not 0 <= n <= labels.shape[0]:
+        raise DataError(f"cannot take {n} of {labels.shape[0]} samples")
+    rank = np.zeros(labels.shape[0], dtype=np.int64)
+    for c in np.unique(labels):
+        sel = labels == c
+        rank[sel] = np.arange(np.count_nonzero(sel))
+    return np.lexsort((labels, rank))[:n].astype(np.int64)
+
+
+def shuffled_subset(n_total, n, seed=0) -> np.ndarray:
+    """Positions of the first ``n`` samples after a seeded shuffle,
+    ``numpy.random.default_rng(seed).permutation(n_total)[:n]``, sorted (regression data)."""
+    n = int(n)
+    if not 0 <= n <= int(n_total):
+        raise DataError(f"cannot take {n} of {n_total} samples")
+    perm = np.random.default_rng(_check_seed(seed)).permutation(int(n_total))
+    return np.sort(perm[:n]).astype(np.int64)
 
 
 def mnist5k_split(seed=0, labels=None):
@@ -885,7 +922,11 @@ def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=N
     root : str or Path, optional
         Required for ``mnist-idx``, ``cifar10`` and ``naval``; optional for ``fashion-mnist``.
     limit : int, optional
-        Keep the first ``limit`` samples of the split (1 ≤ limit ≤ split size).
+        Keep ``limit`` samples of the split (1 ≤ limit ≤ split size): for class data
+        stratified over the classes (``⌊limit/K⌋`` per class, the remainder to the first
+        classes, :func:`stratified_subset`), for regression data the first ``limit`` after a
+        seeded shuffle (:func:`shuffled_subset` with ``seed``); in both cases in the split's
+        order.
     seed : int, default 0
         Seed of the mnist5k / diabetes / naval split.
     force : bool, default False
@@ -915,6 +956,8 @@ def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=N
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))
                               or limit < 1):
         raise DataError(f"limit must be a positive integer, got {limit!r}")
+    if str(output_dir) == "":
+        raise DataError("the output directory name is empty")
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output path exists and is not a directory: {out_dir}")
@@ -924,9 +967,21 @@ def prepare(dataset, preprocessing, output_dir, split="test", root=None, limit=N
     if limit is not None:
         if limit > n:
             raise DataError(f"limit {limit} exceeds the {n} samples of the {dataset} {split} split")
-        x, y = x[:limit], y[:limit]
-        if isinstance(info["split_info"].get("indices"), list):
-            info["split_info"]["indices"] = info["split_info"]["indices"][:limit]
+        if ds.target == "class":
+            # stratified: ⌊N/K⌋ per class, the remainder to the first classes; kept in the
+            # split's order
+            keep = np.sort(stratified_subset(y, limit))
+            how = (f"stratified over the classes: floor({limit}/K) per class, the remainder "
+                   "to the first classes, in the split's order (stratified_subset)")
+        else:
+            keep = shuffled_subset(n, limit, seed)
+            how = (f"the first {limit} of numpy default_rng(seed).permutation({n}), in the "
+                   "split's order (shuffled_subset)")
+        x, y = x[keep], y[keep]
+        idx = info["split_info"].get("indices")
+        info["split_info"]["indices"] = (np.asarray(idx)[keep] if isinstance(idx, list)
+                                         else keep).tolist()
+        info["split_info"]["limit_method"] = how
     X, prep_info = apply_preprocessing(preprocessing, x, x_train)
     Y = y.astype(np.int64) if ds.target == "class" else np.ascontiguousarray(y, dtype=np.float64)
 

@@ -37,7 +37,7 @@ MODEL_NAME = "models/mnist5k_mlp_784-100-10.h5"
 
 
 def _load_test_images(n_images, split_seed):
-    from .datasets import load_mnist5k, mnist5k_split
+    from .datasets import load_mnist5k, mnist5k_split, stratified_subset
 
     images, labels = load_mnist5k()
     _, test_idx = mnist5k_split(split_seed)
@@ -45,11 +45,7 @@ def _load_test_images(n_images, split_seed):
         raise ConfigError(f"the MNIST-5k test split has {test_idx.size} images, "
                           f"asked for {n_images}")
     # a class-balanced subset: one image of every class in turn (rank within class, class)
-    lab = labels[test_idx]
-    rank = np.zeros(lab.size, dtype=np.int64)
-    for c in np.unique(lab):
-        rank[lab == c] = np.arange(np.count_nonzero(lab == c))
-    idx = test_idx[np.lexsort((lab, rank))][:n_images]
+    idx = test_idx[stratified_subset(labels[test_idx], n_images)]
     x = images[idx].reshape(len(idx), -1).astype(np.float64) / 255.0      # pixels/255
     return x, labels[idx].astype(np.int64)
 
@@ -102,6 +98,11 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     from .montecarlo import monte_carlo
     from .results import Sweep, layer_table
 
+    # validate everything before creating the output directory or computing anything
+    from .checks import check_count, check_seed
+
+    seed = check_seed(seed)
+    n_mc = check_count(n_mc, "the number of Monte-Carlo realizations n", minimum=2)
     sig = np.asarray(sigmas, dtype=np.float64)
     if sig.ndim != 1 or sig.size == 0 or np.any(sig < 0) or not np.all(np.isfinite(sig)):
         raise ConfigError("sigmas must be a non-empty list of finite values >= 0")
@@ -116,6 +117,8 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     if not train:
         model_path = Path(model) if model is not None else shipped_path(MODEL_NAME)
         net = _check_model(load_model(model_path), model_path)
+    if str(output_dir) == "":
+        raise DataError("the output directory name is empty")
     out_dir = Path(output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output {out_dir} exists and is not a directory")
@@ -165,7 +168,7 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
                "mc_mse_se": mc_sw.mse_batch_se, "mc_acc": mc_sw.accuracy_mean,
                "mc_acc_se": mc_sw.accuracy_mean_se, "mc_power": mc_sw.power.mean(axis=1),
                "mc_power_se": mc_sw.power_se.mean(axis=1)}
-        _plot(png, sig, res, ref_acc, len(y), int(n_mc), net, base)
+        _plot(png, sig, res, ref_acc, len(y), int(n_mc), _labels(net, model_path, base))
 
         def strip(d):
             return {k: v for k, v in d.items() if not k.startswith("axes/") and k != "reference"}
@@ -203,12 +206,28 @@ def _check_model(net, model_path):
     return net
 
 
-def _describe(net):
-    sizes = [str(net.input_shape[0])] + [str(l.n_out) for l in net.layers if l.type == "dense"]
-    return "-".join(sizes)
+def architecture(net) -> str:
+    """A short name of the network's architecture, e.g. ``784-100-10 MLP`` or
+    ``CNN (2 conv + 1 dense crossbar layers)``, from the layers themselves."""
+    rows = net.describe()
+    dense = [d for d in rows if d["type"] == "dense"]
+    conv = [d for d in rows if d["type"] == "conv2d"]
+    if dense and not conv:
+        widths = [int(np.prod(dense[0]["in_shape"]))] + [int(np.prod(d["out_shape"]))
+                                                          for d in dense]
+        return "-".join(str(w) for w in widths) + " MLP"
+    return f"CNN ({len(conv)} conv + {len(dense)} dense crossbar layers)"
 
 
-def _plot(path, sig, res, ref_acc, n_images, n_mc, net, config):
+def _labels(net, model_path, cfg) -> dict:
+    """Title and axis labels of the demo figure from the model and configuration used."""
+    gu = ", ".join(f"{float(v):g}" for v in np.ravel(np.asarray(cfg.g_u, dtype=np.float64)))
+    return {"title": f"{architecture(net)} ({Path(model_path).name}) on a noisy memristor "
+                     f"crossbar ({cfg.design} design, g_u = {gu})",
+            "xlabel": f"device noise σ (std per device; g_min = {cfg.g_min:g}, g_u = {gu})"}
+
+
+def _plot(path, sig, res, ref_acc, n_images, n_mc, labels):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -223,7 +242,7 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc, net, config):
         a1.set_yscale("log")
     else:
         a1.text(0.5, 0.5, "no σ > 0 in the sweep", ha="center", transform=a1.transAxes)
-    a1.set_xlabel(f"device noise σ (std per device; g_u = {config.g_u:g}, {config.design} design)")
+    a1.set_xlabel(labels["xlabel"])
     a1.set_ylabel("output MSE vs noiseless network (y²)")
     a1.legend()
     a1.grid(True, which="both", alpha=0.3)
@@ -235,7 +254,7 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc, net, config):
     a2.set_ylabel(f"accuracy ({n_images} MNIST-5k test images)")
     a2.legend()
     a2.grid(True, alpha=0.3)
-    fig.suptitle(f"{_describe(net)} MLP on a noisy memristor crossbar ({config.design}-wise λ)")
+    fig.suptitle(labels["title"])
     fig.tight_layout()
     from .io import write_png
     try:

@@ -21,3 +21,8 @@ class ModelFileError(RefmemError, ValueError):
 
 class DataError(RefmemError, ValueError):
     """A missing or malformed data file, or an input of the wrong shape."""
+
+
+class UsageError(RefmemError, ValueError):
+    """A malformed command line (unknown option, missing argument, bad choice)."""
+

@@ -147,7 +147,7 @@ class MappedLayer:
             return ns
         sm = cfg.sigma_model
         if self.noisy and not sm.is_zero:
-            ns.vp, ns.vm = sm.var(gp), sm.var(gm)
+            ns.vp, ns.vm = sm.var(np.stack([gp, gm]))          # one range check for g⁺ and g⁻
         else:
             ns.vp = ns.vm = np.zeros_like(gp)
         v = (ns.vp + ns.vm) / lam**2                               # spec §3.2, weight units
@@ -242,7 +242,16 @@ class MappedNetwork:
         return self.fused.forward(x)
 
 
-def _column_wu(W, b, scheme, idx, bias_in_scope):
+def column_wu(W, b=None, scheme="FC", idx=None, bias_in_scope=True) -> np.ndarray:
+    """Max-abs weight of every crossbar column, ``max_i |W_ij|`` (theory §3.1).
+
+    ``W`` is the crossbar matrix (rows × columns: inputs × output neurons for a dense layer,
+    ``C_in k² × C_out`` for a UR convolution). For a ``"UL"`` layer the columns are the
+    ``(c_out, position)`` pairs and only the taps inside the image count (``idx ≥ 0``). The
+    bias of a column's channel is inside the scope when ``bias_in_scope`` (bias on the
+    crossbar). This function and :func:`design_wu` are the one definition of ``w^u``: the
+    mapping and noise-aware training (:class:`refmem.training.DeviceNoise`) both use them.
+    """
     absW = np.abs(W)
     if scheme == "UL":
         valid = (idx >= 0).astype(np.float64)            # (n_pos, taps)
@@ -254,7 +263,37 @@ def _column_wu(W, b, scheme, idx, bias_in_scope):
         ch = np.arange(W.shape[1])
     if b is not None and bias_in_scope:
         wu = np.maximum(wu, np.abs(b)[ch])
-    return wu
+    return wu.astype(np.float64)
+
+
+def design_wu(col_wu, design) -> list:
+    """``w^u`` of every column of every crossbar layer under ``design`` (theory §3.1).
+
+    ``col_wu`` is the list of per-column maxima (:func:`column_wu`), one array per crossbar
+    layer. ``"scalar"``: the maximum over all layers; ``"layer"``: the layer's maximum;
+    ``"column"``: the column's own maximum, except that a column whose weights (and bias) are
+    all zero takes the ``w^u`` of its layer — it still exists on the chip, is programmed at
+    ``g_min`` and carries device noise with the layer's scale. A layer whose weights are all
+    zero has no scale at all: :class:`~refmem.errors.ConfigError`.
+    """
+    col_wu = [np.asarray(c, dtype=np.float64) for c in col_wu]
+    layer_wu = [float(c.max()) if c.size else 0.0 for c in col_wu]
+    for i, lw in enumerate(layer_wu):
+        if not lw > 0.0:
+            raise ConfigError(f"crossbar layer {i} has only zero weights and bias; its scale "
+                              "λ = (g_u - g_min)/w^u is undefined")
+    global_wu = max(layer_wu)
+    out = []
+    for cw, lw in zip(col_wu, layer_wu):
+        if design == "scalar":
+            out.append(np.full(cw.shape, global_wu))
+        elif design == "layer":
+            out.append(np.full(cw.shape, lw))
+        elif design == "column":
+            out.append(np.where(cw > 0, cw, lw))
+        else:
+            raise ConfigError(f"design must be 'scalar', 'layer' or 'column', got {design!r}")
+    return out
 
 
 def _gu_columns(cfg, i, n_cols, n_layers):
@@ -279,6 +318,30 @@ def _gu_columns(cfg, i, n_cols, n_layers):
     return np.full(n_cols, float(gu))
 
 
+def _check_sigma_table_range(config, mapped, col_wu):
+    """A σ(g) table must cover every conductance the noisy layers program (theory §3.2).
+
+    Each weight puts one device of its pair at ``g_min`` and the other at ``g_min + λ_j |w|``
+    (Eqs. (5)–(6)), so the programmed g⁺ and g⁻ (bias rows included) span exactly
+    ``[g_min, g_min + max_j λ_j w^max_j]`` with ``w^max_j`` the column's max-abs weight.
+    Checked before any computation, naming that full range.
+    """
+    sm = config.sigma_model
+    if sm.kind != "table":
+        return
+    highs = [float(np.max(ml.lam * cw)) for ml, cw in zip(mapped, col_wu)
+             if ml.noisy and cw.size]
+    if not highs:
+        return
+    lo, hi = config.g_min, config.g_min + max(highs)
+    t_lo, t_hi = float(sm.g[0]), float(sm.g[-1])
+    tol = 1e-12 * max(1.0, abs(t_hi))
+    if lo < t_lo - tol or hi > t_hi + tol:
+        raise ConfigError(f"sigma table covers g in [{t_lo:g}, {t_hi:g}] but the mapping "
+                          f"programs g+ and g- in [{lo:g}, {hi:g}] (g_min to g_min + max "
+                          "λ|w| over the noisy crossbar layers, bias rows included)")
+
+
 def map_network(network: Network, config: CrossbarConfig | None = None) -> MappedNetwork:
     """Map ``network`` onto crossbars under ``config`` (spec §3, §6, §7, §14)."""
     config = CrossbarConfig() if config is None else config
@@ -288,6 +351,12 @@ def map_network(network: Network, config: CrossbarConfig | None = None) -> Mappe
     if n == 0:
         raise ConfigError("the network has no dense or conv2d layer to map onto a crossbar")
     noisy = config.noisy_layer_set(n)
+    if isinstance(config.g_u, dict):
+        unknown = sorted(set(config.g_u) - set(range(n)))
+        if unknown:
+            raise ConfigError(f"column g_u has entries for crossbar layer(s) "
+                              f"{', '.join(map(str, unknown))}, but the network has {n} "
+                              f"(0 to {n - 1})")
     bits = config.bits_per_layer(n)
     shapes = ref_fused.shapes
     bias_on = config.bias_on_crossbar
@@ -319,22 +388,12 @@ def map_network(network: Network, config: CrossbarConfig | None = None) -> Mappe
                                               layer.padding, attrs=layer.attrs)
         raw.append((i, pos, layer, scheme, idx, W, b, W_ref, b_ref, delta))
 
-    # w^u per column, then per design scope (spec §3.1)
-    col_wu = [_column_wu(W, b, scheme, idx, bias_on) for (_, _, _, scheme, idx, W, b, *_) in raw]
-    layer_wu = [float(c.max()) if c.size else 0.0 for c in col_wu]
-    global_wu = max(layer_wu)
+    # w^u per column, then per design scope (theory §3.1)
+    col_wu = [column_wu(W, b, scheme, idx, bias_on) for (_, _, _, scheme, idx, W, b, *_) in raw]
+    scoped = design_wu(col_wu, config.design)
     mapped = []
-    for (i, pos, layer, scheme, idx, W, b, W_ref, b_ref, delta), cw, lw in zip(raw, col_wu, layer_wu):
-        if lw == 0.0:
-            raise ConfigError(f"crossbar layer {i} has only zero weights and bias; its scale "
-                              "λ = (g_u - g_min)/w^u is undefined")
-        if config.design == "scalar":
-            wu = np.full(cw.shape, global_wu)
-        elif config.design == "layer":
-            wu = np.full(cw.shape, lw)
-        else:
-            # an all-zero column has no scale of its own: it borrows the layer's w^u
-            wu = np.where(cw > 0, cw, lw)
+    for (i, pos, layer, scheme, idx, W, b, W_ref, b_ref, delta), cw, wu in zip(raw, col_wu,
+                                                                             scoped):
         if config.lam is not None:
             lam = np.full(cw.shape, config.lam)
             gu = config.g_min + lam * wu
@@ -350,6 +409,7 @@ def map_network(network: Network, config: CrossbarConfig | None = None) -> Mappe
             W=np.ascontiguousarray(W), b=b, W_ref=W_ref, b_ref=b_ref, lam=lam, g_u=gu, w_u=wu,
             noisy=i in noisy, bits=bits[i], delta=delta, config=config, conv=conv, idx=idx,
             bias_digital=(b is not None and not bias_on)))
+    _check_sigma_table_range(config, mapped, col_wu)
     programmed = Network(prog_layers, network.input_shape, network.input_preprocessing,
                          dict(network.attrs))
     programmed.validate()

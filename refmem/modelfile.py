@@ -40,15 +40,56 @@ def _attr_value(v):
     return decode_attr(v, json_text=False)
 
 
+def _member(g, name, where, kind):
+    """``g[name]`` if it is a ``kind`` ("group" or "dataset") stored in this file; a dangling
+    or external link, or the wrong kind of object, is a :class:`ModelFileError`."""
+    import h5py
+
+    link = g.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise ModelFileError(f"{where}: {name!r} is an external link to {link.filename!r}; "
+                             "a model file must be self-contained")
+    try:
+        obj = g[name]
+    except (KeyError, OSError, ValueError):
+        raise ModelFileError(f"{where}: {name!r} is a dangling link or unreadable") from None
+    want = h5py.Group if kind == "group" else h5py.Dataset
+    if not isinstance(obj, want):
+        raise ModelFileError(f"{where}: {name!r} must be a {kind}, found a "
+                             f"{'group' if isinstance(obj, h5py.Group) else 'dataset'}")
+    return obj
+
+
 def _read_array(g, name, where, required=True):
     if name not in g:
+        if g.get(name, getlink=True) is not None:       # a dangling soft link
+            _member(g, name, where, "dataset")
         if required:
             raise ModelFileError(f"{where}: missing dataset {name!r}")
         return None
-    ds = g[name]
-    if not hasattr(ds, "dtype") or ds.dtype.kind not in "fiu":
+    ds = _member(g, name, where, "dataset")
+    if ds.dtype.kind not in "fiu":
         raise ModelFileError(f"{where}: dataset {name!r} is not numeric")
-    return np.asarray(ds[()], dtype=np.float64)
+    try:
+        return np.asarray(ds[()], dtype=np.float64)
+    except (OSError, ValueError, TypeError):
+        raise ModelFileError(f"{where}: dataset {name!r} is unreadable") from None
+
+
+def _float_attr(g, name, where, default=None, low=None, high=None, low_open=False,
+                high_open=False):
+    """A real scalar attribute (finite, within the given bounds) or ``default`` if absent."""
+    if name not in g.attrs:
+        return default
+    v = _attr_value(g.attrs[name])
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise ModelFileError(f"{where}: attribute {name!r} must be a finite number, got {v!r}")
+    v = float(v)
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ModelFileError(f"{where}: attribute {name!r} = {v:g} is out of range")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ModelFileError(f"{where}: attribute {name!r} = {v:g} is out of range")
+    return v
 
 
 def _int_attr(g, name, where, default=None):
@@ -73,12 +114,22 @@ def load_model(path) -> Network:
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} is not a regular file")
     try:
         f = h5py.File(path, "r")
-    except OSError:
+    except (OSError, RuntimeError, ValueError):
         raise ModelFileError(f"{path} is not a readable HDF5 file") from None
     with f:
-        return read_model_group(f, str(path))
+        try:
+            return read_model_group(f, str(path))
+        except ModelFileError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            # h5py reports damage inside the file (bad B-tree, truncated heap, …) this way
+            msg = " ".join(str(e).split())[:120]
+            raise ModelFileError(f"{path} is damaged or unreadable ({type(e).__name__}: "
+                                 f"{msg})") from None
 
 
 def read_model_group(f, where="model") -> Network:
@@ -99,16 +150,18 @@ def read_model_group(f, where="model") -> Network:
     prep = f.attrs.get("input_preprocessing", None)
     prep = None if prep is None else str(_attr_value(prep))
     extra = {k: _attr_value(v) for k, v in f.attrs.items() if k not in _RESERVED_ROOT}
-    if "layers" not in f:
+    if f.get("layers", getlink=True) is None:
         raise ModelFileError(f"{path}: missing group 'layers'")
-    grp = f["layers"]
+    grp = _member(f, "layers", path, "group")
     names = sorted(grp.keys())
+    if not names:
+        raise ModelFileError(f"{path}: the model has no layers")
     expected = [f"{i:02d}" for i in range(len(names))]
     if names != expected:
         raise ModelFileError(f"{path}: layer groups must be named 00, 01, … in order, got {names}")
     layers = []
     for name in names:
-        g = grp[name]
+        g = _member(grp, name, f"{path}: layers", "group")
         where = f"layer {name}"
         ltype = _attr_value(g.attrs.get("type", None))
         if ltype not in LAYER_TYPES:
@@ -127,12 +180,12 @@ def read_model_group(f, where="model") -> Network:
         elif ltype == "flatten":
             layer = Flatten(attrs)
         elif ltype == "batchnorm":
-            eps = float(_attr_value(g.attrs.get("eps", 1e-5)))
+            eps = _float_attr(g, "eps", where, 1e-5, low=0.0, low_open=True)
             layer = BatchNorm(*(_read_array(g, n, where) for n in
                                 ("gamma", "beta", "running_mean", "running_var")), eps, attrs)
         else:
-            p = g.attrs.get("p", None)
-            layer = Dropout(None if p is None else float(_attr_value(p)), attrs)
+            p = _float_attr(g, "p", where, None, low=0.0, high=1.0, high_open=True)
+            layer = Dropout(p, attrs)
         layers.append(layer)
     net = Network(layers, tuple(int(s) for s in ishape), prep, extra)
     try:

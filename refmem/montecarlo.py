@@ -37,10 +37,13 @@ order. Statistics are reduced per seed block, in block order. Hence the same see
 bit-identical results whatever the chunk size, and the first ``n`` realizations do not depend
 on the total.
 
-Statistics (spec §19.2): per-output mean, variance (ddof 1), MSE against the reference
+Statistics (theory §19.2): per-output mean, variance (ddof 1), MSE against the reference
 (the unquantized, noiseless network at the mean input), optional full covariance, each with
 a standard error computed from the sample itself (no Gaussian assumption: the SE of a
-(co)variance entry is the standard deviation of the centred products over √n).
+(co)variance entry is the standard deviation of the centred products over √n). Each seed
+block contributes its mean and its **centred** sums, merged exactly in block order
+(:class:`refmem.stats.CentralMoments`), so a large bias (e.g. coarse quantization) next to a
+tiny device noise loses no digits of the variance or of its SE.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,14 +58,15 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.special import ndtri
 
+from .checks import check_count, check_seed
 from .errors import ConfigError, DataError
 from .layers import gather_patches
+from .stats import CentralMoments
 
 BLOCK = 256
 """Realizations per seed block (part of the seeding definition; stored as ``seed_block``)."""
 
 _MEM_BUDGET = 256 * 2**20          # bytes of device arrays held at once (guides ``chunk``)
-CHECKPOINT_SECONDS = 10.0         # minimum time between two checkpoint writes
 _CACHE_LIMIT = 64 * 2**20          # UL static conductance arrays above this are rebuilt per block
 
 
@@ -260,84 +263,6 @@ class _LayerSampler:
         return y, pw
 
 
-# ---------------------------------------------------------------------- accumulators
-class _Moments:
-    """Power sums of ``d = y − shift`` per seed block, added in block order."""
-
-    def __init__(self, shape, cov):
-        self.n = 0
-        self.s1 = np.zeros(shape)
-        self.s2 = np.zeros(shape)
-        self.s3 = np.zeros(shape)
-        self.s4 = np.zeros(shape)
-        self.cov = cov
-        if cov:
-            full = shape + shape[-1:]
-            self.s11 = np.zeros(full)
-            self.s21 = np.zeros(full)
-            self.s22 = np.zeros(full)
-
-    def add(self, d):
-        d2 = d * d
-        self.n += d.shape[0]
-        self.s1 += d.sum(0)
-        self.s2 += d2.sum(0)
-        self.s3 += (d2 * d).sum(0)
-        self.s4 += (d2 * d2).sum(0)
-        if self.cov:
-            self.s11 += np.einsum("m...i,m...j->...ij", d, d)
-            self.s21 += np.einsum("m...i,m...j->...ij", d2, d)
-            self.s22 += np.einsum("m...i,m...j->...ij", d2, d2)
-
-    _FIELDS = ("s1", "s2", "s3", "s4", "s11", "s21", "s22")
-
-    def state(self, prefix):
-        d = {f"{prefix}n": np.int64(self.n)}
-        for k in self._FIELDS:
-            if hasattr(self, k):
-                d[prefix + k] = getattr(self, k)
-        return d
-
-    def load(self, prefix, z):
-        self.n = int(z[f"{prefix}n"])
-        for k in self._FIELDS:
-            if hasattr(self, k):
-                a = z[prefix + k]
-                if a.shape != getattr(self, k).shape:
-                    raise ConfigError("checkpoint does not match this run (array shapes differ)")
-                setattr(self, k, np.array(a, dtype=np.float64))
-
-    def stats(self):
-        n = self.n
-        m = self.s1 / n
-        var = (self.s2 - n * m * m) / (n - 1)
-        var = np.maximum(var, 0.0)
-        mean_se = np.sqrt(var / n)
-        # fourth central moment from raw sums (about the shift)
-        m4 = self.s4 / n - 4 * m * self.s3 / n + 6 * m * m * self.s2 / n - 3 * m ** 4
-        vb = var * (n - 1) / n
-        var_se = np.sqrt(np.maximum(m4 - vb * vb, 0.0) / n)
-        out = dict(m=m, var=var, mean_se=mean_se, var_se=var_se,
-                   msq=self.s2 / n, msq_se=np.sqrt(np.maximum(self.s4 / n - (self.s2 / n) ** 2,
-                                                              0.0) / (n - 1)))
-        if self.cov:
-            mi = m[..., :, None]
-            mj = m[..., None, :]
-            c = (self.s11 - n * mi * mj) / (n - 1)
-            s2i = self.s2[..., :, None]
-            s2j = self.s2[..., None, :]
-            s1i = self.s1[..., :, None]
-            s1j = self.s1[..., None, :]
-            s12 = np.swapaxes(self.s21, -1, -2)        # s12[i, j] = Σ d_i d_j²
-            e4 = (self.s22 - 2 * mj * self.s21 + mj * mj * s2i - 2 * mi * s12
-                  + 4 * mi * mj * self.s11 - 2 * mi * mj * mj * s1i + mi * mi * s2j
-                  - 2 * mi * mi * mj * s1j) / n + mi * mi * mj * mj
-            cb = c * (n - 1) / n
-            out["cov"] = c
-            out["cov_se"] = np.sqrt(np.maximum(e4 - cb * cb, 0.0) / n)
-        return out
-
-
 # ---------------------------------------------------------------------- inputs
 def _input_factor(input_cov, B, L):
     """Square-root factors ``A`` with ``A Aᵀ = C`` (eigendecomposition; validated by
@@ -380,8 +305,8 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
     block : int
         Realizations per seed block (part of the seeding definition).
     checkpoint : path, optional
-        Resumable run: the accumulated sums are saved there (atomically) after seed blocks,
-        at most every few seconds; a later call with the same model, configuration, inputs,
+        Resumable run: the accumulated statistics are saved there (atomically) after every
+        completed seed block; a later call with the same model, configuration, inputs,
         seed, n, block and options resumes after the last saved block and gives results
         bit-identical to an uninterrupted run. The file is removed when the run completes
         unless ``keep_checkpoint`` (then it holds the finished state, so that a caller running
@@ -392,15 +317,8 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
     x = net.check_input(x)
     B = x.shape[0]
     L = int(np.prod(net.input_shape))
-    try:
-        n = int(n)
-        seed = int(seed)
-    except (TypeError, ValueError):
-        raise ConfigError("n and seed must be integers") from None
-    if n < 2:
-        raise ConfigError(f"Monte-Carlo needs n >= 2 realizations, got {n}")
-    if seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
+    n = check_count(n, "the number of Monte-Carlo realizations n", minimum=2)
+    seed = check_seed(seed)
     block = int(block)
     if block < 1:
         raise ConfigError("block must be >= 1")
@@ -431,11 +349,11 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
         raise ConfigError("chunk must be >= 1")
     chunk = min(chunk, block)
 
-    acc_y = _Moments((B, J), cov)
-    acc_p = _Moments((B, n_xb, 4), False)
-    acc_t = _Moments((B,), False)
-    acc_m = _Moments((1,), False)
-    acc_a = _Moments((1,), False) if labels is not None else None
+    acc_y = CentralMoments((B, J), order=4, cov=cov)
+    acc_p = CentralMoments((B, n_xb, 4), order=2)
+    acc_t = CentralMoments((B,), order=2)
+    acc_m = CentralMoments((1,), order=2)
+    acc_a = CentralMoments((1,), order=2) if labels is not None else None
 
     n_blocks = -(-n // block)
     accs = {"y_": acc_y, "p_": acc_p, "t_": acc_t, "m_": acc_m}
@@ -447,7 +365,6 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
         fingerprint = _fingerprint(mapped, x, n, seed, block, cov, labels, input_cov,
                                    input_sampler)
         start = _load_checkpoint(checkpoint, fingerprint, accs)
-    last_save = time.monotonic()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -475,6 +392,14 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
                 ys[c0:c0 + m] = np.broadcast_to(h, (m, B, J))
                 if bar is not None:
                     bar.update(m)
+            if not (np.all(np.isfinite(ys)) and np.all(np.isfinite(ps))):
+                # finite inputs (checked) but an overflow on the way: stop at the first block
+                # instead of after the whole run, and leave no checkpoint that would resume it
+                if checkpoint is not None:
+                    Path(checkpoint).unlink(missing_ok=True)
+                what = "outputs" if not np.all(np.isfinite(ys)) else "power"
+                raise DataError(f"the Monte-Carlo {what} overflowed to inf/NaN in seed block "
+                                f"{k} (inputs, weights or g_u too large?); nothing written")
             d = ys - ref
             acc_y.add(d)
             acc_m.add((d * d).mean(axis=(1, 2))[:, None])
@@ -483,10 +408,8 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
             acc_t.add(ps_tot.sum(-1))
             if acc_a is not None:
                 acc_a.add((np.argmax(ys, axis=2) == labels).mean(axis=1)[:, None])
-            if checkpoint is not None and k + 1 < n_blocks and \
-                    time.monotonic() - last_save >= CHECKPOINT_SECONDS:
+            if checkpoint is not None and k + 1 < n_blocks:
                 _save_checkpoint(checkpoint, fingerprint, k + 1, accs)
-                last_save = time.monotonic()
     finally:
         if bar is not None:
             bar.close()
@@ -497,26 +420,21 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
                 _save_checkpoint(checkpoint, fingerprint, n_blocks, accs)
         else:
             Path(checkpoint).unlink(missing_ok=True)
-    sy = acc_y.stats()
-    sp = acc_p.stats()
-    pm, pse = sp["m"], sp["mean_se"]                  # (B, n_xb, 4): mem, tia+, tia-, total
-    tm, tse = acc_t.stats()["m"], acc_t.stats()["mean_se"]
+    pm, pse = acc_p.mean, acc_p.mean_se()            # (B, n_xb, 4): mem, tia+, tia-, total
     res = MCResult(
         n=n, seed=seed, block=block, reference=ref,
-        mean=ref + sy["m"], var=sy["var"], mse=sy["msq"],
-        mean_se=sy["mean_se"], var_se=sy["var_se"], mse_se=sy["msq_se"],
+        mean=ref + acc_y.mean, var=acc_y.var(), mse=acc_y.mean_square(),
+        mean_se=acc_y.mean_se(), var_se=acc_y.var_se(), mse_se=acc_y.mean_square_se(),
         power_mem=pm[..., 0], power_tia_pos=pm[..., 1], power_tia_neg=pm[..., 2],
         power_mem_se=pse[..., 0], power_tia_pos_se=pse[..., 1], power_tia_neg_se=pse[..., 2],
         power_layers=pm[..., 3], power_layers_se=pse[..., 3],
-        power=tm, power_se=tse,
-        cov=sy.get("cov"), cov_se=sy.get("cov_se"))
-    sm = acc_m.stats()
-    res.mse_overall = float(sm["m"][0])
-    res.mse_overall_se = float(sm["mean_se"][0])
+        power=acc_t.mean, power_se=acc_t.mean_se(),
+        cov=acc_y.covariance() if cov else None, cov_se=acc_y.covariance_se() if cov else None)
+    res.mse_overall = float(acc_m.mean[0])
+    res.mse_overall_se = float(acc_m.mean_se()[0])
     if acc_a is not None:
-        sa = acc_a.stats()
-        res.accuracy = float(sa["m"][0])
-        res.accuracy_se = float(sa["mean_se"][0])
+        res.accuracy = float(acc_a.mean[0])
+        res.accuracy_se = float(acc_a.mean_se()[0])
     return res
 
 
@@ -538,6 +456,7 @@ def _draw_inputs(x, m, rng, factor, sampler, L):
 def _fingerprint(mapped, x, n, seed, block, cov, labels, input_cov, input_sampler):
     """SHA-256 of everything that determines the realizations and their statistics."""
     h = hashlib.sha256()
+    h.update(b"refmem-mc-checkpoint-2")        # state layout: centred moments (refmem.stats)
     h.update(mapped.config.to_json().encode())
     h.update(repr((n, seed, block, bool(cov))).encode())
     for ml in mapped.layers:
@@ -556,6 +475,8 @@ def _load_checkpoint(path, fingerprint, accs):
     path = Path(path)
     if not path.exists():
         return 0
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} is not a regular file")
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["fingerprint"]) != fingerprint:
@@ -566,11 +487,23 @@ def _load_checkpoint(path, fingerprint, accs):
             return int(z["next_block"])
     except ConfigError:
         raise
+    except ValueError:
+        raise ConfigError(f"checkpoint {path} does not match this run (array shapes differ); "
+                          "remove it to start over") from None
     except Exception as e:
         raise DataError(f"checkpoint {path} is unreadable ({type(e).__name__})") from None
 
 
 def _save_checkpoint(path, fingerprint, next_block, accs):
+    """Write the state after ``next_block`` completed seed blocks, atomically.
+
+    The state is written to a uniquely named temporary in the same directory (created
+    exclusively, so two runs never share or delete each other's temporary) and renamed over
+    ``path``; on any failure (e.g. a full disk) the temporary is removed and the previous
+    checkpoint stays as it was.
+    """
+    import tempfile
+
     path = Path(path)
     state = {"fingerprint": np.array(fingerprint), "next_block": np.int64(next_block)}
     for prefix, acc in accs.items():

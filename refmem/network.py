@@ -90,14 +90,16 @@ class Network:
     def check_input(self, x) -> np.ndarray:
         """Validate a batch ``x`` of shape ``(B, *input_shape)`` and return it as float64."""
         x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise DataError(f"input must be numeric, got dtype {x.dtype}")
+        if x.dtype.kind not in "iuf":
+            raise DataError(f"input must be a float or integer array, got dtype {x.dtype}")
         x = x.astype(np.float64, copy=False)
         if x.ndim == len(self.input_shape):
             x = x[None]
         if tuple(x.shape[1:]) != self.input_shape:
             raise DataError(f"input has shape {tuple(x.shape)} but the network expects "
                             f"(B, {', '.join(map(str, self.input_shape))})")
+        if x.shape[0] == 0:
+            raise DataError("input batch is empty (0 samples)")
         if not np.all(np.isfinite(x)):
             raise DataError("input contains NaN or infinite values")
         return x

@@ -13,7 +13,7 @@ import pytest
 
 import refmem.datasets as D
 from refmem.cli import main
-from refmem.errors import DataError
+from refmem.errors import ConfigError, DataError
 
 SHARED = Path("/work/shared/data")
 
@@ -161,7 +161,7 @@ def test_split_errors():
         D.mnist5k_split(0, labels=np.zeros(5000, dtype=int))
     with pytest.raises(DataError, match="class 1 has 2 samples"):
         D.stratified_split([0, 0, 0, 1, 1], 2, 1)
-    with pytest.raises(DataError, match="seed"):
+    with pytest.raises(ConfigError, match="seed"):
         D.random_split(10, 0.8, seed=-1)
 
 
@@ -407,7 +407,11 @@ def test_prepare_file_datasets(tmp_path):
     meta = D.prepare("mnist-idx", "pixels/255-image", tmp_path / "o1", split="train",
                      root=tmp_path / "m", limit=3)
     assert meta["shape"] == [3, 1, 28, 28]
-    assert np.array_equal(np.load(tmp_path / "o1" / "Y.npy"), ref["train"][1][:3])
+    # stratified: the first sample of each of the 3 smallest classes present, in file order
+    lab = ref["train"][1]
+    first = sorted(int(np.flatnonzero(lab == c)[0]) for c in sorted(set(lab.tolist()))[:3])
+    assert np.array_equal(np.load(tmp_path / "o1" / "Y.npy"), lab[first])
+    assert meta["split_info"]["indices"] == first
     make_cifar(tmp_path / "c")
     meta = D.prepare("cifar10", "pixels/255", tmp_path / "o2", root=tmp_path / "c")
     assert meta["shape"] == [3, 3072] and meta["split_info"]["files"] == ["test_batch"]
@@ -472,3 +476,45 @@ def test_cli_prepare(tmp_path, capsys):
     assert main(["prepare", "diabetes", "--preprocessing", "pixels/255", "-o", str(tmp_path / "p")]) == 2
     assert "valid for diabetes: none, standardize" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------------- --limit (issue 10)
+@pytest.mark.parametrize("limit", [1, 7, 10, 25, 999, 1000])
+def test_prepare_limit_is_stratified(tmp_path, limit):
+    """--limit N keeps N samples in total, ⌊N/K⌋ per class and one more for each of the first
+    N mod K classes (restated with a loop over classes), not the first N of the split."""
+    meta = D.prepare("mnist5k", "pixels/255", tmp_path / "o", limit=limit, seed=3)
+    Y = np.load(tmp_path / "o" / "Y.npy")
+    assert Y.shape == (limit,) and meta["n_samples"] == limit
+    counts = np.bincount(Y, minlength=10)
+    expect = [limit // 10 + (1 if c < limit % 10 else 0) for c in range(10)]
+    assert counts.tolist() == expect
+    # which samples: the first ones of every class in the split's order, kept in that order
+    _, test = D.mnist5k_split(3)
+    labels = D.load_mnist5k()[1]
+    want = []
+    for c in range(10):
+        want += [int(i) for i in test[labels[test] == c][:expect[c]]]
+    assert meta["split_info"]["indices"] == sorted(want)
+    X = np.load(tmp_path / "o" / "X.npy")
+    images = D.load_mnist5k()[0]
+    assert np.array_equal(X, images[sorted(want)].reshape(limit, -1) / 255.0)
+
+
+def test_prepare_limit_regression_is_a_seeded_shuffle(tmp_path):
+    full = D.prepare("diabetes", "none", tmp_path / "a", split="test", seed=1)
+    meta = D.prepare("diabetes", "none", tmp_path / "b", split="test", seed=1, limit=20)
+    perm = np.random.default_rng(1).permutation(88)
+    keep = np.sort(perm[:20])
+    assert meta["split_info"]["indices"] == [full["split_info"]["indices"][k] for k in keep]
+    assert np.array_equal(np.load(tmp_path / "b" / "Y.npy"), np.load(tmp_path / "a" / "Y.npy")[keep])
+    assert keep.tolist() != list(range(20))
+
+
+def test_stratified_subset_when_a_class_runs_out():
+    labels = np.array([0, 0, 0, 0, 1, 2, 2])
+    # order: rank 0 of classes 0,1,2, rank 1 of classes 0,2, rank 2 of class 0, ...
+    assert D.stratified_subset(labels, 7).tolist() == [0, 4, 5, 1, 6, 2, 3]
+    assert D.stratified_subset(labels, 4).tolist() == [0, 4, 5, 1]
+    with pytest.raises(DataError):
+        D.stratified_subset(labels, 8)

@@ -63,3 +63,18 @@ def test_demo_can_train_its_model(tmp_path):
         assert f.attrs["input_preprocessing"] == "pixels/255"
         assert f.attrs["training_epochs"] == 1
     assert out["reference_accuracy"] > 0.5          # one epoch of Adam already learns MNIST
+
+
+def test_demo_labels_come_from_the_model_and_configuration():
+    """Issue 10 item 6: not a hard-coded "784-100-10" / "g_u = 1"."""
+    from refmem import CrossbarConfig, Dense, Network, ReLU
+    from refmem.demo import _labels
+
+    rng = np.random.default_rng(0)
+    net = Network([Dense(rng.normal(size=(50, 784)), None), ReLU(),
+                   Dense(rng.normal(size=(10, 50)), None)], (784,))
+    lab = _labels(net, "/x/my_model.h5", CrossbarConfig(g_u=1.5, g_min=0.1, design="layer"))
+    assert "784-50-10 MLP" in lab["title"] and "my_model.h5" in lab["title"]
+    assert "layer design" in lab["title"] and "g_u = 1.5" in lab["title"]
+    assert "g_u = 1.5" in lab["xlabel"] and "g_min = 0.1" in lab["xlabel"]
+    assert "784-100-10" not in lab["title"]

@@ -1,5 +1,7 @@
 """Crossbar mapping invariants (spec §3, oracle O23), designs, λ/g_u options, quantization grid."""
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -131,6 +133,29 @@ def test_sigma_table_interpolates_and_rejects_out_of_range():
     np.testing.assert_allclose(blk.vp, s**2, rtol=1e-12)
     with pytest.raises(ConfigError, match="sigma table covers"):
         map_network(net, CrossbarConfig(sigma_table=table, g_u=2.5)).layers[0].block()
+
+
+
+@pytest.mark.parametrize("design", ["scalar", "layer", "column"])
+def test_sigma_table_range_error_names_the_full_range_before_computing(design):
+    """Issue 10 item 6: the error comes from map_network (before any computation) and names
+    the whole range [g_min, g_u] of g⁺ and g⁻ — with layer/column w^u the largest |w| of a
+    layer sits exactly at g_u (Eqs. (5)–(6)), the smallest device at g_min."""
+    rng = np.random.default_rng(7)
+    net = small_cnn(rng)
+    gmin, gu = 0.3, 1.7
+    ok = (np.array([gmin, gu]), np.array([0.01, 0.02]))
+    map_network(net, CrossbarConfig(sigma_table=ok, g_u=gu, g_min=gmin, design=design))
+    for table in [(np.array([gmin, gu - 0.05]), np.array([0.01, 0.02])),
+                  (np.array([gmin + 0.05, gu]), np.array([0.01, 0.02]))]:
+        with pytest.raises(ConfigError, match=re.escape(f"[{gmin:g}, {gu:g}]")) as e:
+            map_network(net, CrossbarConfig(sigma_table=table, g_u=gu, g_min=gmin,
+                                            design=design))
+        assert "g+ and g-" in str(e.value)
+    # a noiseless layer needs no coverage: only layer 1 noisy, its own range is checked
+    mapped = map_network(net, CrossbarConfig(sigma_table=ok, g_u=gu, g_min=gmin, design=design,
+                                             noisy_layers="1"))
+    assert mapped.layers[1].noisy and not mapped.layers[0].noisy
 
 
 def test_quantization_grid_oracles():

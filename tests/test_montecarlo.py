@@ -399,7 +399,6 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
     full = monte_carlo(mapped, x, n=100, seed=5, block=16, cov=True, labels=y)
 
     ck = tmp_path / "run.ckpt.npz"
-    monkeypatch.setattr(mc, "CHECKPOINT_SECONDS", 0.0)
     real = mc._draw_inputs
     calls = {"n": 0}
 
@@ -437,3 +436,99 @@ def test_sigma_sweep_matches_single_runs_and_scales():
     single = monte_carlo(map_network(net, cfg.with_(sigma=0.02)), x, n=50, seed=4)
     assert np.array_equal(sweep[1][1].var, single.var)
     np.testing.assert_allclose(sweep[1][1].var, 4 * sweep[0][1].var, rtol=1e-9)
+
+
+@pytest.mark.parametrize("sigma", [1e-8, 1e-9])
+def test_variance_and_its_se_survive_a_huge_quantization_bias(sigma):
+    """Issue 10 regression: 2-bit fixed quantization (bias ~0.1–1) with σ ≤ 1e-8 (|bias|/sd ≥ 1e6) — the variance and its SE agree with the closed forms Var Z_j = 2σ²/λ² (1 + ‖x‖²)
+    (spec §4, design "layer", λ = (g_u − g_min)/max|[W; b]|) and SE(s²) = Var √(2/n) (Gaussian
+    output), where raw power sums gave an SE of 0 or 27× the variance."""
+    rng = np.random.default_rng(21)
+    net, W, b = dense_net(rng, 5, 3)
+    x = rng.uniform(0, 1, size=(2, 5))
+    gmin, gu = 0.2, 1.3
+    cfg = CrossbarConfig(sigma=sigma, bits=2, g_min=gmin, g_u=gu, design="layer")
+    n = 4096
+    res = monte_carlo(map_network(net, cfg), x, n=n, seed=3)
+    lam = (gu - gmin) / max(np.abs(W).max(), np.abs(b).max())
+    var = 2 * sigma**2 / lam**2 * (1 + (x**2).sum(1))[:, None] * np.ones(3)
+    bias = res.mean - res.reference
+    assert np.all(np.abs(bias) / np.sqrt(var) >= 1e6)
+    assert_within(res.var, var, res.var_se, m=2 * 6, what="variance")
+    # the SE estimate itself has relative sd √(56/n)/4 for a Gaussian output
+    rel = 4.5 * np.sqrt(56 / n) / 4
+    np.testing.assert_allclose(res.var_se, var * np.sqrt(2 / n), rtol=rel)
+    np.testing.assert_allclose(res.mse, bias**2 + res.var * (n - 1) / n, rtol=1e-12)
+
+
+@pytest.mark.parametrize("die_at", [2, 3, 6])
+def test_resumes_from_every_completed_block(tmp_path, monkeypatch, die_at):
+    """Issue 10 item 6: the checkpoint is written after every completed seed block, so a run
+    interrupted in block k resumes from block k (no time threshold), bit-identically."""
+    import refmem.montecarlo as mc
+
+    rng = np.random.default_rng(22)
+    net, _, _ = dense_net(rng, 4, 3)
+    x = rng.uniform(size=(2, 4))
+    mapped = map_network(net, CrossbarConfig(sigma=0.1))
+    full = monte_carlo(mapped, x, n=7 * 8, seed=9, block=8, cov=True, chunk=8)
+    ck = tmp_path / "c.npz"
+    real = mc._draw_inputs
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == die_at:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mc, "_draw_inputs", dying)
+    with pytest.raises(KeyboardInterrupt):
+        monte_carlo(mapped, x, n=7 * 8, seed=9, block=8, cov=True, chunk=8, checkpoint=ck)
+    with np.load(ck) as z:
+        assert int(z["next_block"]) == die_at - 1
+    monkeypatch.setattr(mc, "_draw_inputs", real)
+    resumed = monte_carlo(mapped, x, n=7 * 8, seed=9, block=8, cov=True, checkpoint=ck)
+    for k, v in full.datasets().items():
+        assert np.array_equal(v, resumed.datasets()[k]), k
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_checkpoint_write_failure_leaves_no_temporary(tmp_path, monkeypatch):
+    """A full disk while checkpointing is a one-line DataError; the temporary is removed and
+    the previous checkpoint is untouched."""
+    import errno
+
+    import refmem.montecarlo as mc
+
+    rng = np.random.default_rng(23)
+    net, _, _ = dense_net(rng, 3, 2)
+    mapped = map_network(net, CrossbarConfig(sigma=0.1))
+    x = rng.uniform(size=(1, 3))
+    ck = tmp_path / "c.npz"
+    real = np.savez
+    calls = {"n": 0}
+
+    def full_disk(f, **state):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, **state)
+
+    monkeypatch.setattr(mc.np, "savez", full_disk)
+    with pytest.raises(DataError, match="No space left"):
+        monte_carlo(mapped, x, n=40, seed=1, block=8, checkpoint=ck)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+    with np.load(ck) as z:
+        assert int(z["next_block"]) == 1
+
+
+def test_overflow_stops_at_the_first_block_and_leaves_no_checkpoint(tmp_path):
+    rng = np.random.default_rng(24)
+    net, _, _ = dense_net(rng, 3, 2)
+    mapped = map_network(net, CrossbarConfig(sigma=0.1))
+    ck = tmp_path / "c.npz"
+    with np.errstate(all="ignore"), pytest.raises(DataError, match="overflowed"):
+        monte_carlo(mapped, np.full((2, 3), 1e300), n=64, seed=0, block=8, checkpoint=ck)
+    assert list(tmp_path.iterdir()) == []

@@ -138,7 +138,7 @@ def test_model_file_errors(tmp_path):
 
 
 def test_config_json_round_trip_and_validation():
-    cfg = CrossbarConfig(sigma=0.05, alpha=0.1, bits=(4, None), g_min=0.1, g_max=5.0,
+    cfg = CrossbarConfig(alpha=0.1, bits=(4, None), g_min=0.1, g_max=5.0,
                          g_u={0: [1.0, 2.0], 1: 3.0}, design="column", mapping="UL", r=2.0,
                          noisy_layers=("first", -1), sigma_table=([0.0, 5.0], [0.01, 0.02]))
     back = CrossbarConfig.from_json(cfg.to_json())
@@ -150,7 +150,10 @@ def test_config_json_round_trip_and_validation():
                      (dict(design="row"), "design"), (dict(mapping="XX"), "mapping"),
                      (dict(r=0), "r must be"), (dict(bits=1), "bits"),
                      (dict(g_min=1.0, g_max=0.5), "g_max"),
-                     (dict(noisy_layers="second"), "unknown layer")]:
+                     (dict(noisy_layers="second"), "unknown layer"),
+                     (dict(noisy_layers=""), "empty"), (dict(bits=54), "bits"),
+                     (dict(sigma=0.3, sigma_table=([0.0, 1.0], [0.1, 0.1])), "not both"),
+                     (dict(g_u={0: 1.0}, design="layer"), "column")]:
         with pytest.raises(ConfigError, match=msg):
             CrossbarConfig(**bad)
     with pytest.raises(ConfigError, match="unknown configuration field"):

@@ -173,7 +173,7 @@ def check(golden, candidate=None, *, only=None, tier="float64", quantities=None)
                 names = [n for n in names if n in sel[cid]]
             if pats is not None:
                 names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-            got = _candidate_case(cand, cid, case)
+            got = _read_candidate_case(cand, cid, case, candidate)
             for name in names:
                 rows.append(_row(cid, name, case, got, tier))
     finally:
@@ -184,6 +184,17 @@ def check(golden, candidate=None, *, only=None, tier="float64", quantities=None)
     return CheckReport(golden=suite.path, tier=tier,
                        candidate=str(candidate) if candidate is not None else "refmem (self-test)",
                        rows=rows)
+
+
+def _read_candidate_case(cand, cid, case, candidate):
+    """:func:`_candidate_case` with damage inside a candidate file as one-line DataError."""
+    if cand is None:
+        return _candidate_case(cand, cid, case)
+    try:
+        return _candidate_case(cand, cid, case)
+    except (OSError, RuntimeError, KeyError) as e:
+        raise DataError(f"candidate {candidate} is damaged or unreadable "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
 
 
 def _candidate_case(cand, cid, case):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import CrossbarConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RefmemError
 from ..network import Network
 from .cases import (ENTROPY, FILENAME, FORMAT, QUANTITIES, SPEC, TIERS, VERSION, _dataset_tags,
                     _feature_tags, _layer_kinds, _scales, build_cases, recompute_case)
@@ -247,7 +247,14 @@ def read_suite(path, *, only=None) -> GoldenSuite:
                None if only is None else tuple(only))
         if key in _CACHE:
             return _CACHE[key]
-    suite = _read_suite(path, only)
+    try:
+        suite = _read_suite(path, only)
+    except RefmemError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+        # damage inside the HDF5 file (h5py: bad B-tree, truncated heap, dangling link, …)
+        raise DataError(f"golden file {path} is damaged or unreadable ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]})") from None
     if key is not None:
         _CACHE.clear()
         _CACHE[key] = suite

@@ -10,7 +10,8 @@ noisy weights only if the noisy weights are taken into account during the traini
     every weight (and bias row) is a differential pair of devices with noise std σ each, so in
     weight units it receives additive ``N(0, 2σ²/λ²)`` with ``λ = (g_u − g_min)/w^u`` and
     ``w^u`` the max-abs weight (bias included) over the ``scalar`` / ``layer`` / ``column``
-    scope (spec §3.1; column = one output neuron or one output channel, the UR mapping).
+    scope (theory §3.1; column = one output neuron or one output channel, the UR mapping),
+    computed by the mapping's code: an all-zero column takes its layer's ``w^u``.
 
 Procedure (one step of :class:`~refmem.training.trainer.Trainer` with ``noise=...``):
 
@@ -143,30 +144,22 @@ class DeviceNoise(WeightNoise):
     def scales(self, model) -> dict:
         r"""λ per crossbar position: ``{position: array (C_out,)}`` (constant per column).
 
-        :math:`\lambda = (g_u - g_{\min})/w^u`; ``w^u = 0`` (an all-zero scope) gives λ = ∞,
-        i.e. no noise.
+        :math:`\lambda = (g_u - g_{\min})/w^u` with ``w^u`` from the mapping's own code
+        (:func:`refmem.mapping.column_wu`, :func:`refmem.mapping.design_wu`; theory §3.1), so
+        training and the crossbar agree: an all-zero column takes the ``w^u`` of its layer
+        (and is noisy), an all-zero layer is a :class:`~refmem.errors.ConfigError`.
         """
+        from ..mapping import column_wu, design_wu
+
         xb = model.crossbar_layers()
-        colmax = {}
+        cols = []
         for i in xb:
             p = model.layers[i].params
-            w = np.abs(p["weight"]).reshape(p["weight"].shape[0], -1).max(axis=1)
-            if "bias" in p:
-                w = np.maximum(w, np.abs(p["bias"]))
-            colmax[i] = w.astype(np.float64)
-        if self.design == "scalar":
-            wu_all = max(float(v.max()) for v in colmax.values())
-            wu = {i: np.full_like(v, wu_all) for i, v in colmax.items()}
-        elif self.design == "layer":
-            wu = {i: np.full_like(v, v.max()) for i, v in colmax.items()}
-        else:
-            wu = colmax
-        lam = {}
-        for k, i in enumerate(xb):
-            span = self._gu(k, len(xb)) - self.g_min
-            with np.errstate(divide="ignore"):
-                lam[i] = np.where(wu[i] > 0, span / np.where(wu[i] > 0, wu[i], 1.0), np.inf)
-        return lam
+            w = np.asarray(p["weight"], dtype=np.float64)
+            b = np.asarray(p["bias"], dtype=np.float64) if "bias" in p else None
+            cols.append(column_wu(w.reshape(w.shape[0], -1).T, b, "FC", None, True))
+        wu = design_wu(cols, self.design)
+        return {i: (self._gu(k, len(xb)) - self.g_min) / wu[k] for k, i in enumerate(xb)}
 
     def draw(self, model, rng):
         lam = self.scales(model)
