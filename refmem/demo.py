@@ -128,7 +128,11 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     h5, png = out_dir / "demo.h5", out_dir / "demo.png"
     done = False
     try:
-        out_dir.mkdir(exist_ok=True)
+        try:
+            out_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot create the output directory {out_dir}: "
+                            f"{e.strerror or type(e).__name__}") from None
         inputs = {} if model_path is None else {"model": model_path}
         check_output(h5, "demo", inputs, force=force)
         check_output(png, "demo-figure", inputs, force=force)

@@ -55,15 +55,31 @@ def write_suite(out_dir, *, only=None) -> Path:
     from ..io import atomic_h5, atomic_write
     from ..mapping import map_network
 
+    from ..io import check_output
+
+    if str(out_dir) == "":
+        raise DataError("the golden output directory name is empty")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"golden output {out_dir} exists and is not a directory")
+    created = False
     if not out_dir.exists():
-        if not out_dir.parent.exists():
+        if not out_dir.parent.is_dir():
             raise DataError(f"output directory does not exist: {out_dir.parent}")
-        out_dir.mkdir()
-    cases = build_cases(only)
+        try:
+            out_dir.mkdir()
+        except OSError as e:
+            raise DataError(f"cannot create the golden output directory {out_dir}: "
+                            f"{e.strerror or type(e).__name__}") from None
+        created = True
     path = out_dir / FILENAME
+    try:
+        check_output(path, FORMAT)              # before any computation (refmem.io)
+    except BaseException:
+        if created:
+            out_dir.rmdir()
+        raise
+    cases = build_cases(only)
     summary = []
     with atomic_h5(path, FORMAT) as f:
         attrs = {"refmem_version": __version__, "numpy_version": np.__version__,
