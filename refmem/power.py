@@ -20,7 +20,8 @@ the programmed devices, so ``block().vp/.vm`` (device variances only; zero for a
 noise is switched off) are used here, never ``block().v``.
 
 All functions take the layer's **input** moments (spec §15, Algorithm 1 corrected): mean
-``mu`` (L,) and covariance ``gamma`` (L, L) or ``None`` (deterministic input).
+``mu`` (L,) and covariance ``gamma`` (L, L), a block-diagonal
+:class:`refmem.moments.layout.BlockDiag`, or ``None`` (deterministic input).
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .layers import gather_patches
+from .moments.layout import BlockDiag, cov_diagonal
+
 __all__ = ["fc_power", "ur_power", "ul_power", "layer_power", "patch_quadforms"]
 
 
 def _q(mu, gamma):
     """q_i = E X_i² = μ_i² + Γ_ii."""
-    return mu * mu if gamma is None else mu * mu + np.diagonal(gamma)
+    d = cov_diagonal(gamma)
+    return mu * mu if d is None else mu * mu + d
 
 
 def fc_power(blk, mu, gamma, r):
@@ -62,7 +67,8 @@ def fc_power(blk, mu, gamma, r):
         EI = mu @ g                                                 # E I = gᵀ μ + g^b x_b
         VI = q @ vdev                                               # Σ σ²(g_i) q_i
         if gamma is not None:
-            VI = VI + np.einsum("ij,ij->j", g, gamma @ g)           # gᵀ Γ g
+            Gg = gamma.matmul(g) if isinstance(gamma, BlockDiag) else gamma @ g
+            VI = VI + np.einsum("ij,ij->j", g, Gg)                  # gᵀ Γ g
         if gb is not None:
             EI = EI + gb
             VI = VI + vbdev
@@ -73,9 +79,8 @@ def fc_power(blk, mu, gamma, r):
 
 
 def _gather(vec, idx):
-    """``vec[ι(p, a)]`` with 0 in the padding: (n_pos, taps)."""
-    ext = np.concatenate([vec, [0.0]])
-    return ext[np.where(idx < 0, vec.shape[0], idx)]
+    """``vec[ι(p, a)]`` with 0 in the padding: (n_pos, taps) (im2col, :func:`gather_patches`)."""
+    return gather_patches(vec[None, :], idx)[0]
 
 
 def patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
@@ -92,7 +97,11 @@ def patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
     for p0 in range(0, n_pos, step):
         s = safe[p0:p0 + step]
         m = ok[p0:p0 + step]
-        Gp = gamma[s[:, :, None], s[:, None, :]] * (m[:, :, None] * m[:, None, :])
+        if isinstance(gamma, BlockDiag):
+            Gp = gamma.take(s[:, :, None], s[:, None, :])
+        else:
+            Gp = gamma[s[:, :, None], s[:, None, :]]
+        Gp *= m[:, :, None] * m[:, None, :]
         out[p0:p0 + step] = np.einsum("pab,ac,bc->pc", Gp, Wm, Wm, optimize=True)
     return out
 
@@ -162,7 +171,7 @@ def ul_power(ml, mu, gamma, r, blocks):
             VIm[c] += blk.vbm
     if gamma is not None:
         lam = ml.lam
-        rs = gamma.sum(axis=1)
+        rs = gamma.row_sums() if isinstance(gamma, BlockDiag) else gamma.sum(axis=1)
         tot = float(rs.sum())
         rsp = _gather(rs, ml.idx)                        # (n_pos, taps)
         for VI, wpm in ((VIp, np.maximum(ml.W, 0.0)), (VIm, np.maximum(-ml.W, 0.0))):

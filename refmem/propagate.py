@@ -1,0 +1,327 @@
+"""The analytic network pass (Kern et al., Algorithm 1 as corrected in theory §15).
+
+:func:`propagate` carries the mean and covariance of every input through the batchnorm-fused
+network by composing the public layer functions of :mod:`refmem.moments`
+(:func:`~refmem.moments.dense_moments`, :func:`~refmem.moments.ur_moments`,
+:func:`~refmem.moments.ul_moments`, :func:`~refmem.moments.pool_moments`,
+:func:`~refmem.moments.relu_layer_moments` / :func:`~refmem.moments.relu_pool_moments` around
+:func:`refmem.relu.relu_moments`) and the power functions of :mod:`refmem.power`
+(:func:`~refmem.power.fc_power`, :func:`~refmem.power.ur_power`,
+:func:`~refmem.power.ul_power`): what the equation index names is what runs.
+
+Memory: the input covariance of a layer is handed over (``[Γ]``) and freed as soon as the
+layer has read it; after a deterministic input the covariance stays block-diagonal across
+channels (:class:`refmem.moments.BlockDiag`) until a convolution mixes the channels; a ReLU
+followed by average pooling runs as one fused step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .layers import AvgPool2d, Conv2d, Dense, Flatten, ReLU
+from .moments import (dense_moments, pool_moments, relu_layer_moments, relu_pool_moments,
+                      symmetrize, ul_moments, ul_noise, ur_moments)
+from .moments.activation import warn_clipped
+from .moments.conv import CHUNK_BYTES
+from .moments.layout import as_dense, cov_diagonal
+from .power import fc_power, ul_power, ur_power
+
+__all__ = ["propagate", "MomentsResult"]
+
+UL_CACHE_BYTES = 2 * CHUNK_BYTES
+"""Explicit UL column blocks up to this size are built once per call and reused per input."""
+
+
+@dataclass
+class MomentsResult:
+    """Analytic moments, MSE and power for a batch of ``B`` inputs and ``J`` outputs.
+
+    Attributes
+    ----------
+    mean, var, mse, reference, bias : ndarray (B, J)
+        Output mean and variance, per-output MSE ``var + (mean − reference)²`` (theory §9),
+        the reference output (unquantized noiseless network) and ``bias = mean − reference``.
+    cov : ndarray (B, J, J) or None
+        Full output covariance (only when requested).
+    power : ndarray (B,)
+        Expected total power per inference (theory §11).
+    power_layers, power_mem, power_tia_pos, power_tia_neg : ndarray (B, n_crossbar)
+        Per crossbar layer: total, memristors (bias rows included), TIA of the positive and
+        negative arrays.
+    mse_mean, mse_max : ndarray (B,)
+        MSE averaged / maximised over outputs.
+    per_layer : dict or None
+        ``{position: {"mean": (B, n), "var": (B, n)}}`` after every layer of the fused
+        network (when requested).
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    mse: np.ndarray
+    reference: np.ndarray
+    bias: np.ndarray
+    cov: np.ndarray | None
+    power: np.ndarray
+    power_layers: np.ndarray
+    power_mem: np.ndarray
+    power_tia_pos: np.ndarray
+    power_tia_neg: np.ndarray
+    mse_mean: np.ndarray
+    mse_max: np.ndarray
+    per_layer: dict | None = field(default=None, repr=False)
+
+    def datasets(self) -> dict:
+        """Name → array, as written by ``refmem moments`` (docs/result_format.md)."""
+        d = {k: getattr(self, k) for k in (
+            "mean", "var", "mse", "reference", "bias", "power", "power_layers", "power_mem",
+            "power_tia_pos", "power_tia_neg", "mse_mean", "mse_max")}
+        if self.cov is not None:
+            d["cov"] = self.cov
+        return d
+
+    def groups(self) -> dict:
+        """``"layers/NN"`` → ``{"mean": (B, n), "var": (B, n)}`` (empty without ``per_layer``)."""
+        if not self.per_layer:
+            return {}
+        return {f"layers/{pos:02d}": dict(v) for pos, v in sorted(self.per_layer.items())}
+
+
+def _check_input_cov(input_cov, B, L):
+    """Validate ``input_cov`` ((L, L) or (B, L, L)); returns a per-sample getter."""
+    if input_cov is None:
+        return lambda b: None
+    C = np.asarray(input_cov)
+    if C.dtype.kind not in "biuf":
+        raise DataError(f"input covariance must be numeric, got dtype {C.dtype}")
+    C = C.astype(np.float64, copy=False)
+    if C.shape not in ((L, L), (B, L, L)):
+        raise DataError(f"input covariance has shape {C.shape}, expected ({L}, {L}) or "
+                        f"({B}, {L}, {L})")
+    if not np.all(np.isfinite(C)):
+        raise DataError("input covariance contains NaN or infinite values")
+    mats = [C] if C.ndim == 2 else list(C)
+    for M in mats:
+        scale = float(np.max(np.abs(M))) if M.size else 0.0
+        if scale == 0.0:
+            continue
+        if np.max(np.abs(M - M.T)) > 1e-10 * scale:
+            raise DataError("input covariance is not symmetric")
+        if np.any(np.diagonal(M) < 0):
+            raise DataError("input covariance has a negative variance on its diagonal")
+        if np.linalg.eigvalsh(0.5 * (M + M.T))[0] < -1e-10 * max(float(np.trace(M)), scale):
+            raise DataError("input covariance is not positive semi-definite")
+
+    def get(b):
+        M = C if C.ndim == 2 else C[b]
+        if not np.any(M):
+            return None                       # a zero covariance is a deterministic input
+        return symmetrize(np.array(M, dtype=np.float64, order="C"))
+    return get
+
+
+class _Prepared:
+    """Static per-layer data shared by all samples (blocks of small layers are cached)."""
+
+    def __init__(self, mapped, cache_bytes=None):
+        self.mapped = mapped
+        self.bypos = mapped.by_position()
+        self.blk = {}
+        self.ul_cache = {}
+        self.cache_bytes = UL_CACHE_BYTES if cache_bytes is None else cache_bytes
+        for pos, ml in self.bypos.items():
+            if ml.scheme in ("FC", "UR"):
+                self.blk[pos] = ml.block()
+
+    def ul_blocks(self, pos):
+        """Column blocks of a UL layer (cached when small, else rebuilt on each call)."""
+        if pos in self.ul_cache:
+            return self.ul_cache[pos]
+        ml = self.bypos[pos]
+        L, J = ml.n_rows, ml.n_cols
+        per_col = 8 * L * 10                            # ~10 dense (L,) arrays per column
+        step = int(max(1, self.cache_bytes // per_col))
+        if per_col * J <= self.cache_bytes:
+            blocks = [ml.block()]
+            self.ul_cache[pos] = blocks
+            return blocks
+        return (ml.block(np.arange(c0, min(J, c0 + step))) for c0 in range(0, J, step))
+
+
+def _crossbar_step(prep, pos, mu, cur, layout):
+    """Power (from the input moments) then moments of one crossbar layer.
+
+    ``cur`` is the one-element list holding the input covariance; the layer function empties
+    it (releases Γ). Returns ``(power, mean, cov)``.
+    """
+    ml = prep.bypos[pos]
+    r = ml.config.r
+    G = cur[0]
+    if ml.scheme == "FC":
+        blk = prep.blk[pos]
+        pw = fc_power(blk, mu, G, r)
+        del G
+        mean, cov = dense_moments(blk.W, blk.b, blk.v, blk.vb, mu, cur, layout=layout)
+    elif ml.scheme == "UR":
+        blk = prep.blk[pos]
+        pw = ur_power(blk, ml.idx, mu, G, r)
+        del G
+        mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout)
+    else:
+        noise = np.empty(ml.n_cols)
+
+        def blocks_with_noise(G):
+            for blk in prep.ul_blocks(pos):
+                ul_noise([blk], mu, G, ml.n_cols, out=noise)     # Σ_n v_nj q_n over all L rows
+                yield blk
+        pw = ul_power(ml, mu, G, r, blocks_with_noise(G))
+        del G
+        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout)
+    pw.total = pw.mem + pw.tia_pos + pw.tia_neg
+    return pw, mean, cov
+
+
+def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress=False,
+              layout="blocks", fuse_relu_pool=True):
+    r"""Analytic output moments, MSE and power of ``mapped`` for a batch ``x`` (theory §15).
+
+    Algorithm 1 as corrected in theory §15 (D16): for every sample, every layer's power and
+    output moments are computed from its **input** moments ``(μ, Γ)``; Γ is symmetric after
+    every linear layer; the ReLU covariance rule is ``mapped.config.relu_cov`` (``exact``,
+    theory §8.2, default; or ``taylor``, Eq. (28)). ``r`` enters power only (theory §3.3).
+
+    With ``taylor`` the covariance can stop being PSD (D15) and a ReLU can receive a negative
+    variance; it is set to zero and the pass warns once (:class:`TaylorNotPSDWarning`) with
+    the count and the most negative value.
+
+    Parameters
+    ----------
+    mapped : refmem.mapping.MappedNetwork
+        From :func:`refmem.map_network` (batchnorm fused, dropout removed).
+    x : array (B, *input_shape)
+        Inputs (the mean input when ``input_cov`` is given).
+    input_cov : array (L, L) or (B, L, L), optional
+        Covariance of a random input around ``x`` (L = prod(input_shape)); must be finite,
+        symmetric and PSD. None: deterministic inputs (lazy covariance).
+    cov : bool
+        Keep the full output covariance (``result.cov``, (B, J, J)).
+    per_layer : bool
+        Record the mean and variance after every layer (``result.groups()``).
+    progress : bool
+        Show a tqdm progress bar over the layers of every input.
+    layout : {"blocks", "dense"}
+        Covariance layout after a deterministic input: block-diagonal across channels until a
+        layer mixes them (default), or dense from the first crossbar layer on. Same numbers.
+    fuse_relu_pool : bool
+        Run a ReLU followed by average pooling as :func:`refmem.moments.relu_pool_moments`.
+
+    Returns
+    -------
+    MomentsResult
+    """
+    net = mapped.network
+    x = net.check_input(x)
+    B = x.shape[0]
+    L = int(np.prod(net.input_shape))
+    get_cov = _check_input_cov(input_cov, B, L)
+    if layout not in ("blocks", "dense"):
+        raise ConfigError(f"layout must be 'blocks' or 'dense', got {layout!r}")
+    fused = mapped.fused
+    shapes = fused.shapes
+    mode = mapped.config.relu_cov
+    clip_negative = mode == "taylor"
+    prep = _Prepared(mapped)
+    n_xb = mapped.n_crossbar
+    xb_index = {ml.position: ml.index for ml in mapped.layers}
+    layers = fused.layers
+    for pos, layer in enumerate(layers):
+        if not isinstance(layer, (Dense, Conv2d, AvgPool2d, ReLU, Flatten)):
+            raise ConfigError(f"layer {pos:02d} ({layer.type}) is not supported by the analytic pass")
+
+    J = int(np.prod(shapes[-1]))
+    mean = np.empty((B, J))
+    var = np.empty((B, J))
+    covs = np.empty((B, J, J)) if cov else None
+    p_mem = np.zeros((B, n_xb))
+    p_tp = np.zeros((B, n_xb))
+    p_tn = np.zeros((B, n_xb))
+    rec = {pos: {"mean": np.empty((B, int(np.prod(shapes[pos + 1])))),
+                 "var": np.empty((B, int(np.prod(shapes[pos + 1]))))}
+           for pos in range(len(layers))} if per_layer else None
+    clipped = [0, 0.0, set()]                       # count, most negative, ReLU positions
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=B * len(layers), desc="moments", unit="layer")
+
+    def record(pos, b, mu, G):
+        if rec is not None:
+            rec[pos]["mean"][b] = mu
+            d = cov_diagonal(G)
+            rec[pos]["var"][b] = 0.0 if d is None else d
+
+    for b in range(B):
+        mu = x[b].reshape(-1).copy()
+        cur = [get_cov(b)]                          # the only reference to the covariance
+        pos = 0
+        while pos < len(layers):
+            layer = layers[pos]
+            if bar is not None:
+                bar.set_postfix_str(f"input {b}, layer {pos:02d} {layer.type}")
+            step = 1
+            if pos in prep.bypos:
+                pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout)
+                cur.append(G)
+                del G
+                k = xb_index[pos]
+                p_mem[b, k], p_tp[b, k], p_tn[b, k] = pw.mem, pw.tia_pos, pw.tia_neg
+            elif isinstance(layer, ReLU):
+                nxt = layers[pos + 1] if pos + 1 < len(layers) else None
+                if fuse_relu_pool and isinstance(nxt, AvgPool2d) and rec is None:
+                    mu, G, clip = relu_pool_moments(mu, cur, shapes[pos], nxt.kernel_size, mode,
+                                                    clip_negative=clip_negative)
+                    step = 2
+                else:
+                    mu, G, clip = relu_layer_moments(mu, cur, mode, clip_negative=clip_negative)
+                cur.append(G)
+                del G
+                if clip[0]:
+                    clipped[0] += clip[0]
+                    clipped[1] = min(clipped[1], clip[1])
+                    clipped[2].add(pos)
+            elif isinstance(layer, AvgPool2d):
+                mu, G = pool_moments(mu, cur, shapes[pos], layer.kernel_size)
+                cur.append(G)
+                del G
+            # Flatten: identity on the flat NCHW vector
+            record(pos, b, mu, cur[0])
+            pos += step
+            if bar is not None:
+                bar.update(step)
+        G = as_dense(cur.pop())
+        mean[b] = mu
+        if G is None:
+            var[b] = 0.0
+            if cov:
+                covs[b] = 0.0
+        else:
+            var[b] = np.diagonal(G)
+            if cov:
+                covs[b] = G
+        del G
+    if bar is not None:
+        bar.close()
+    warn_clipped(clipped[0], clipped[1], len(clipped[2]))
+
+    ref = mapped.reference(x)
+    bias = mean - ref
+    mse = var + bias * bias                                     # theory §9, Eq. (7)
+    p_layers = p_mem + p_tp + p_tn
+    return MomentsResult(mean=mean, var=var, mse=mse, reference=ref, bias=bias, cov=covs,
+                         power=p_layers.sum(axis=1), power_layers=p_layers, power_mem=p_mem,
+                         power_tia_pos=p_tp, power_tia_neg=p_tn, mse_mean=mse.mean(axis=1),
+                         mse_max=mse.max(axis=1), per_layer=rec)
