@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 
 from .layers import gather_patches
 from .moments.layout import BlockDiag, cov_diagonal
 
-__all__ = ["fc_power", "ur_power", "ul_power", "layer_power", "patch_quadforms"]
+__all__ = ["fc_power", "ur_power", "ul_power", "layer_power", "patch_quadforms", "patch_gram"]
 
 
 def _q(mu, gamma):
@@ -106,6 +107,40 @@ def patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
     return out
 
 
+@numba.njit(parallel=True, cache=True)
+def _patch_gram_kernel(G, s, idx, out):
+    """``out[a, a'] = Σ_p Γ[ι(p,a), ι(p,a')]`` with Γ as blocks ``G`` (nb, s, s), 0 across blocks."""
+    n_pos, taps = idx.shape
+    for a in numba.prange(taps):
+        for b in range(taps):
+            acc = 0.0
+            for p in range(n_pos):
+                i = idx[p, a]
+                j = idx[p, b]
+                if i >= 0 and j >= 0:
+                    bi = i // s
+                    if bi == j // s:
+                        acc += G[bi, i - bi * s, j - bi * s]
+            out[a, b] = acc
+
+
+def patch_gram(gamma, idx):
+    r"""``S[a, a'] = Σ_p Γ[ι(p,a), ι(p,a')]`` (taps × taps; ``Γ_∅ = 0`` in the padding).
+
+    The sum over positions of the patch covariances of theory §11.2: the total TIA quadratic
+    form of a UR layer is ``Σ_{c,p} g_cᵀ Γ_p g_c = Σ_c g_cᵀ S g_c`` (and of a UL layer with
+    a constant λ per layer). ``gamma``: dense (L, L) or :class:`BlockDiag`.
+    """
+    if isinstance(gamma, BlockDiag):
+        G, s = gamma.blocks, gamma.s
+    else:
+        G, s = gamma[None], gamma.shape[0]
+    taps = idx.shape[1]
+    out = np.empty((taps, taps))
+    _patch_gram_kernel(G, s, np.ascontiguousarray(idx, dtype=np.int64), out)
+    return out
+
+
 def ur_power(blk, idx, mu, gamma, r):
     r"""Expected power of a UR convolution crossbar (spec §11.2, Corollary 2 corrected).
 
@@ -116,8 +151,10 @@ def ur_power(blk, idx, mu, gamma, r):
       (Prop. 7 with the tap-shifted input, D21; eq. (37) with ``2 g_min``, D22);
     - TIA: ``r Σ_p [(E I±_{c_o,p})² + V I±_{c_o,p}]`` (Prop. 8 via currents, D23), where
       ``V I = gᵀ Γ_p g + Σ_a σ²(g_a) q_ι(p,a) + σ²(g^b)``; shared devices do not matter here.
+      Only the sum over positions enters, so ``Σ_p gᵀ Γ_p g = gᵀ S g`` (:func:`patch_gram`).
     """
     n_pos = idx.shape[0]
+    S = None if gamma is None else patch_gram(gamma, idx)
     qp = _gather(_q(mu, gamma), idx)                    # (n_pos, taps)
     mp_ = _gather(mu, idx)
     qsum = qp.sum(axis=0)                               # Σ_p q_ι(p,a)
@@ -127,12 +164,11 @@ def ur_power(blk, idx, mu, gamma, r):
                                (blk.gm, blk.vm, blk.gbm, blk.vbm)):
         EI = mp_ @ g                                    # (n_pos, C_out)
         VI = qp @ vdev
-        if gamma is not None:
-            VI = VI + patch_quadforms(gamma, idx, g)
+        quad = 0.0 if S is None else float(np.sum(g * (S @ g)))     # Σ_{c,p} g_cᵀ Γ_p g_c
         if gb is not None:
             EI = EI + gb
             VI = VI + vbdev
-        tia.append(r * float(np.sum(EI * EI + VI)))
+        tia.append(r * (float(np.sum(EI * EI + VI)) + quad))
     if blk.gbp is not None:
         mem += n_pos * float(np.sum(blk.gbp + blk.gbm))  # eq. (37): n_pos (λ|b| + 2 g_min) x_b²
     return SimpleNamespace(mem=mem, tia_pos=tia[0], tia_neg=tia[1])
@@ -174,12 +210,21 @@ def ul_power(ml, mu, gamma, r, blocks):
         rs = gamma.row_sums() if isinstance(gamma, BlockDiag) else gamma.sum(axis=1)
         tot = float(rs.sum())
         rsp = _gather(rs, ml.idx)                        # (n_pos, taps)
+        # per-column λ (column design): per-position quadratic forms; else only their sum
+        S = patch_gram(gamma, ml.idx) if np.all(lam == lam[0]) else None
+        quads = []
         for VI, wpm in ((VIp, np.maximum(ml.W, 0.0)), (VIm, np.maximum(-ml.W, 0.0))):
-            qf = patch_quadforms(gamma, ml.idx, wpm).T.ravel()      # column (c_o, p)
             cross = (rsp @ wpm).T.ravel()
-            VI += lam * lam * qf + 2.0 * gmin * lam * cross + gmin * gmin * tot
-    tia_pos = r * float(np.sum(EIp * EIp + VIp))
-    tia_neg = r * float(np.sum(EIm * EIm + VIm))
+            VI += 2.0 * gmin * lam * cross + gmin * gmin * tot
+            if S is None:
+                VI += lam * lam * patch_quadforms(gamma, ml.idx, wpm).T.ravel()   # (c_o, p)
+                quads.append(0.0)
+            else:
+                quads.append(float(lam[0] ** 2 * np.sum(wpm * (S @ wpm))))
+    else:
+        quads = [0.0, 0.0]
+    tia_pos = r * (float(np.sum(EIp * EIp + VIp)) + quads[0])
+    tia_neg = r * (float(np.sum(EIm * EIm + VIm)) + quads[1])
     return SimpleNamespace(mem=mem, tia_pos=tia_pos, tia_neg=tia_neg)
 
 

@@ -48,12 +48,29 @@ def _im2col_rows(X, idx, cols):
                 cols[row, a] = X[r, i] if i >= 0 else 0.0
 
 
+@numba.njit(parallel=True, cache=True)
+def _im2col_cols(U, j0, idx, cols):
+    """``cols[r n_pos + p, a] = U[ι(p, a), j0 + r]`` (0 where ι = −1): im2col of the columns
+    ``j0 … j0 + m − 1`` of ``U`` read in place (contiguous row segments), parallel over p."""
+    n_pos, taps = idx.shape
+    m = cols.shape[0] // n_pos
+    for p in numba.prange(n_pos):
+        for a in range(taps):
+            i = idx[p, a]
+            if i >= 0:
+                for r in range(m):
+                    cols[r * n_pos + p, a] = U[i, j0 + r]
+            else:
+                for r in range(m):
+                    cols[r * n_pos + p, a] = 0.0
+
+
 def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None,
               chunk_bytes=CHUNK_BYTES):
     r"""Convolve every row of ``src`` (m, L): ``src W_UL`` (m, J), J = C_out n_pos (theory §5).
 
     ``out[r, (c_o, p)] = Σ_a Wur[a, c_o] src[r, ι(p, a)]``. With ``source_cols`` the rows are
-    the **columns** of ``src`` (L, m) (copied strip by strip). With ``upper`` only the output
+    the **columns** of ``src`` (L, m) (gathered in place). With ``upper`` only the output
     columns of channels ``c_o ≥ (row0 + r₀) // n_pos`` are written for a chunk starting at row
     r₀ — every entry on or above the diagonal of a symmetric (J, J) result whose row r is
     ``row0 + r`` (the rest of ``out`` is left untouched).
@@ -71,10 +88,11 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
     for r0 in range(0, m_tot, step):
         r1 = min(m_tot, r0 + step)
         m = r1 - r0
-        X = np.ascontiguousarray(src[:, r0:r1].T if source_cols else src[r0:r1])
         cb = cols[:m * n_pos]
-        _im2col_rows(X, idx, cb)
-        del X
+        if source_cols:
+            _im2col_cols(src, r0, idx, cb)
+        else:
+            _im2col_rows(np.ascontiguousarray(src[r0:r1]), idx, cb)
         c_lo = min(C, (row0 + r0) // n_pos) if upper else 0
         Y = cb @ Wur[:, c_lo:]                                  # (m n_pos, C − c_lo)
         out[r0:r1, c_lo * n_pos:] = Y.reshape(m, n_pos, C - c_lo).transpose(0, 2, 1).reshape(m, -1)
