@@ -222,27 +222,42 @@ def cmd_mc(args):
     sigmas = _floats(args.sigma, "--sigma")
     if not sigmas:
         raise ConfigError("--sigma is empty")
-    if args.n < 2:
+    if args.n is not None and args.n < 2:
         raise ConfigError("-n must be at least 2")
     configs = [config_from_args(args, sigma=s) for s in sigmas]
     results = []
+    counts = []
     for i, cfg in enumerate(configs):
         mapped = map_network(net, cfg)
+        n = args.n
+        if args.precision is not None:          # pilot run, n from Eq. (46) (theory §10)
+            from .montecarlo import precision_sample_count
+            n, info, _ = precision_sample_count(mapped, x, args.precision, seed=args.seed,
+                                                confidence=args.confidence, pilot=args.pilot,
+                                                labels=labels, input_cov=cov)
+            counts.append(info)
+            if not args.quiet:
+                print(f"sigma={cfg.sigma:g}: n = {n} from Eq. (46) (pilot {args.pilot}, "
+                      f"p = {args.precision:g}, confidence {args.confidence:g})", file=sys.stderr)
         # resumable: the accumulated sums are checkpointed next to the output and a rerun of
         # the same command continues from there (bit-identical to an uninterrupted run)
         ckpt = out.with_name(f"{out.name}.mc-checkpoint-{i:02d}.npz")
         if ckpt.exists() and not args.quiet:
             print(f"resuming sigma={cfg.sigma:g} from {ckpt}", file=sys.stderr)
-        results.append(monte_carlo(mapped, x, n=args.n, seed=args.seed, labels=labels,
+        results.append(monte_carlo(mapped, x, n=n, seed=args.seed, labels=labels,
                                    input_cov=cov, cov=args.cov, chunk=args.chunk,
                                    progress=not args.quiet, checkpoint=ckpt,
                                    keep_checkpoint=True))
     with atomic_h5(out) as f:
         attrs = standard_attrs(configs[0], command="mc", model=str(args.model),
-                               input=str(args.input), seed=int(args.seed), n=int(args.n),
-                               seed_block=int(results[0].block))
+                               input=str(args.input), seed=int(args.seed),
+                               n=int(results[0].n), seed_block=int(results[0].block))
         for k, v in attrs.items():
             f.attrs[k] = v
+        if counts:                              # --precision: how n was chosen
+            for k in ("precision", "confidence", "pilot", "z"):
+                f.attrs[f"mc_{k}"] = counts[0][k]
+            f.create_dataset("mc_n_per_input", data=np.stack([c["n_per_input"] for c in counts]))
         if len(results) == 1:
             for k, v in results[0].datasets().items():
                 f.create_dataset(k, data=v)
@@ -251,6 +266,7 @@ def cmd_mc(args):
             for i, (cfg, res) in enumerate(zip(configs, results)):
                 g = f.create_group(f"sweep/{i:02d}")
                 g.attrs["sigma"] = cfg.sigma
+                g.attrs["n"] = res.n
                 g.attrs["config"] = cfg.to_json()
                 for k, v in res.datasets().items():
                     g.create_dataset(k, data=v)
@@ -344,7 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_crossbar_options(s, sweep=True)
     s.add_argument("--clip-negative", action="store_true",
                    help="clip realised conductances at 0 (leaves the analytic model)")
-    s.add_argument("-n", type=int, required=True, help="Monte-Carlo realizations")
+    nn = s.add_mutually_exclusive_group(required=True)
+    nn.add_argument("-n", type=int, help="Monte-Carlo realizations")
+    nn.add_argument("--precision", type=float, metavar="P",
+                    help="relative precision (fraction, 0.01 = 1%%) of every input's MSE: n from "
+                         "Eq. (46) after a pilot run (largest over inputs, whole seed blocks)")
+    s.add_argument("--confidence", type=float, default=0.95, metavar="C",
+                   help="confidence of --precision (default 0.95, z = 1.96)")
+    s.add_argument("--pilot", type=int, default=256, metavar="M",
+                   help="pilot realizations for --precision (default 256, counted in n)")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--cov", action="store_true", help="also estimate the output covariance")
     s.add_argument("--chunk", type=int, help="realizations held in memory at once (results do not depend on it)")
