@@ -185,7 +185,7 @@ def _crossbar_step(prep, pos, mu, cur, layout):
 
 
 def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress=False,
-              layout="blocks", fuse_relu_pool=True):
+              layout="blocks", fuse_relu_pool=True, executor=None):
     r"""Analytic output moments, MSE and power of ``mapped`` for a batch ``x`` (theory §15).
 
     Algorithm 1 as corrected in theory §15 (D16): for every sample, every layer's power and
@@ -217,6 +217,10 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         layer mixes them (default), or dense from the first crossbar layer on. Same numbers.
     fuse_relu_pool : bool
         Run a ReLU followed by average pooling as :func:`refmem.moments.relu_pool_moments`.
+    executor : object with ``.map(fn, items)``, optional
+        Spread the inputs over workers (e.g. :class:`refmem.executor.Executor`, one BLAS /
+        Numba thread per worker): the batch is cut into one contiguous chunk per worker
+        (``executor.workers``, default 2). Same numbers as the serial pass.
 
     Returns
     -------
@@ -226,9 +230,64 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
     x = net.check_input(x)
     B = x.shape[0]
     L = int(np.prod(net.input_shape))
-    get_cov = _check_input_cov(input_cov, B, L)
+    _check_input_cov(input_cov, B, L)
     if layout not in ("blocks", "dense"):
         raise ConfigError(f"layout must be 'blocks' or 'dense', got {layout!r}")
+    for pos, layer in enumerate(mapped.fused.layers):
+        if not isinstance(layer, (Dense, Conv2d, AvgPool2d, ReLU, Flatten)):
+            raise ConfigError(f"layer {pos:02d} ({layer.type}) is not supported by the analytic pass")
+    opts = dict(cov=cov, per_layer=per_layer, layout=layout, fuse_relu_pool=fuse_relu_pool)
+    if executor is not None and B > 1:
+        n_w = max(1, min(B, int(getattr(executor, "workers", None) or 2)))
+        cuts = np.linspace(0, B, n_w + 1).astype(int)
+        items = []
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            c = input_cov
+            if c is not None and np.asarray(c).ndim == 3:
+                c = np.asarray(c)[lo:hi]
+            items.append((mapped, x[lo:hi], c, opts))
+        parts = list(executor.map(_pass_chunk, items))
+        out = {}
+        for k in ("mean", "var", "covs", "p_mem", "p_tp", "p_tn"):
+            out[k] = None if parts[0][k] is None else np.concatenate([q[k] for q in parts])
+        out["rec"] = None if not per_layer else {
+            pos: {k: np.concatenate([q["rec"][pos][k] for q in parts]) for k in ("mean", "var")}
+            for pos in parts[0]["rec"]}
+        out["clipped"] = [sum(q["clipped"][0] for q in parts),
+                          min(q["clipped"][1] for q in parts),
+                          set().union(*[q["clipped"][2] for q in parts])]
+    else:
+        out = _pass(mapped, x, input_cov, progress=progress, **opts)
+    c = out["clipped"]
+    warn_clipped(c[0], c[1], len(c[2]))
+
+    mean, var = out["mean"], out["var"]
+    p_mem, p_tp, p_tn = out["p_mem"], out["p_tp"], out["p_tn"]
+    ref = mapped.reference(x)
+    bias = mean - ref
+    mse = var + bias * bias                                     # theory §9, Eq. (7)
+    p_layers = p_mem + p_tp + p_tn
+    return MomentsResult(mean=mean, var=var, mse=mse, reference=ref, bias=bias, cov=out["covs"],
+                         power=p_layers.sum(axis=1), power_layers=p_layers, power_mem=p_mem,
+                         power_tia_pos=p_tp, power_tia_neg=p_tn, mse_mean=mse.mean(axis=1),
+                         mse_max=mse.max(axis=1), per_layer=out["rec"])
+
+
+def _pass_chunk(item):
+    """Worker entry point of :func:`propagate` with an executor (one BLAS/Numba thread)."""
+    mapped, x, input_cov, opts = item
+    import numba
+    from threadpoolctl import threadpool_limits
+    numba.set_num_threads(1)
+    with threadpool_limits(1):
+        return _pass(mapped, x, input_cov, progress=False, **opts)
+
+
+def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool):
+    """The per-input loop of :func:`propagate`: raw per-input arrays (no derived quantities)."""
+    B = x.shape[0]
+    L = int(np.prod(mapped.network.input_shape))
+    get_cov = _check_input_cov(input_cov, B, L)
     fused = mapped.fused
     shapes = fused.shapes
     mode = mapped.config.relu_cov
@@ -237,9 +296,6 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
     n_xb = mapped.n_crossbar
     xb_index = {ml.position: ml.index for ml in mapped.layers}
     layers = fused.layers
-    for pos, layer in enumerate(layers):
-        if not isinstance(layer, (Dense, Conv2d, AvgPool2d, ReLU, Flatten)):
-            raise ConfigError(f"layer {pos:02d} ({layer.type}) is not supported by the analytic pass")
 
     J = int(np.prod(shapes[-1]))
     mean = np.empty((B, J))
@@ -315,13 +371,5 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         del G
     if bar is not None:
         bar.close()
-    warn_clipped(clipped[0], clipped[1], len(clipped[2]))
-
-    ref = mapped.reference(x)
-    bias = mean - ref
-    mse = var + bias * bias                                     # theory §9, Eq. (7)
-    p_layers = p_mem + p_tp + p_tn
-    return MomentsResult(mean=mean, var=var, mse=mse, reference=ref, bias=bias, cov=covs,
-                         power=p_layers.sum(axis=1), power_layers=p_layers, power_mem=p_mem,
-                         power_tia_pos=p_tp, power_tia_neg=p_tn, mse_mean=mse.mean(axis=1),
-                         mse_max=mse.max(axis=1), per_layer=rec)
+    return dict(mean=mean, var=var, covs=covs, p_mem=p_mem, p_tp=p_tp, p_tn=p_tn, rec=rec,
+                clipped=clipped)

@@ -181,3 +181,30 @@ def test_fast_pass_equals_legacy_on_he_cnn13_full_width():
     x = bench.bench_input(net, 1)
     mapped = map_network(net, CrossbarConfig(sigma=0.01, g_min=0.0, mapping="UR"))
     same(propagate(mapped, x), O.legacy_propagate(mapped, x), what="he cnn13 UR")
+
+
+class _SerialExecutor:
+    """The executor protocol (``.map``, ``.workers``) run in this process."""
+    workers = 3
+
+    def map(self, fn, items):
+        return [fn(it) for it in items]
+
+
+@pytest.mark.parametrize("per_input_cov", [False, True])
+def test_executor_split_equals_serial(per_input_cov):
+    rng = np.random.default_rng(8)
+    net = small_cnn(rng)
+    x = rng.uniform(0, 1, size=(5, 2, 8, 8))
+    C = None
+    if per_input_cov:
+        A = rng.normal(size=(5, 128, 6)) * 0.05
+        C = np.einsum("bij,bkj->bik", A, A)
+    mapped = map_network(net, CrossbarConfig(sigma=0.05, mapping="UR"))
+    serial = propagate(mapped, x, input_cov=C, cov=True, per_layer=True)
+    split = propagate(mapped, x, input_cov=C, cov=True, per_layer=True,
+                      executor=_SerialExecutor())
+    for k in KEYS + ("cov",):
+        np.testing.assert_array_equal(getattr(split, k), getattr(serial, k))
+    for pos in serial.per_layer:
+        np.testing.assert_array_equal(split.per_layer[pos]["var"], serial.per_layer[pos]["var"])
