@@ -32,6 +32,7 @@ import numba
 import numpy as np
 
 from .layers import gather_patches
+from .mapping import ul_column_sums
 from .moments.layout import BlockDiag, cov_diagonal
 
 __all__ = ["fc_power", "ur_power", "ul_power", "layer_power", "patch_quadforms", "patch_gram"]
@@ -174,37 +175,54 @@ def ur_power(blk, idx, mu, gamma, r):
     return SimpleNamespace(mem=mem, tia_pos=tia[0], tia_neg=tia[1])
 
 
-def ul_power(ml, mu, gamma, r, blocks):
-    r"""Expected power of a UL (Toeplitz) convolution crossbar (spec §11.1 with W = W_UL, §6).
+def ul_power(ml, mu, gamma, r, blocks=None):
+    r"""Expected power of a UL (Toeplitz) convolution crossbar (theory §11.1 with W = W_UL, §6).
 
     Every Toeplitz entry is a pair, structural zeros at ``g_min`` included. The terms linear in
-    the inputs (memristor power, mean currents, device-variance term) are summed over explicit
-    column blocks ``blocks`` (an iterable of :meth:`MappedLayer.block` namespaces); the
-    quadratic form ``g±ᵀ Γ g±`` uses the structure ``g± = λ w± + g_min 1`` (w± the Toeplitz
-    column of max(±w, 0)):
+    the inputs (memristor power, mean currents, device-variance term) are sums over all L rows
+    of every column: from the tap form of the layer (``blocks=None`` or the namespace of
+    :meth:`refmem.mapping.MappedLayer.ul_taps`; structural zeros summed in closed form) or
+    over explicit column blocks ``blocks`` (an iterable of :meth:`MappedLayer.block`
+    namespaces, the Toeplitz matrix itself). The quadratic form ``g±ᵀ Γ g±`` uses the
+    structure ``g± = λ w± + g_min 1`` (w± the Toeplitz column of max(±w, 0)):
     ``λ² w±ᵀΓw± + 2 λ g_min w±ᵀ(Γ1) + g_min² 1ᵀΓ1``, with ``w±ᵀΓw±`` a per-position patch
-    quadratic form (:func:`patch_quadforms`).
+    quadratic form (:func:`patch_quadforms`; summed through :func:`patch_gram` when λ is one
+    number for the layer).
     """
     q = _q(mu, gamma)
     gmin = ml.config.g_min
-    mem = 0.0
-    EIp = np.empty(ml.n_cols)
-    EIm = np.empty(ml.n_cols)
-    VIp = np.empty(ml.n_cols)
-    VIm = np.empty(ml.n_cols)
-    for blk in blocks:
-        c = blk.cols
-        mem += float(q @ (blk.gp + blk.gm).sum(axis=1))
-        EIp[c] = mu @ blk.gp
-        EIm[c] = mu @ blk.gm
-        VIp[c] = q @ blk.vp
-        VIm[c] = q @ blk.vm
-        if blk.gbp is not None:
-            mem += float(np.sum(blk.gbp + blk.gbm))
-            EIp[c] += blk.gbp
-            EIm[c] += blk.gbm
-            VIp[c] += blk.vbp
-            VIm[c] += blk.vbm
+    if blocks is None or hasattr(blocks, "z"):
+        tb = ml.ul_taps() if blocks is None else blocks
+        mem = float(np.sum(ul_column_sums(tb, tb.gp + tb.gm, tb.z.gp + tb.z.gm, q)))
+        EIp = ul_column_sums(tb, tb.gp, tb.z.gp, mu)
+        EIm = ul_column_sums(tb, tb.gm, tb.z.gm, mu)
+        VIp = ul_column_sums(tb, tb.vp, tb.z.vp, q)
+        VIm = ul_column_sums(tb, tb.vm, tb.z.vm, q)
+        if tb.gbp is not None:
+            mem += float(np.sum(tb.gbp + tb.gbm))
+            EIp += tb.gbp
+            EIm += tb.gbm
+            VIp += tb.vbp
+            VIm += tb.vbm
+    else:
+        mem = 0.0
+        EIp = np.empty(ml.n_cols)
+        EIm = np.empty(ml.n_cols)
+        VIp = np.empty(ml.n_cols)
+        VIm = np.empty(ml.n_cols)
+        for blk in blocks:
+            c = blk.cols
+            mem += float(q @ (blk.gp + blk.gm).sum(axis=1))
+            EIp[c] = mu @ blk.gp
+            EIm[c] = mu @ blk.gm
+            VIp[c] = q @ blk.vp
+            VIm[c] = q @ blk.vm
+            if blk.gbp is not None:
+                mem += float(np.sum(blk.gbp + blk.gbm))
+                EIp[c] += blk.gbp
+                EIm[c] += blk.gbm
+                VIp[c] += blk.vbp
+                VIm[c] += blk.vbm
     if gamma is not None:
         lam = ml.lam
         rs = gamma.row_sums() if isinstance(gamma, BlockDiag) else gamma.sum(axis=1)
@@ -232,7 +250,7 @@ def layer_power(ml, mu, gamma, *, blocks=None):
     """Expected power of one crossbar layer (spec §11) from its input moments.
 
     ``ml`` is a :class:`refmem.mapping.MappedLayer`; the physical ``r`` of its configuration
-    is used. ``blocks`` (UL only): iterable of column blocks; default: the whole layer at once.
+    is used. ``blocks`` (UL only): iterable of explicit column blocks; default: the tap form.
     Returns a namespace ``mem``, ``tia_pos``, ``tia_neg``, ``total``.
     """
     r = ml.config.r
@@ -241,6 +259,6 @@ def layer_power(ml, mu, gamma, *, blocks=None):
     elif ml.scheme == "UR":
         out = ur_power(ml.block(), ml.idx, mu, gamma, r)
     else:
-        out = ul_power(ml, mu, gamma, r, [ml.block()] if blocks is None else blocks)
+        out = ul_power(ml, mu, gamma, r, blocks)
     out.total = out.mem + out.tia_pos + out.tia_neg
     return out

@@ -24,16 +24,13 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .layers import AvgPool2d, Conv2d, Dense, Flatten, ReLU
 from .moments import (dense_moments, pool_moments, relu_layer_moments, relu_pool_moments,
-                      symmetrize, ul_moments, ul_noise, ur_moments)
+                      symmetrize, ul_moments, ul_noise_taps, ur_moments)
 from .moments.activation import warn_clipped
-from .moments.conv import CHUNK_BYTES
 from .moments.layout import as_dense, cov_diagonal
 from .power import fc_power, ul_power, ur_power
 
 __all__ = ["propagate", "MomentsResult"]
 
-UL_CACHE_BYTES = 2 * CHUNK_BYTES
-"""Explicit UL column blocks up to this size are built once per call and reused per input."""
 
 
 @dataclass
@@ -124,31 +121,22 @@ def _check_input_cov(input_cov, B, L):
 
 
 class _Prepared:
-    """Static per-layer data shared by all samples (blocks of small layers are cached)."""
+    """Static per-layer data shared by all samples (FC/UR blocks, UL tap forms)."""
 
-    def __init__(self, mapped, cache_bytes=None):
+    def __init__(self, mapped):
         self.mapped = mapped
         self.bypos = mapped.by_position()
         self.blk = {}
         self.ul_cache = {}
-        self.cache_bytes = UL_CACHE_BYTES if cache_bytes is None else cache_bytes
         for pos, ml in self.bypos.items():
             if ml.scheme in ("FC", "UR"):
                 self.blk[pos] = ml.block()
 
-    def ul_blocks(self, pos):
-        """Column blocks of a UL layer (cached when small, else rebuilt on each call)."""
-        if pos in self.ul_cache:
-            return self.ul_cache[pos]
-        ml = self.bypos[pos]
-        L, J = ml.n_rows, ml.n_cols
-        per_col = 8 * L * 10                            # ~10 dense (L,) arrays per column
-        step = int(max(1, self.cache_bytes // per_col))
-        if per_col * J <= self.cache_bytes:
-            blocks = [ml.block()]
-            self.ul_cache[pos] = blocks
-            return blocks
-        return (ml.block(np.arange(c0, min(J, c0 + step))) for c0 in range(0, J, step))
+    def ul_taps(self, pos):
+        """Tap form of a UL layer (:meth:`refmem.mapping.MappedLayer.ul_taps`), built once."""
+        if pos not in self.ul_cache:
+            self.ul_cache[pos] = self.bypos[pos].ul_taps()
+        return self.ul_cache[pos]
 
 
 def _crossbar_step(prep, pos, mu, cur, layout):
@@ -171,13 +159,9 @@ def _crossbar_step(prep, pos, mu, cur, layout):
         del G
         mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout)
     else:
-        noise = np.empty(ml.n_cols)
-
-        def blocks_with_noise(G):
-            for blk in prep.ul_blocks(pos):
-                ul_noise([blk], mu, G, ml.n_cols, out=noise)     # Σ_n v_nj q_n over all L rows
-                yield blk
-        pw = ul_power(ml, mu, G, r, blocks_with_noise(G))
+        tb = prep.ul_taps(pos)
+        pw = ul_power(ml, mu, G, r, tb)
+        noise = ul_noise_taps(tb, mu, G)                 # Σ_n v_nj q_n over all L rows
         del G
         mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout)
     pw.total = pw.mem + pw.tia_pos + pw.tia_neg

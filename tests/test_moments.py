@@ -232,27 +232,32 @@ def test_ul_matches_explicit_toeplitz_fc_loops(case, shape):
               [mem, tp, tn], what="UL power")
 
 
-def test_ul_streamed_blocks_equal_one_block():
-    """A UL layer streamed over column blocks gives the same moments and power as one block."""
+@pytest.mark.parametrize("design", ["scalar", "column"])
+@pytest.mark.parametrize("dither", [False, True])
+def test_ul_tap_form_equals_explicit_toeplitz_blocks(design, dither):
+    """UL noise and power from the tap form (structural zeros in closed form) equal the sums
+    over explicit Toeplitz column blocks, whole or streamed (theory §6, §11)."""
+    from refmem.moments import ul_noise_taps
+    from refmem.power import ul_power
     rng = np.random.default_rng(5)
-    net = Network([Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 1, 1)], (2, 5, 5))
-    cfg = CrossbarConfig(sigma=0.05, mapping="UL", g_min=0.1, design="column", r=1.5)
-    mapped = map_network(net, cfg)
-    x = rng.normal(size=(1, 2, 5, 5))
-    C = rand_psd(rng, 50) * 0.1
-    whole = propagate(mapped, x, input_cov=C, cov=True)
-    import refmem.propagate as P
-    old = P.UL_CACHE_BYTES
-    try:
-        P.UL_CACHE_BYTES = 8 * 50 * 10 * 7          # 7 columns per block: streamed, not cached
-        blocks = P._Prepared(mapped).ul_blocks(0)
-        assert not isinstance(blocks, list)
-        assert [b.cols.size for b in blocks][:2] == [7, 7]
-        streamed = propagate(mapped, x, input_cov=C, cov=True)
-    finally:
-        P.UL_CACHE_BYTES = old
-    close(streamed.cov, whole.cov)
-    close(streamed.power_layers, whole.power_layers)
+    net = Network([Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 2, 1)], (2, 5, 6))
+    extra = dict(bits=3, quant_mode="dither") if dither else {}
+    cfg = config_for("affine", 0.05, mapping="UL", g_min=0.1, design=design, r=1.5,
+                     alpha=0.2, **extra)
+    ml = map_network(net, cfg).layers[0]
+    mu = rng.normal(size=60)
+    tb = ml.ul_taps()
+    for G in (None, rand_psd(rng, 60) * 0.1):
+        whole = [ml.block()]
+        streamed = [ml.block(np.arange(c0, min(ml.n_cols, c0 + 7)))
+                    for c0 in range(0, ml.n_cols, 7)]
+        want = ul_noise(whole, mu, G, ml.n_cols)
+        close(ul_noise(streamed, mu, G, ml.n_cols), want)
+        close(ul_noise_taps(tb, mu, G), want)
+        pw = ul_power(ml, mu, G, 1.5, whole)
+        for other in (ul_power(ml, mu, G, 1.5, streamed), ul_power(ml, mu, G, 1.5, tb),
+                      ul_power(ml, mu, G, 1.5)):
+            close([other.mem, other.tia_pos, other.tia_neg], [pw.mem, pw.tia_pos, pw.tia_neg])
 
 
 # ====================================================================== pooling, ReLU-Taylor

@@ -13,11 +13,12 @@ import numba
 import numpy as np
 
 from ..layers import gather_patches
+from ..mapping import ul_column_sums
 from .dense import mirror_upper, raw_second_moments
 from .layout import BlockDiag, take_input
 
 __all__ = ["conv_mean", "conv_rows", "conv_signal_cov", "ur_moments", "ul_moments", "ul_noise",
-           "ur_noise", "ur_shared_noise_kernel", "CHUNK_BYTES"]
+           "ul_noise_taps", "ur_noise", "ur_shared_noise_kernel", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 64 * 2**20
 """Size of the im2col buffer of one streamed chunk of rows."""
@@ -295,6 +296,16 @@ def ul_noise(blocks, mu, gamma, n_cols, *, out=None):
         if blk.vb is not None:
             nz = nz + blk.vb
         noise[blk.cols] = nz
+    return noise
+
+
+def ul_noise_taps(tb, mu, gamma):
+    """:func:`ul_noise` from the tap form of the layer (:meth:`MappedLayer.ul_taps`): the
+    structural zeros of a column contribute ``v_z (Σ_n q_n − Σ_taps q)`` (theory §6, D12)."""
+    q = raw_second_moments(mu, gamma)
+    noise = ul_column_sums(tb, tb.v, tb.z.v, q)
+    if tb.vb is not None:
+        noise = noise + tb.vb
     return noise
 
 
