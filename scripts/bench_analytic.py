@@ -339,7 +339,7 @@ def main():
                 r["spec"] = spec
                 rec["analytic"].append(r)
                 print(json.dumps(r), flush=True)
-            pil = mc_pilot(name, mapping, SIGMA, 4 if name != "w8" else 16)
+            pil = mc_pilot(name, mapping, SIGMA, 4 if (name != "w8" or mapping == "UL") else 16)
             rec["mc_one"][f"{name}/{mapping}"] = pil["t_mc_s"]
             print(f"{name} {mapping}: one MC realization {pil['t_mc_s']:.3f} s", flush=True)
 
@@ -354,7 +354,9 @@ def main():
             for sigma in (0.01, 0.05):
                 ta = run_child({"net": name, "mapping": mapping, "mode": "exact",
                                 "sigma": sigma})["warm_s"]
-                n_pilot = pilots[name] if not (name == "w1" and mapping == "UL") else 8
+                n_pilot = pilots[name]
+                if mapping == "UL":            # one UL realization draws every Toeplitz device
+                    n_pilot = 8 if name == "w1" else (16 if args.quick else 64)
                 pil = mc_pilot(name, mapping, sigma, n_pilot)
                 for row in fig6_rows(ta, pil):
                     row.update(net=name, mapping=mapping, sigma=sigma, pilot=n_pilot,

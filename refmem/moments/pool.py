@@ -84,5 +84,7 @@ def relu_pool_moments(mu, gamma, in_shape, kappa, mode="exact", *, clip_negative
     box = [gamma]
     del gamma
     m, g, clip = relu_layer_moments(mu, box, mode, clip_negative=clip_negative)
-    mean, cov = pool_moments(m, [g] if g is not None else None, in_shape, kappa)
+    box = [g] if g is not None else None
+    del g                                   # pool_moments holds the only reference
+    mean, cov = pool_moments(m, box, in_shape, kappa)
     return mean, cov, clip
