@@ -53,38 +53,12 @@ def _im2col_rows(X, idx, cols):
                 cols[row, a] = X[r, i] if i >= 0 else 0.0
 
 
-_RB = 16
-"""Columns per cache block of :func:`_im2col_cols`."""
-
-
-@numba.njit(parallel=True, cache=True)
-def _im2col_cols(U, j0, idx, cols):
-    """``cols[r n_pos + p, a] = U[ι(p, a), j0 + r]`` (0 where ι = −1): im2col of the columns
-    ``j0 … j0 + m − 1`` of ``U`` read in place. Blocks of 16 columns (one or two cache lines
-    of every row of U read, 16 rows of ``cols`` filled tap by tap), parallel over the blocks."""
-    n_pos, taps = idx.shape
-    m = cols.shape[0] // n_pos
-    n_blk = (m + _RB - 1) // _RB
-    for blk in numba.prange(n_blk):
-        r0 = blk * _RB
-        r1 = min(m, r0 + _RB)
-        for p in range(n_pos):
-            for a in range(taps):
-                i = idx[p, a]
-                if i >= 0:
-                    for r in range(r0, r1):
-                        cols[r * n_pos + p, a] = U[i, j0 + r]
-                else:
-                    for r in range(r0, r1):
-                        cols[r * n_pos + p, a] = 0.0
-
-
 def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None,
               chunk_bytes=CHUNK_BYTES):
     r"""Convolve every row of ``src`` (m, L): ``src W_UL`` (m, J), J = C_out n_pos (theory §5).
 
     ``out[r, (c_o, p)] = Σ_a Wur[a, c_o] src[r, ι(p, a)]``. With ``source_cols`` the rows are
-    the **columns** of ``src`` (L, m) (gathered in place). With ``upper`` only the output
+    the **columns** of ``src`` (L, m) (copied strip by strip). With ``upper`` only the output
     columns of channels ``c_o ≥ (row0 + r₀) // n_pos`` are written for a chunk starting at row
     r₀ — every entry on or above the diagonal of a symmetric (J, J) result whose row r is
     ``row0 + r`` (the rest of ``out`` is left untouched).
@@ -103,10 +77,11 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
         r1 = min(m_tot, r0 + step)
         m = r1 - r0
         cb = cols[:m * n_pos]
-        if source_cols:
-            _im2col_cols(src, r0, idx, cb)
-        else:
-            _im2col_rows(np.ascontiguousarray(src[r0:r1]), idx, cb)
+        # columns: one strided copy of the strip, then the row kernel (measured 2-2.5x faster
+        # than gathering from the columns in place: each element is read once, not k² times)
+        X = np.ascontiguousarray(src[:, r0:r1].T if source_cols else src[r0:r1])
+        _im2col_rows(X, idx, cb)
+        del X
         c_lo = min(C, (row0 + r0) // n_pos) if upper else 0
         Cc = C - c_lo
         if Cc < _WIDE_BELOW:                # few output channels: (Cc, taps)(taps, m n_pos)
