@@ -647,6 +647,30 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k):
     close(conv_mean(Wur, None, idx, np.ones(40)), T.T @ np.ones(40))
 
 
+@pytest.mark.parametrize("c_out", [3, 9, 13])
+def test_conv_rows_paths_equal_explicit_toeplitz(c_out):
+    """conv_rows: direct Numba path (few channels), tall and wide GEMM paths, rows and columns
+    of the source, upper triangle — all equal to the explicit Toeplitz product."""
+    from refmem.moments import conv_rows
+    rng = np.random.default_rng(18)
+    conv = Conv2d(rng.normal(size=(c_out, 2, 3, 3)), None, 1, 1)
+    in_shape = (2, 4, 3)
+    T = conv.toeplitz(in_shape)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    J = T.shape[1]
+    X = rng.normal(size=(24, 10))
+    close(conv_rows(X.T.copy(), Wur, idx, chunk_bytes=8 * 12 * 18 * 5), X.T @ T)
+    close(conv_rows(X, Wur, idx, source_cols=True), X.T @ T)
+    A = rng.normal(size=(24, 24))
+    G = A @ A.T
+    want = T.T @ G @ T
+    U = G @ T
+    got = np.full((J, J), np.nan)
+    conv_rows(U, Wur, idx, source_cols=True, upper=True, out=got, chunk_bytes=8 * 12 * 18 * 7)
+    iu = np.triu_indices(J)
+    close(got[iu], want[iu])
+
+
 def test_symmetrize_blockwise():
     rng = np.random.default_rng(17)
     A = rng.normal(size=(7, 7))

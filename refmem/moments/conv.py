@@ -23,6 +23,10 @@ __all__ = ["conv_mean", "conv_rows", "conv_signal_cov", "ur_moments", "ul_moment
 CHUNK_BYTES = 64 * 2**20
 """Size of the im2col buffer of one streamed chunk of rows."""
 
+_DIRECT_BELOW = 12
+"""Below this many output channels :func:`conv_rows` convolves directly (Numba) instead of
+im2col + GEMM (measured: a GEMM with 2–8 columns runs at a few % of the BLAS peak)."""
+
 _WIDE_BELOW = 8
 """Below this many output channels the GEMM is taken as (C, taps)(taps, rows): OpenBLAS is
 ~10× faster on that orientation than on a (rows, taps)(taps, C) product with tiny C."""
@@ -53,6 +57,31 @@ def _im2col_rows(X, idx, cols):
                 cols[row, a] = X[r, i] if i >= 0 else 0.0
 
 
+@numba.njit(parallel=True, cache=True)
+def _conv_rows_direct(X, idx, Wur, row0, upper, out):
+    """Direct convolution of the rows of ``X`` for few output channels: ``out[r, c n_pos + p] = Σ_a Wur[a, c] X[r, ι(p, a)]`` for ``c ≥ c_lo(r)``
+    (``c_lo = (row0 + r) // n_pos`` with ``upper``, else 0); ``out`` holds the rows of this
+    chunk. No im2col buffer: used below ``_DIRECT_BELOW`` output channels, where a GEMM with
+    so few columns is mostly overhead."""
+    m = X.shape[0]
+    n_pos, taps = idx.shape
+    C = Wur.shape[1]
+    for r in numba.prange(m):
+        acc = np.empty(C)
+        c_lo = min(C, (row0 + r) // n_pos) if upper else 0
+        for p in range(n_pos):
+            for c in range(c_lo, C):
+                acc[c] = 0.0
+            for a in range(taps):
+                i = idx[p, a]
+                if i >= 0:
+                    x = X[r, i]
+                    for c in range(c_lo, C):
+                        acc[c] += Wur[a, c] * x
+            for c in range(c_lo, C):
+                out[r, c * n_pos + p] = acc[c]
+
+
 def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None,
               chunk_bytes=CHUNK_BYTES):
     r"""Convolve every row of ``src`` (m, L): ``src W_UL`` (m, J), J = C_out n_pos (theory §5).
@@ -72,6 +101,13 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
     if out is None:
         out = np.empty((m_tot, J))
     step = int(max(1, min(m_tot, chunk_bytes // (8 * n_pos * max(taps, 1)))))
+    if C < _DIRECT_BELOW:                   # few output channels: direct Numba convolution
+        Wc = np.ascontiguousarray(Wur)
+        for r0 in range(0, m_tot, step):
+            r1 = min(m_tot, r0 + step)
+            X = np.ascontiguousarray(src[:, r0:r1].T if source_cols else src[r0:r1])
+            _conv_rows_direct(X, idx, Wc, row0 + r0, upper, out[r0:r1])
+        return out
     cols = np.empty((step * n_pos, taps))
     for r0 in range(0, m_tot, step):
         r1 = min(m_tot, r0 + step)
