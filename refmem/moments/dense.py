@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import BlockDiag, as_dense, cov_diagonal, take_input
+from .layout import BlockDiag, cov_diagonal, take_input
 
 __all__ = ["dense_moments", "symmetrize", "raw_second_moments"]
 
