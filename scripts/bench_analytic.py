@@ -288,7 +288,7 @@ def write_doc(path, rec):
     for r in rec["fig6"]:
         L.append(f"| {r['net']} | {r['mapping']} | {r['sigma']} | {r['pilot']} | "
                  f"{r['t_mc_s']:.3f} | {r['t_analytic_s']:.2f} | {r['z']} | {r['p']:.0%} | "
-                 f"{r['n']} | {r['speedup']:.0f}× |")
+                 f"{r['n']} | {r['speedup']:.{0 if r['speedup'] >= 10 else 1}f}× |")
     L += ["", "## The authors' implementation (quoted, not rerun)", "",
           "MemSE at commit 61bb208 (PyTorch on CPU, float32, first-order Taylor ReLU "
           "covariance), measured by us on a machine of this class on the same full-width "
