@@ -122,13 +122,17 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
         Cc = C - c_lo
         if Cc < _WIDE_BELOW:                # few output channels: (Cc, taps)(taps, m n_pos)
             Yt = Wur[:, c_lo:].T @ cb.T
-            out[r0:r1, c_lo * n_pos:].reshape(m, Cc, n_pos)[...] = \
-                Yt.reshape(Cc, m, n_pos).transpose(1, 0, 2)
+            dst = out[r0:r1, c_lo * n_pos:].reshape(m, Cc, n_pos)
+            assert not dst.flags.owndata     # a view into out, never a copy
+            dst[...] = Yt.reshape(Cc, m, n_pos).transpose(1, 0, 2)
+            del dst
             del Yt
         else:                               # one tall GEMM (m n_pos, taps)(taps, Cc)
-            Y = cb @ Wur[:, c_lo:]
-            out[r0:r1, c_lo * n_pos:] = Y.reshape(m, n_pos, Cc).transpose(0, 2, 1).reshape(m, -1)
-            del Y
+            Y = cb @ Wur[:, c_lo:]          # one strided copy into place (no temporary)
+            dst = out[r0:r1, c_lo * n_pos:].reshape(m, Cc, n_pos)
+            assert not dst.flags.owndata     # a view into out, never a copy
+            dst[...] = Y.reshape(m, n_pos, Cc).transpose(0, 2, 1)
+            del Y, dst
     return out
 
 
