@@ -358,26 +358,42 @@ def cmd_mc(args):
     net = load_model(args.model)
     x, labels, cov = _load_inputs(args, net)
     targets = _load_targets(args, net, x.shape[0])
-    if args.n < 2:
+    if args.n is not None and args.n < 2:
         raise ConfigError("-n must be at least 2")
     configs, axes, order, shape = sweep_configs(args)
     results = []
+    counts = []
     for i, cfg in enumerate(configs):
         mapped = map_network(net, cfg)
+        n = args.n
+        if args.precision is not None:          # pilot run, n from Eq. (46) (theory §10)
+            from .montecarlo import precision_sample_count
+            n, info, _ = precision_sample_count(mapped, x, args.precision, seed=args.seed,
+                                                confidence=args.confidence, pilot=args.pilot,
+                                                labels=labels, input_cov=cov)
+            counts.append(info)
+            if not args.quiet:
+                print(f"sweep point {i}: n = {n} from Eq. (46) (pilot {args.pilot}, "
+                      f"p = {args.precision:g}, confidence {args.confidence:g})", file=sys.stderr)
         # resumable: the accumulated statistics are checkpointed next to the output and a rerun
         # of the same command continues from there (bit-identical to an uninterrupted run)
         ckpt = out.with_name(f"{out.name}.mc-checkpoint-{i:02d}.npz")
         if ckpt.exists() and not args.quiet:
             print(f"resuming sweep point {i} from {ckpt}", file=sys.stderr)
-        res = monte_carlo(mapped, x, n=args.n, seed=args.seed, labels=labels, input_cov=cov,
+        res = monte_carlo(mapped, x, n=n, seed=args.seed, labels=labels, input_cov=cov,
                           cov=args.cov, chunk=args.chunk, progress=not args.quiet,
                           checkpoint=ckpt, keep_checkpoint=True)
         res.targets = targets
         results.append(res)
     sweep = Sweep(results, axes, configs)
-    _write_sweep(args, out, sweep, net, {"seed": int(args.seed), "n": int(args.n),
-                                        "seed_block": int(results[0].block),
-                                        "sweep_order": order, "sweep_shape": shape})
+    ns = [int(r.n) for r in results]
+    extra = {"seed": int(args.seed), "n": ns[0] if len(set(ns)) == 1 else ns,
+             "seed_block": int(results[0].block), "sweep_order": order, "sweep_shape": shape}
+    if counts:                                  # --precision: how n was chosen (Eq. (46))
+        for key in ("precision", "confidence", "pilot", "z"):
+            extra[f"mc_{key}"] = counts[0][key]
+        extra["mc_n_per_input"] = [[int(v) for v in c["n_per_input"]] for c in counts]
+    _write_sweep(args, out, sweep, net, extra)
     for i in range(len(configs)):
         out.with_name(f"{out.name}.mc-checkpoint-{i:02d}.npz").unlink(missing_ok=True)
     _print_summary(sweep, out, args.quiet)
@@ -586,7 +602,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_crossbar_options(s, sweep=True)
     s.add_argument("--clip-negative", action="store_true",
                    help="clip realised conductances at 0 (leaves the analytic model)")
-    s.add_argument("-n", type=int, required=True, help="Monte-Carlo realizations")
+    nn = s.add_mutually_exclusive_group(required=True)
+    nn.add_argument("-n", type=int, help="Monte-Carlo realizations")
+    nn.add_argument("--precision", type=float, metavar="P",
+                    help="relative precision (fraction, 0.01 = 1%%) of every input's MSE: n from "
+                         "Eq. (46) after a pilot run (largest over inputs, whole seed blocks)")
+    s.add_argument("--confidence", type=float, default=0.95, metavar="C",
+                   help="confidence of --precision (default 0.95, z = 1.96)")
+    s.add_argument("--pilot", type=int, default=256, metavar="M",
+                   help="pilot realizations for --precision (default 256, counted in n)")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--cov", action="store_true", help="also estimate the output covariance")
     s.add_argument("--chunk", type=int, help="realizations held in memory at once (results do not depend on it)")

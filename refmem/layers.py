@@ -12,7 +12,7 @@ Explicit matrices (spec §5–§7):
 
 - :func:`im2col_index` — the index map ι(p, a) of spec §5 (``-1`` for padding);
 - :meth:`Conv2d.ur_matrix` — the UR crossbar ``(C_in k², C_out)``;
-- :meth:`Conv2d.toeplitz` — the UL crossbar ``W_UL`` ``(C_in H W, C_out E F)``, structural
+- :func:`toeplitz_columns` / :meth:`Conv2d.toeplitz` — the UL crossbar ``W_UL`` ``(C_in H W, C_out E F)``, structural
   zeros included, padding contributing no rows (spec §6);
 - :meth:`AvgPool2d.matrix` — the pooling matrix ``A`` of spec §7 (Prop. 3, corrected D13).
 """
@@ -67,6 +67,27 @@ def gather_patches(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     B = x.shape[0]
     ext = np.concatenate([x, np.zeros((B, 1), dtype=x.dtype)], axis=1)
     return np.take(ext, np.where(idx < 0, x.shape[1], idx), axis=1)
+
+
+def toeplitz_columns(Wur, idx, L, cols, n_pos):
+    """Columns ``cols`` of the UL crossbar ``W_UL`` (spec §6) and the mask of programmed taps.
+
+    Column ``c_o n_pos + p`` holds ``Wur[a, c_o]`` at row ι(p, a) for every tap inside the
+    input; padding contributes no rows. Returns ``(W (L, m), tap (L, m) bool)``. Every (row,
+    column) pair is hit at most once (taps of one position read distinct inputs), so plain
+    assignment equals the sum of spec §6.
+    """
+    cols = np.asarray(cols)
+    co, p = np.divmod(cols, n_pos)
+    rows = idx[p]                                   # (m, taps)
+    vals = Wur.T[co]                                # (m, taps)
+    jj = np.broadcast_to(np.arange(cols.size)[:, None], rows.shape)
+    ok = rows >= 0
+    out = np.zeros((L, cols.size))
+    out[rows[ok], jj[ok]] = vals[ok]
+    tap = np.zeros((L, cols.size), dtype=bool)
+    tap[rows[ok], jj[ok]] = True
+    return out, tap
 
 
 class Layer:
@@ -190,20 +211,9 @@ class Conv2d(Layer):
         builds only those columns, for streaming a large layer block by block.
         """
         idx = self.index(in_shape)
-        n_pos, n_taps = idx.shape
-        L = int(np.prod(in_shape))
-        Wur = self.ur_matrix()
+        n_pos = idx.shape[0]
         cols = np.arange(self.c_out * n_pos) if columns is None else np.asarray(columns)
-        co, p = np.divmod(cols, n_pos)
-        out = np.zeros((L, cols.size))
-        rows = idx[p]                                   # (ncols, n_taps)
-        vals = Wur.T[co]                                # (ncols, n_taps)
-        jj = np.broadcast_to(np.arange(cols.size)[:, None], rows.shape)
-        ok = rows >= 0
-        # every (row, column) pair is hit at most once per column: taps of one position read
-        # distinct input elements, so plain assignment equals the sum of spec §6.
-        out[rows[ok], jj[ok]] = vals[ok]
-        return out
+        return toeplitz_columns(self.ur_matrix(), idx, int(np.prod(in_shape)), cols, n_pos)[0]
 
     def forward(self, x, in_shape=None):
         B = x.shape[0]

@@ -36,7 +36,7 @@ import numpy as np
 
 from .config import CrossbarConfig
 from .errors import ConfigError
-from .layers import Conv2d, Dense
+from .layers import Conv2d, Dense, gather_patches, toeplitz_columns
 from .network import Network
 from .quantize import quant_step, quantize
 
@@ -127,12 +127,16 @@ class MappedLayer:
         ``tap`` (R, m) bool mask of programmed weights (all True except UL structural zeros).
         """
         cols = np.arange(self.n_cols) if cols is None else np.asarray(cols)
-        ch = self.col_channel[cols]
         if self.scheme == "UL":
-            Wb, tap = _ul_columns(self.W, self.idx, self.n_rows, cols, self.n_pos)
+            Wb, tap = toeplitz_columns(self.W, self.idx, self.n_rows, cols, self.n_pos)
         else:
             Wb = self.W[:, cols]
             tap = np.ones(Wb.shape, dtype=bool)
+        return self._pairs(Wb, tap, cols, with_noise=with_noise)
+
+    def _pairs(self, Wb, tap, cols, *, with_noise=True):
+        """Conductances and variances of the pairs holding weights ``Wb`` in columns ``cols``."""
+        ch = self.col_channel[cols]
         bb = None if self.b is None else self.b[ch]
         lam = self.lam[cols]
         cfg = self.config
@@ -170,6 +174,30 @@ class MappedLayer:
             ns.vb = vb
         return ns
 
+    def ul_taps(self) -> SimpleNamespace:
+        """A UL layer in tap form: the programmed entries of every Toeplitz column, and the
+        value of its structural zeros (theory §6) — without the (L, J) Toeplitz matrix.
+
+        Column ``j = (c_o, p)`` holds ``W[a, c_o]`` at row ``ι(p, a)`` for every tap inside
+        the input and a structural zero (programmed at ``g_min``, noisy, no dither) at every
+        other of its L rows. Returns :meth:`block`'s fields with shape (taps, J) for the taps
+        (``W`` is 0 and ``tap`` False at padded taps, which have no row), plus ``z``: the same
+        fields (J,) of a structural zero of each column (``z.gp``, ``z.gm``, ``z.vp``,
+        ``z.vm``, ``z.v``), and ``idx``.
+        """
+        if self.scheme != "UL":
+            raise ConfigError("ul_taps() is for UL layers")
+        J = self.n_cols
+        co, p = np.divmod(np.arange(J), self.n_pos)
+        valid = (self.idx >= 0).T[:, p]                            # (taps, J)
+        Wt = np.where(valid, self.W[:, co], 0.0)
+        ns = self._pairs(Wt, valid, np.arange(J))
+        zero = self._pairs(np.zeros((1, J)), np.zeros((1, J), dtype=bool), np.arange(J))
+        ns.z = SimpleNamespace(gp=zero.gp[0], gm=zero.gm[0], vp=zero.vp[0], vm=zero.vm[0],
+                               v=zero.v[0])
+        ns.idx = self.idx
+        return ns
+
     def check_conductances(self):
         """Assert every target conductance lies in [g_min, g_u] (spec §3.2)."""
         ns = self.block(with_noise=False)
@@ -191,18 +219,20 @@ class MappedLayer:
         return conv.forward(x_flat, self.in_shape).reshape(x_flat.shape[0], -1)
 
 
-def _ul_columns(Wur, idx, L, cols, n_pos):
-    """Toeplitz columns (spec §6) and the mask of programmed taps."""
-    co, p = np.divmod(cols, n_pos)
-    rows = idx[p]                                   # (m, taps)
-    vals = Wur.T[co]                                # (m, taps)
-    jj = np.broadcast_to(np.arange(cols.size)[:, None], rows.shape)
-    ok = rows >= 0
-    out = np.zeros((L, cols.size))
-    out[rows[ok], jj[ok]] = vals[ok]
-    tap = np.zeros((L, cols.size), dtype=bool)
-    tap[rows[ok], jj[ok]] = True
-    return out, tap
+def ul_column_sums(tb, F, Fz, vec):
+    """``Σ_n F[n, j] vec_n`` over all L rows of every UL column, from the tap form.
+
+    ``tb`` from :meth:`MappedLayer.ul_taps`; ``F`` (taps, J) the per-tap values and ``Fz`` (J,)
+    the structural-zero value of each column: ``Σ_a F[a, j] vec_ι(p,a) + Fz_j (Σ_n vec_n −
+    Σ_a vec_ι(p,a))`` (padded taps read 0 and have no row). Returns (J,).
+    """
+    idx = tb.idx
+    n_pos, taps = idx.shape
+    C = F.shape[1] // n_pos
+    vp = gather_patches(np.asarray(vec, dtype=np.float64)[None, :], idx)[0]   # (n_pos, taps)
+    on = np.einsum("acp,pa->cp", F.reshape(taps, C, n_pos), vp).reshape(-1)
+    rest = float(np.sum(vec)) - np.tile(vp.sum(axis=1), C)
+    return on + Fz * rest
 
 
 @dataclass

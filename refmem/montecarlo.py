@@ -96,6 +96,37 @@ def mc_sample_count(mean, std, p, alpha=0.05, z=None) -> int:
     return max(1, math.ceil(val))
 
 
+def precision_sample_count(mapped, x, p, *, seed, confidence=0.95, pilot=BLOCK, block=BLOCK,
+                           **mc_kwargs):
+    """Monte-Carlo count for a relative precision ``p`` from a pilot run (theory §10, Eq. (46)).
+
+    Runs ``pilot`` realizations (``monte_carlo(mapped, x, pilot, seed, …)``); for every input
+    the per-realization quantity is its squared error averaged over the outputs, and
+    :func:`mc_sample_count` gives ``n_b`` at confidence ``confidence`` (``α = 1 − confidence``).
+    ``n`` is the largest ``n_b``, at least the pilot (its realizations are the first ``pilot``
+    of the run with the same seed, so they are counted in), rounded up to whole seed blocks.
+    ``monte_carlo(mapped, x, n, seed, …)`` then is the run of that precision.
+
+    Returns ``(n, info, pilot_result)`` with ``info`` a dict: ``n_per_input`` (B,) from
+    Eq. (46), ``pilot``, ``precision``, ``confidence``, ``z``.
+    """
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence:g}")
+    pilot = int(pilot)
+    if pilot < 2:
+        raise ConfigError(f"the pilot needs at least 2 realizations, got {pilot}")
+    res = monte_carlo(mapped, x, pilot, seed, block=block, **mc_kwargs)
+    alpha = 1.0 - float(confidence)
+    mean = res.extra["mse_per_input"]
+    std = res.extra["mse_per_input_std"]
+    n_b = np.array([mc_sample_count(m, s, p, alpha=alpha) for m, s in zip(mean, std)])
+    n = max(int(n_b.max()), pilot)
+    n = -(-n // block) * block
+    info = {"n_per_input": n_b, "pilot": pilot, "precision": float(p),
+            "confidence": float(confidence), "z": float(ndtri(1.0 - alpha / 2.0))}
+    return n, info, res
+
+
 # ---------------------------------------------------------------------- result
 from .results import MCResult  # noqa: E402  (the result object lives with its schema)
 
@@ -353,10 +384,11 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
     acc_p = CentralMoments((B, n_xb, 4), order=2)
     acc_t = CentralMoments((B,), order=2)
     acc_m = CentralMoments((1,), order=2)
+    acc_i = CentralMoments((B,), order=2)           # per input: squared error over outputs
     acc_a = CentralMoments((1,), order=2) if labels is not None else None
 
     n_blocks = -(-n // block)
-    accs = {"y_": acc_y, "p_": acc_p, "t_": acc_t, "m_": acc_m}
+    accs = {"y_": acc_y, "p_": acc_p, "t_": acc_t, "m_": acc_m, "i_": acc_i}
     if acc_a is not None:
         accs["a_"] = acc_a
     start = 0
@@ -403,6 +435,7 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
             d = ys - ref
             acc_y.add(d)
             acc_m.add((d * d).mean(axis=(1, 2))[:, None])
+            acc_i.add((d * d).mean(axis=2))
             ps_tot = ps.sum(-1)
             acc_p.add(np.concatenate([ps, ps_tot[..., None]], axis=-1))
             acc_t.add(ps_tot.sum(-1))
@@ -432,6 +465,9 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
         cov=acc_y.covariance() if cov else None, cov_se=acc_y.covariance_se() if cov else None)
     res.mse_overall = float(acc_m.mean[0])
     res.mse_overall_se = float(acc_m.mean_se()[0])
+    res.extra["mse_per_input"] = acc_i.mean                  # mean over outputs, per input (B,)
+    res.extra["mse_per_input_se"] = acc_i.mean_se()
+    res.extra["mse_per_input_std"] = np.sqrt(acc_i.var(ddof=1))  # per-realization std (Eq. (46) s)
     if acc_a is not None:
         res.accuracy = float(acc_a.mean[0])
         res.accuracy_se = float(acc_a.mean_se()[0])

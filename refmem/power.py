@@ -20,21 +20,28 @@ the programmed devices, so ``block().vp/.vm`` (device variances only; zero for a
 noise is switched off) are used here, never ``block().v``.
 
 All functions take the layer's **input** moments (spec §15, Algorithm 1 corrected): mean
-``mu`` (L,) and covariance ``gamma`` (L, L) or ``None`` (deterministic input).
+``mu`` (L,) and covariance ``gamma`` (L, L), a block-diagonal
+:class:`refmem.moments.layout.BlockDiag`, or ``None`` (deterministic input).
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 
-__all__ = ["fc_power", "ur_power", "ul_power", "layer_power", "patch_quadforms"]
+from .layers import gather_patches
+from .mapping import ul_column_sums
+from .moments.layout import BlockDiag, cov_diagonal
+
+__all__ = ["fc_power", "ur_power", "ul_power", "layer_power", "patch_quadforms", "patch_gram"]
 
 
 def _q(mu, gamma):
     """q_i = E X_i² = μ_i² + Γ_ii."""
-    return mu * mu if gamma is None else mu * mu + np.diagonal(gamma)
+    d = cov_diagonal(gamma)
+    return mu * mu if d is None else mu * mu + d
 
 
 def fc_power(blk, mu, gamma, r):
@@ -62,7 +69,8 @@ def fc_power(blk, mu, gamma, r):
         EI = mu @ g                                                 # E I = gᵀ μ + g^b x_b
         VI = q @ vdev                                               # Σ σ²(g_i) q_i
         if gamma is not None:
-            VI = VI + np.einsum("ij,ij->j", g, gamma @ g)           # gᵀ Γ g
+            Gg = gamma.matmul(g) if isinstance(gamma, BlockDiag) else gamma @ g
+            VI = VI + np.einsum("ij,ij->j", g, Gg)                  # gᵀ Γ g
         if gb is not None:
             EI = EI + gb
             VI = VI + vbdev
@@ -73,9 +81,8 @@ def fc_power(blk, mu, gamma, r):
 
 
 def _gather(vec, idx):
-    """``vec[ι(p, a)]`` with 0 in the padding: (n_pos, taps)."""
-    ext = np.concatenate([vec, [0.0]])
-    return ext[np.where(idx < 0, vec.shape[0], idx)]
+    """``vec[ι(p, a)]`` with 0 in the padding: (n_pos, taps) (im2col, :func:`gather_patches`)."""
+    return gather_patches(vec[None, :], idx)[0]
 
 
 def patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
@@ -92,8 +99,46 @@ def patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
     for p0 in range(0, n_pos, step):
         s = safe[p0:p0 + step]
         m = ok[p0:p0 + step]
-        Gp = gamma[s[:, :, None], s[:, None, :]] * (m[:, :, None] * m[:, None, :])
+        if isinstance(gamma, BlockDiag):
+            Gp = gamma.take(s[:, :, None], s[:, None, :])
+        else:
+            Gp = gamma[s[:, :, None], s[:, None, :]]
+        Gp *= m[:, :, None] * m[:, None, :]
         out[p0:p0 + step] = np.einsum("pab,ac,bc->pc", Gp, Wm, Wm, optimize=True)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _patch_gram_kernel(G, s, idx, out):
+    """``out[a, a'] = Σ_p Γ[ι(p,a), ι(p,a')]`` with Γ as blocks ``G`` (nb, s, s), 0 across blocks."""
+    n_pos, taps = idx.shape
+    for a in numba.prange(taps):
+        for b in range(taps):
+            acc = 0.0
+            for p in range(n_pos):
+                i = idx[p, a]
+                j = idx[p, b]
+                if i >= 0 and j >= 0:
+                    bi = i // s
+                    if bi == j // s:
+                        acc += G[bi, i - bi * s, j - bi * s]
+            out[a, b] = acc
+
+
+def patch_gram(gamma, idx):
+    r"""``S[a, a'] = Σ_p Γ[ι(p,a), ι(p,a')]`` (taps × taps; ``Γ_∅ = 0`` in the padding).
+
+    The sum over positions of the patch covariances of theory §11.2: the total TIA quadratic
+    form of a UR layer is ``Σ_{c,p} g_cᵀ Γ_p g_c = Σ_c g_cᵀ S g_c`` (and of a UL layer with
+    a constant λ per layer). ``gamma``: dense (L, L) or :class:`BlockDiag`.
+    """
+    if isinstance(gamma, BlockDiag):
+        G, s = gamma.blocks, gamma.s
+    else:
+        G, s = gamma[None], gamma.shape[0]
+    taps = idx.shape[1]
+    out = np.empty((taps, taps))
+    _patch_gram_kernel(G, s, np.ascontiguousarray(idx, dtype=np.int64), out)
     return out
 
 
@@ -107,8 +152,10 @@ def ur_power(blk, idx, mu, gamma, r):
       (Prop. 7 with the tap-shifted input, D21; eq. (37) with ``2 g_min``, D22);
     - TIA: ``r Σ_p [(E I±_{c_o,p})² + V I±_{c_o,p}]`` (Prop. 8 via currents, D23), where
       ``V I = gᵀ Γ_p g + Σ_a σ²(g_a) q_ι(p,a) + σ²(g^b)``; shared devices do not matter here.
+      Only the sum over positions enters, so ``Σ_p gᵀ Γ_p g = gᵀ S g`` (:func:`patch_gram`).
     """
     n_pos = idx.shape[0]
+    S = None if gamma is None else patch_gram(gamma, idx)
     qp = _gather(_q(mu, gamma), idx)                    # (n_pos, taps)
     mp_ = _gather(mu, idx)
     qsum = qp.sum(axis=0)                               # Σ_p q_ι(p,a)
@@ -118,59 +165,84 @@ def ur_power(blk, idx, mu, gamma, r):
                                (blk.gm, blk.vm, blk.gbm, blk.vbm)):
         EI = mp_ @ g                                    # (n_pos, C_out)
         VI = qp @ vdev
-        if gamma is not None:
-            VI = VI + patch_quadforms(gamma, idx, g)
+        quad = 0.0 if S is None else float(np.sum(g * (S @ g)))     # Σ_{c,p} g_cᵀ Γ_p g_c
         if gb is not None:
             EI = EI + gb
             VI = VI + vbdev
-        tia.append(r * float(np.sum(EI * EI + VI)))
+        tia.append(r * (float(np.sum(EI * EI + VI)) + quad))
     if blk.gbp is not None:
         mem += n_pos * float(np.sum(blk.gbp + blk.gbm))  # eq. (37): n_pos (λ|b| + 2 g_min) x_b²
     return SimpleNamespace(mem=mem, tia_pos=tia[0], tia_neg=tia[1])
 
 
-def ul_power(ml, mu, gamma, r, blocks):
-    r"""Expected power of a UL (Toeplitz) convolution crossbar (spec §11.1 with W = W_UL, §6).
+def ul_power(ml, mu, gamma, r, blocks=None):
+    r"""Expected power of a UL (Toeplitz) convolution crossbar (theory §11.1 with W = W_UL, §6).
 
     Every Toeplitz entry is a pair, structural zeros at ``g_min`` included. The terms linear in
-    the inputs (memristor power, mean currents, device-variance term) are summed over explicit
-    column blocks ``blocks`` (an iterable of :meth:`MappedLayer.block` namespaces); the
-    quadratic form ``g±ᵀ Γ g±`` uses the structure ``g± = λ w± + g_min 1`` (w± the Toeplitz
-    column of max(±w, 0)):
+    the inputs (memristor power, mean currents, device-variance term) are sums over all L rows
+    of every column: from the tap form of the layer (``blocks=None`` or the namespace of
+    :meth:`refmem.mapping.MappedLayer.ul_taps`; structural zeros summed in closed form) or
+    over explicit column blocks ``blocks`` (an iterable of :meth:`MappedLayer.block`
+    namespaces, the Toeplitz matrix itself). The quadratic form ``g±ᵀ Γ g±`` uses the
+    structure ``g± = λ w± + g_min 1`` (w± the Toeplitz column of max(±w, 0)):
     ``λ² w±ᵀΓw± + 2 λ g_min w±ᵀ(Γ1) + g_min² 1ᵀΓ1``, with ``w±ᵀΓw±`` a per-position patch
-    quadratic form (:func:`patch_quadforms`).
+    quadratic form (:func:`patch_quadforms`; summed through :func:`patch_gram` when λ is one
+    number for the layer).
     """
     q = _q(mu, gamma)
     gmin = ml.config.g_min
-    mem = 0.0
-    EIp = np.empty(ml.n_cols)
-    EIm = np.empty(ml.n_cols)
-    VIp = np.empty(ml.n_cols)
-    VIm = np.empty(ml.n_cols)
-    for blk in blocks:
-        c = blk.cols
-        mem += float(q @ (blk.gp + blk.gm).sum(axis=1))
-        EIp[c] = mu @ blk.gp
-        EIm[c] = mu @ blk.gm
-        VIp[c] = q @ blk.vp
-        VIm[c] = q @ blk.vm
-        if blk.gbp is not None:
-            mem += float(np.sum(blk.gbp + blk.gbm))
-            EIp[c] += blk.gbp
-            EIm[c] += blk.gbm
-            VIp[c] += blk.vbp
-            VIm[c] += blk.vbm
+    if blocks is None or hasattr(blocks, "z"):
+        tb = ml.ul_taps() if blocks is None else blocks
+        mem = float(np.sum(ul_column_sums(tb, tb.gp + tb.gm, tb.z.gp + tb.z.gm, q)))
+        EIp = ul_column_sums(tb, tb.gp, tb.z.gp, mu)
+        EIm = ul_column_sums(tb, tb.gm, tb.z.gm, mu)
+        VIp = ul_column_sums(tb, tb.vp, tb.z.vp, q)
+        VIm = ul_column_sums(tb, tb.vm, tb.z.vm, q)
+        if tb.gbp is not None:
+            mem += float(np.sum(tb.gbp + tb.gbm))
+            EIp += tb.gbp
+            EIm += tb.gbm
+            VIp += tb.vbp
+            VIm += tb.vbm
+    else:
+        mem = 0.0
+        EIp = np.empty(ml.n_cols)
+        EIm = np.empty(ml.n_cols)
+        VIp = np.empty(ml.n_cols)
+        VIm = np.empty(ml.n_cols)
+        for blk in blocks:
+            c = blk.cols
+            mem += float(q @ (blk.gp + blk.gm).sum(axis=1))
+            EIp[c] = mu @ blk.gp
+            EIm[c] = mu @ blk.gm
+            VIp[c] = q @ blk.vp
+            VIm[c] = q @ blk.vm
+            if blk.gbp is not None:
+                mem += float(np.sum(blk.gbp + blk.gbm))
+                EIp[c] += blk.gbp
+                EIm[c] += blk.gbm
+                VIp[c] += blk.vbp
+                VIm[c] += blk.vbm
     if gamma is not None:
         lam = ml.lam
-        rs = gamma.sum(axis=1)
+        rs = gamma.row_sums() if isinstance(gamma, BlockDiag) else gamma.sum(axis=1)
         tot = float(rs.sum())
         rsp = _gather(rs, ml.idx)                        # (n_pos, taps)
+        # per-column λ (column design): per-position quadratic forms; else only their sum
+        S = patch_gram(gamma, ml.idx) if np.all(lam == lam[0]) else None
+        quads = []
         for VI, wpm in ((VIp, np.maximum(ml.W, 0.0)), (VIm, np.maximum(-ml.W, 0.0))):
-            qf = patch_quadforms(gamma, ml.idx, wpm).T.ravel()      # column (c_o, p)
             cross = (rsp @ wpm).T.ravel()
-            VI += lam * lam * qf + 2.0 * gmin * lam * cross + gmin * gmin * tot
-    tia_pos = r * float(np.sum(EIp * EIp + VIp))
-    tia_neg = r * float(np.sum(EIm * EIm + VIm))
+            VI += 2.0 * gmin * lam * cross + gmin * gmin * tot
+            if S is None:
+                VI += lam * lam * patch_quadforms(gamma, ml.idx, wpm).T.ravel()   # (c_o, p)
+                quads.append(0.0)
+            else:
+                quads.append(float(lam[0] ** 2 * np.sum(wpm * (S @ wpm))))
+    else:
+        quads = [0.0, 0.0]
+    tia_pos = r * (float(np.sum(EIp * EIp + VIp)) + quads[0])
+    tia_neg = r * (float(np.sum(EIm * EIm + VIm)) + quads[1])
     return SimpleNamespace(mem=mem, tia_pos=tia_pos, tia_neg=tia_neg)
 
 
@@ -178,7 +250,7 @@ def layer_power(ml, mu, gamma, *, blocks=None):
     """Expected power of one crossbar layer (spec §11) from its input moments.
 
     ``ml`` is a :class:`refmem.mapping.MappedLayer`; the physical ``r`` of its configuration
-    is used. ``blocks`` (UL only): iterable of column blocks; default: the whole layer at once.
+    is used. ``blocks`` (UL only): iterable of explicit column blocks; default: the tap form.
     Returns a namespace ``mem``, ``tia_pos``, ``tia_neg``, ``total``.
     """
     r = ml.config.r
@@ -187,6 +259,6 @@ def layer_power(ml, mu, gamma, *, blocks=None):
     elif ml.scheme == "UR":
         out = ur_power(ml.block(), ml.idx, mu, gamma, r)
     else:
-        out = ul_power(ml, mu, gamma, r, [ml.block()] if blocks is None else blocks)
+        out = ul_power(ml, mu, gamma, r, blocks)
     out.total = out.mem + out.tia_pos + out.tia_neg
     return out

@@ -186,3 +186,42 @@ def test_console_script_exit_code(files):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "model file not found" in r.stderr
+
+
+def test_mc_precision_equals_mc_n_bit_for_bit(files, capsys):
+    """--precision: pilot, n from Eq. (46) (largest over inputs, whole seed blocks, pilot
+    counted in), recorded; the result equals `refmem mc -n <that n>` bit for bit."""
+    from refmem import load_model, map_network, mc_sample_count
+    from refmem.montecarlo import monte_carlo
+    a, b = files / "prec.h5", files / "n.h5"
+    common = [files / "mlp.h5", "--input", files / "x.npy", "--sigma", "0.3", "--seed", "5", "-q"]
+    code, _, err = run(["mc", *common, "--precision", "0.004", "--confidence", "0.9",
+                        "--pilot", "64", "-o", a], capsys)
+    assert code == 0, err
+    with h5py.File(a) as f:
+        n = int(f.attrs["n"])
+        n_b = f["mc_n_per_input"][0]
+        assert f.attrs["mc_pilot"] == 64 and f.attrs["mc_confidence"] == 0.9
+        da = {k: f[k][()] for k in ("mean", "var", "mse", "mse_se", "power")}
+    # the count, recomputed from an independent pilot run through Eq. (46)
+    net = load_model(files / "mlp.h5")
+    x = np.load(files / "x.npy")
+    mapped = map_network(net, CrossbarConfig(sigma=0.3))
+    pil = monte_carlo(mapped, x, 64, 5)
+    want = [mc_sample_count(m, s, 0.004, alpha=0.1) for m, s in
+            zip(pil.extra["mse_per_input"], pil.extra["mse_per_input_std"])]
+    np.testing.assert_array_equal(n_b, want)
+    assert n == max(256, -(-max(want) // 256) * 256) and n > 256, (n, want)
+    code, _, err = run(["mc", *common, "-n", str(n), "-o", b], capsys)
+    assert code == 0, err
+    with h5py.File(b) as f:
+        for k, v in da.items():
+            np.testing.assert_array_equal(f[k][()], v)
+
+
+def test_mc_n_and_precision_are_exclusive(files, capsys):
+    out = files / "x.h5"
+    with pytest.raises(SystemExit):
+        main([str(a) for a in ["mc", files / "mlp.h5", "--input", files / "x.npy", "-n", "10",
+                               "--precision", "0.01", "--seed", "1", "-o", out]])
+    assert not out.exists()

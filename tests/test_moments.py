@@ -14,9 +14,9 @@ import oracles as O
 from refmem import (AvgPool2d, Conv2d, CrossbarConfig, Dense, Flatten, Network, ReLU,
                     map_network)
 from refmem.errors import ConfigError, DataError
-from refmem.moments import (conv_mean, conv_signal_cov, dense_moments, pool_moments,
-                            propagate, symmetrize, ul_moments, ul_noise, ur_moments,
-                            ur_shared_noise_kernel)
+from refmem.moments import (BlockDiag, conv_mean, conv_signal_cov, dense_moments,
+                            pool_moments, propagate, symmetrize, ul_moments, ul_noise,
+                            ur_moments, ur_shared_noise_kernel)
 from refmem.relu import relu_moments
 
 RTOL = 1e-12
@@ -232,27 +232,32 @@ def test_ul_matches_explicit_toeplitz_fc_loops(case, shape):
               [mem, tp, tn], what="UL power")
 
 
-def test_ul_streamed_blocks_equal_one_block():
-    """A UL layer streamed over column blocks gives the same moments and power as one block."""
+@pytest.mark.parametrize("design", ["scalar", "column"])
+@pytest.mark.parametrize("dither", [False, True])
+def test_ul_tap_form_equals_explicit_toeplitz_blocks(design, dither):
+    """UL noise and power from the tap form (structural zeros in closed form) equal the sums
+    over explicit Toeplitz column blocks, whole or streamed (theory §6, §11)."""
+    from refmem.moments import ul_noise_taps
+    from refmem.power import ul_power
     rng = np.random.default_rng(5)
-    net = Network([Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 1, 1)], (2, 5, 5))
-    cfg = CrossbarConfig(sigma=0.05, mapping="UL", g_min=0.1, design="column", r=1.5)
-    mapped = map_network(net, cfg)
-    x = rng.normal(size=(1, 2, 5, 5))
-    C = rand_psd(rng, 50) * 0.1
-    whole = propagate(mapped, x, input_cov=C, cov=True)
-    import refmem.moments as M
-    old = M.CHUNK_BYTES
-    try:
-        M.CHUNK_BYTES = 8 * 50 * 10 * 7          # 7 columns per block: streamed, not cached
-        blocks = M._Prepared(mapped).ul_blocks(0)
-        assert not isinstance(blocks, list)
-        assert [b.cols.size for b in blocks][:2] == [7, 7]
-        streamed = propagate(mapped, x, input_cov=C, cov=True)
-    finally:
-        M.CHUNK_BYTES = old
-    close(streamed.cov, whole.cov)
-    close(streamed.power_layers, whole.power_layers)
+    net = Network([Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 2, 1)], (2, 5, 6))
+    extra = dict(bits=3, quant_mode="dither") if dither else {}
+    cfg = config_for("affine", 0.05, mapping="UL", g_min=0.1, design=design, r=1.5,
+                     alpha=0.2, **extra)
+    ml = map_network(net, cfg).layers[0]
+    mu = rng.normal(size=60)
+    tb = ml.ul_taps()
+    for G in (None, rand_psd(rng, 60) * 0.1):
+        whole = [ml.block()]
+        streamed = [ml.block(np.arange(c0, min(ml.n_cols, c0 + 7)))
+                    for c0 in range(0, ml.n_cols, 7)]
+        want = ul_noise(whole, mu, G, ml.n_cols)
+        close(ul_noise(streamed, mu, G, ml.n_cols), want)
+        close(ul_noise_taps(tb, mu, G), want)
+        pw = ul_power(ml, mu, G, 1.5, whole)
+        for other in (ul_power(ml, mu, G, 1.5, streamed), ul_power(ml, mu, G, 1.5, tb),
+                      ul_power(ml, mu, G, 1.5)):
+            close([other.mem, other.tia_pos, other.tia_neg], [pw.mem, pw.tia_pos, pw.tia_neg])
 
 
 # ====================================================================== pooling, ReLU-Taylor
@@ -599,11 +604,18 @@ def test_ur_noise_kernel_jit_equals_python():
     v = rng.uniform(0.1, 1, size=(idx.shape[1], 3))
     vb = rng.uniform(size=3)
     a = np.empty((3, idx.shape[0], idx.shape[0]))
-    ur_shared_noise_kernel(mu, G, True, idx, v, vb, a)
+    ur_shared_noise_kernel(mu, G[None], L, True, idx, v, vb, a)
     py = getattr(ur_shared_noise_kernel, "py_func", ur_shared_noise_kernel)
     p = np.empty_like(a)
-    py(mu, G, True, idx, v, vb, p)
+    py(mu, G[None], L, True, idx, v, vb, p)
     np.testing.assert_allclose(a, p, rtol=1e-13, atol=1e-15)
+    # a block-diagonal Γ (two channel blocks of 9) equals its dense matrix
+    Gb = np.stack([rand_psd(rng, 9), rand_psd(rng, 9)])
+    bd = np.empty_like(a)
+    ur_shared_noise_kernel(mu, Gb, 9, True, idx, v, vb, bd)
+    dn = np.empty_like(a)
+    ur_shared_noise_kernel(mu, BlockDiag(Gb).to_dense()[None], L, True, idx, v, vb, dn)
+    np.testing.assert_allclose(bd, dn, rtol=1e-13, atol=1e-15)
     # against the 6-index oracle's noise term (Γ part and μμᵀ part)
     K0 = np.zeros((3, 2, 2, 2))
     _, c = O.ur_moments(K0, None, v.T.reshape(3, 2, 2, 2), vb, 1, 1, (2, 3, 3), mu, G)
@@ -614,9 +626,9 @@ def test_ur_noise_kernel_jit_equals_python():
 
 @pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (1, 0, 2), (1, 2, 3), (3, 1, 2)])
 def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k):
-    """Both streamed passes (im2col gather; stride-1 batched GEMMs) equal W_ULᵀ Γ W_UL with the
-    explicit Toeplitz matrix, chunked or not."""
-    import refmem.moments as M
+    """The streamed double convolution (im2col + GEMM, upper triangle mirrored) equals
+    W_ULᵀ Γ W_UL with the explicit Toeplitz matrix, chunked or not, for a dense Γ, a released
+    Γ and a block-diagonal Γ (channel blocks, and diagonal blocks)."""
     rng = np.random.default_rng(16)
     conv = Conv2d(rng.normal(size=(3, 2, k, k)), None, stride, pad)
     in_shape = (2, 5, 4)
@@ -626,14 +638,42 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k):
     Wur, idx = conv.ur_matrix(), conv.index(in_shape)
     close(conv_signal_cov(Wur, idx, G, chunk_bytes=1), want)
     close(conv_signal_cov(Wur, idx, G), want)
-    old = M._GEMM_SIZE
-    try:
-        for size in (1, 10**9):
-            M._GEMM_SIZE = size
-            close(conv_signal_cov(Wur, idx, G, geometry=(in_shape, k, stride, pad)), want)
-    finally:
-        M._GEMM_SIZE = old
+    box = [G.copy()]
+    got = conv_signal_cov(Wur, idx, box, chunk_bytes=8 * 20 * 7)
+    assert box == []                              # released
+    close(got, want)
+    np.testing.assert_array_equal(got, got.T)     # mirrored: exactly symmetric
+    blocks = np.stack([rand_psd(rng, 20), rand_psd(rng, 20)])
+    bd = BlockDiag(blocks)
+    Gd = bd.to_dense()
+    close(conv_signal_cov(Wur, idx, bd, chunk_bytes=8 * 20 * 3), T.T @ Gd @ T)
+    dg = BlockDiag.from_variances(rng.uniform(size=40), 2)
+    close(conv_signal_cov(Wur, idx, dg), T.T @ dg.to_dense() @ T)
     close(conv_mean(Wur, None, idx, np.ones(40)), T.T @ np.ones(40))
+
+
+@pytest.mark.parametrize("c_out", [3, 9, 13])
+def test_conv_rows_paths_equal_explicit_toeplitz(c_out):
+    """conv_rows: direct Numba path (few channels), tall and wide GEMM paths, rows and columns
+    of the source, upper triangle — all equal to the explicit Toeplitz product."""
+    from refmem.moments import conv_rows
+    rng = np.random.default_rng(18)
+    conv = Conv2d(rng.normal(size=(c_out, 2, 3, 3)), None, 1, 1)
+    in_shape = (2, 4, 3)
+    T = conv.toeplitz(in_shape)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    J = T.shape[1]
+    X = rng.normal(size=(24, 10))
+    close(conv_rows(X.T.copy(), Wur, idx, chunk_bytes=8 * 12 * 18 * 5), X.T @ T)
+    close(conv_rows(X, Wur, idx, source_cols=True), X.T @ T)
+    A = rng.normal(size=(24, 24))
+    G = A @ A.T
+    want = T.T @ G @ T
+    U = G @ T
+    got = np.full((J, J), np.nan)
+    conv_rows(U, Wur, idx, source_cols=True, upper=True, out=got, chunk_bytes=8 * 12 * 18 * 7)
+    iu = np.triu_indices(J)
+    close(got[iu], want[iu])
 
 
 def test_symmetrize_blockwise():

@@ -202,3 +202,19 @@ def test_direct_power_functions_match_the_network_pass():
         np.testing.assert_allclose([p1.mem, p1.tia_pos, p1.tia_neg],
                                    [res.power_mem[0, 1], res.power_tia_pos[0, 1],
                                     res.power_tia_neg[0, 1]], rtol=1e-10)
+
+
+def test_patch_gram_sums_the_patch_quadratic_forms():
+    """Σ_p gᵀ Γ_p g = gᵀ S g with S = patch_gram (dense and block-diagonal Γ, padding, stride)."""
+    from refmem.moments import BlockDiag
+    from refmem.power import patch_gram, patch_quadforms
+    rng = np.random.default_rng(21)
+    idx = im2col_index((2, 5, 4), 3, 2, 1)
+    A = rng.normal(size=(40, 40))
+    G = A @ A.T
+    g = rng.uniform(size=(idx.shape[1], 3))
+    want = patch_quadforms(G, idx, g).sum(axis=0)
+    np.testing.assert_allclose(np.einsum("ac,ab,bc->c", g, patch_gram(G, idx), g), want,
+                               rtol=1e-12)
+    bd = BlockDiag(np.stack([(lambda B: B @ B.T)(rng.normal(size=(20, 20))) for _ in range(2)]))
+    np.testing.assert_allclose(patch_gram(bd, idx), patch_gram(bd.to_dense(), idx), rtol=1e-13)

@@ -1,0 +1,90 @@
+"""Average pooling (theory §7, Proposition 3 corrected) and the fused ReLU → pooling step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dense import symmetrize
+from .layout import BlockDiag, take_input
+
+__all__ = ["pool_moments", "relu_pool_moments"]
+
+
+def _pool_rows(M, in_shape, k):
+    """Average the first axis of ``M`` (C H W, m) over κ×κ windows: ``A M`` (C E F, m)."""
+    C, H, W = in_shape
+    E, F = H // k, W // k
+    m = M.shape[1]
+    R = M.reshape(C, H, W, m)[:, :E * k, :F * k, :]
+    return R.reshape(C, E, k, F, k, m).mean(axis=(2, 4)).reshape(C * E * F, m)
+
+
+def pool_moments(mu, gamma, in_shape, kappa):
+    r"""Average pooling, kernel = stride = κ, no padding (theory §7, Proposition 3 corrected).
+
+    ``E Z = Aμ`` and ``Cov Z = AΓAᵀ`` exactly, cross-channel entries included, with
+    ``A_(c,i,j),(c,k,l) = κ⁻²`` for ``k ∈ [κi, κi+κ−1]``, ``l ∈ [κj, κj+κ−1]`` (κ terms per axis,
+    corrects Eqs. (17)–(21), D13). Computed by block means (no A matrix); trailing rows/columns
+    that do not fill a window are dropped, as in the forward pass. A :class:`BlockDiag` Γ with
+    channel blocks stays block-diagonal (A acts within a channel); ``gamma`` may be ``[Γ]``
+    (released).
+    """
+    gamma = take_input(gamma)
+    C, H, W = in_shape
+    k = int(kappa)
+    mean = _pool_rows(mu[:, None], in_shape, k)[:, 0]
+    if gamma is None:
+        return mean, None
+    if isinstance(gamma, BlockDiag) and gamma.nb == C:
+        one = (1, H, W)
+        if gamma.diag_only:
+            var = _pool_rows(gamma.diagonal()[:, None], in_shape, k)[:, 0] / (k * k)
+            return mean, BlockDiag.from_variances(var, C)
+        out = np.empty((C,) + ((H // k) * (W // k),) * 2)
+        for c in range(C):
+            G1 = _pool_rows(gamma.blocks[c], one, k)
+            out[c] = symmetrize(_pool_rows(np.ascontiguousarray(G1.T), one, k))
+        return mean, BlockDiag(out)
+    if isinstance(gamma, BlockDiag):
+        gamma = gamma.to_dense()
+    G1 = _pool_rows(gamma, in_shape, k)                 # A Γ      (n_out, L)
+    del gamma
+    G2 = _pool_rows(np.ascontiguousarray(G1.T), in_shape, k)   # A (AΓ)ᵀ = A Γ Aᵀ
+    return mean, symmetrize(G2)
+
+
+def relu_pool_moments(mu, gamma, in_shape, kappa, mode="exact", *, clip_negative=False):
+    r"""ReLU followed by κ×κ average pooling in one step (theory §8 then §7).
+
+    Equal to ``pool_moments(*relu_layer_moments(mu, gamma, mode), in_shape, kappa)``
+    (tested); the ReLU covariance is written over the input covariance (``gamma`` is
+    consumed: pass ``[Γ]`` to release it) and pooled from there, and a :class:`BlockDiag`
+    input is rectified and pooled one channel block at a time, so the rectified covariance
+    never needs a second buffer. Returns ``(mean, cov, clip)`` with ``clip`` as in
+    :func:`refmem.moments.activation.relu_layer_moments`.
+    """
+    from .activation import relu_layer_moments
+
+    gamma = take_input(gamma)
+    C, H, W = in_shape
+    if isinstance(gamma, BlockDiag) and gamma.nb == C and not gamma.diag_only:
+        k = int(kappa)
+        one = (1, H, W)
+        s = H * W
+        mean = np.empty(C * (H // k) * (W // k))
+        n_o = (H // k) * (W // k)
+        out = np.empty((C, n_o, n_o))
+        clip = (0, 0.0)
+        for c in range(C):
+            m_c, g_c, cl = relu_layer_moments(mu[c * s:(c + 1) * s], [gamma.blocks[c]], mode,
+                                              clip_negative=clip_negative)
+            clip = (clip[0] + cl[0], min(clip[1], cl[1]))
+            mean[c * n_o:(c + 1) * n_o], out[c] = pool_moments(m_c, g_c, one, k)
+        return mean, BlockDiag(out), clip
+    box = [gamma]
+    del gamma
+    m, g, clip = relu_layer_moments(mu, box, mode, clip_negative=clip_negative)
+    box = [g] if g is not None else None
+    del g                                   # pool_moments holds the only reference
+    mean, cov = pool_moments(m, box, in_shape, kappa)
+    return mean, cov, clip
