@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -538,7 +536,6 @@ def _save_checkpoint(path, fingerprint, next_block, accs):
     ``path``; on any failure (e.g. a full disk) the temporary is removed and the previous
     checkpoint stays as it was.
     """
-    import tempfile
 
     path = Path(path)
     state = {"fingerprint": np.array(fingerprint), "next_block": np.int64(next_block)}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .layers import AvgPool2d, Conv2d, Dense, Flatten, ReLU
 from .moments import (dense_moments, pool_moments, relu_layer_moments, relu_pool_moments,
                       symmetrize, ul_moments, ul_noise_taps, ur_moments)
