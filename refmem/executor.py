@@ -7,7 +7,7 @@ optimizer). They all go through :class:`Executor`:
 - ``Executor(workers=1)`` runs in this process, one item after the other (tests, debugging);
 - ``Executor()`` / ``Executor(workers=n)`` uses ``n`` local worker processes
   (:class:`concurrent.futures.ProcessPoolExecutor`, default: the CPUs this process may use),
-  each pinned to **one** BLAS thread (threadpoolctl) and one Numba thread, so ``n`` workers
+  each pinned to **one** BLAS thread (threadpoolctl, when installed) and one Numba thread, so ``n`` workers
   use ``n`` cores and not ``n × cores`` threads;
 - ``Executor(scheduler="tcp://host:8786")`` sends the items to a Dask distributed cluster
   (``pip install "refmem[dask]"``; imported only then). Every Dask worker is pinned to one
@@ -44,9 +44,11 @@ from .errors import ConfigError, DataError, RefmemError
 __all__ = ["Executor", "run_grid", "cell_seed", "load_grid", "THREAD_ENV"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-              "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
-              "NUMBA_NUM_THREADS")
-"""Environment variables set to 1 in every worker (and so in the processes it starts)."""
+              "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+"""Environment variables set to 1 in every worker (and so in the processes it starts).
+
+``NUMBA_NUM_THREADS`` is deliberately absent: Numba refuses a change of that variable once its
+threads are running, so the worker calls :func:`numba.set_num_threads` instead."""
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+-]{0,199}$")
 
@@ -59,9 +61,17 @@ class DaskUnavailableError(RefmemError, ImportError):
 _LIMITER = None
 
 
-def _pin_threads():
-    """Pin this process to one BLAS thread and one Numba thread (worker initializer)."""
+def _pin_threads(client_pid=None):
+    """Pin this process to one BLAS thread and one Numba thread (worker initializer).
+
+    ``client_pid`` is the process of the caller: a Dask worker living in that same process
+    (``LocalCluster(processes=False)``) shares the caller's threads and is left alone.
+    BLAS pools are limited with threadpoolctl when it is installed (it comes with the
+    ``dask`` extra); without it only the environment and Numba are pinned.
+    """
     global _LIMITER
+    if client_pid is not None and client_pid == os.getpid():
+        return
     for name in THREAD_ENV:
         os.environ[name] = "1"
     try:            # first: starting Numba's threading layer may load an OpenMP runtime
@@ -72,7 +82,7 @@ def _pin_threads():
     try:            # then limit every BLAS/OpenMP library loaded so far
         from threadpoolctl import threadpool_limits
         _LIMITER = threadpool_limits(limits=1)      # kept alive: the limit lasts for the process
-    except ImportError:                             # pragma: no cover - threadpoolctl is a dependency
+    except ImportError:                             # optional: the dask extra installs it
         pass
 
 
@@ -133,7 +143,7 @@ class Executor:
                 self._client = Client(address, set_as_default=False)
             except (OSError, TimeoutError, ValueError) as exc:
                 raise ConfigError(f"cannot connect to the Dask scheduler {address!r}: {exc}") from None
-            self._client.run(_pin_threads)
+            self._client.run(_pin_threads, os.getpid())
         elif self.kind == "processes":
             from concurrent.futures import ProcessPoolExecutor
             self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_pin_threads)

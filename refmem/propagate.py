@@ -189,13 +189,9 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
 
 
 def _pass_chunk(item):
-    """Worker entry point of :func:`propagate` with an executor (one BLAS/Numba thread)."""
+    """Worker entry point of :func:`propagate` with an executor (the executor pins its threads)."""
     mapped, x, input_cov, opts = item
-    import numba
-    from threadpoolctl import threadpool_limits
-    numba.set_num_threads(1)
-    with threadpool_limits(1):
-        return _pass(mapped, x, input_cov, progress=False, **opts)
+    return _pass(mapped, x, input_cov, progress=False, **opts)
 
 
 def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool):

@@ -117,7 +117,10 @@ def gemm_rate(n=2000, reps=3):
 
 
 def blas_info():
-    from threadpoolctl import threadpool_info
+    try:
+        from threadpoolctl import threadpool_info       # optional (the dask extra)
+    except ImportError:
+        return []
     return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
                                    "threading_layer")} for d in threadpool_info()]
 
@@ -167,26 +170,17 @@ def run_child(spec, timeout=3600):
 
 
 # ---------------------------------------------------------------------- batch across inputs
-def _worker_batch(args):
-    name, mapping, mode, lo, hi = args
-    import numba
-    from threadpoolctl import threadpool_limits
-    from refmem.propagate import propagate
-    numba.set_num_threads(1)
-    net = load_net(name)
-    x = bench_input(net, hi)[lo:hi]
-    with threadpool_limits(1):
-        return propagate(map_network(net, config(mapping, mode)), x).mse_mean
-
-
 def batch_across_inputs(name="w8", mapping="UR", mode="exact", workers=2, B=20):
-    from concurrent.futures import ProcessPoolExecutor
-    cuts = np.linspace(0, B, workers + 1).astype(int)
-    jobs = [(name, mapping, mode, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
-    with ProcessPoolExecutor(workers) as ex:
-        list(ex.map(_worker_batch, [(name, mapping, mode, 0, 1)] * workers))   # warm-up
+    """Wall time of ``propagate(..., executor=Executor(workers))`` on B inputs (warm workers)."""
+    from refmem.executor import Executor
+    from refmem.propagate import propagate
+    net = load_net(name)
+    mapped = map_network(net, config(mapping, mode))
+    x = bench_input(net, B)
+    with Executor(workers=workers) as ex:
+        propagate(mapped, x[:workers], executor=ex)                  # warm-up (Numba compile)
         t = time.perf_counter()
-        list(ex.map(_worker_batch, jobs))
+        propagate(mapped, x, executor=ex)
         return time.perf_counter() - t
 
 

@@ -220,17 +220,21 @@ def test_demo_like_groups_carry_units(tmp_path):
 
 
 def test_mc_exact_per_input_se_is_used_when_present(files):
+    """monte_carlo keeps a per-input accumulator: its SE is an estimate; without it, a bound."""
     d, net, x, _ = files
     mc = monte_carlo(map_network(net, CrossbarConfig(sigma=0.1)), x, 64, seed=1)
-    bound = mc.mse_per_input_se.copy()
-    assert "mse_per_input_se" in mc.bound_se_names()
-    sw = Sweep([mc], {"sigma": np.array([0.1])})
-    assert "upper bound" in sw.datasets()["mse_per_input_se"][1]["description"]
-    mc.extra["mse_per_input_se"] = bound / 2          # a per-input accumulator's estimate
-    np.testing.assert_array_equal(mc.mse_per_input_se, bound / 2)
+    exact = np.asarray(mc.extra["mse_per_input_se"]).copy()
+    np.testing.assert_array_equal(mc.mse_per_input_se, exact)
     assert "mse_per_input_se" not in mc.bound_se_names()
     assert not isinstance(Sweep([mc], {"sigma": np.array([0.1])}).datasets()["mse_per_input_se"],
                           tuple)
+    del mc.extra["mse_per_input_se"]                   # a result without the accumulator
+    bound = mc.mse_se.mean(axis=-1)                    # Minkowski: SE of a mean <= mean of SEs
+    np.testing.assert_array_equal(mc.mse_per_input_se, bound)
+    assert np.all(bound >= exact * (1 - 1e-12))
+    assert "mse_per_input_se" in mc.bound_se_names()
+    assert "upper bound" in Sweep([mc], {"sigma": np.array([0.1])}).datasets()[
+        "mse_per_input_se"][1]["description"]
 
 
 def test_one_plotting_script_reads_moments_and_mc_files(files, capsys):
