@@ -443,10 +443,11 @@ def _relu_cov_row(i, mu, s, G, out, rtol, gx, gwk, gwg):
 
 
 @numba.njit(cache=True)
-def relu_cov_pairs_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
-    """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (spec §8.2).
+def relu_cov_pairs_quad_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
+    """Exact ReLU covariance of every pair i < j by adaptive quadrature only (spec §8.2).
 
-    ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
+    The pre-fast-path kernel, kept as the fallback's oracle and for benchmarks
+    (``scripts/bench_relu.py``). ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
     deviations, a copy of ``sqrt(diag G)``) and the upper triangle of ``G`` (d, d). ``out`` may
     be ``G`` itself (in place: row i reads only ``G[i, j]``, j > i, before writing it, and
     writes the lower triangle, which is never read). The diagonal is not touched.
@@ -456,8 +457,8 @@ def relu_cov_pairs_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
 
 
 @numba.njit(cache=True, parallel=True)
-def relu_cov_pairs_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
-    """Parallel :func:`relu_cov_pairs_kernel` (rows k and d−1−k per task, balancing the triangle).
+def relu_cov_pairs_quad_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
+    """Parallel :func:`relu_cov_pairs_quad_kernel` (rows k and d−1−k per task, balancing the triangle).
 
     Every entry is computed by the same scalar code, so the result equals the serial kernel
     bit for bit whatever the number of threads.
@@ -469,6 +470,264 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
         k2 = d - 1 - k
         if k2 != k:
             _relu_cov_row(k2, mu, s, G, out, rtol, gx, gwk, gwg)
+
+
+# ====================================================================== fast exact covariance
+# theory §8.2: three exact routes, chosen per pair by rigorous error bounds (derivation in the
+# theory guide §8.2 "Fast evaluation"):
+#   P  product     Cov = Γ₁₂ Φ(a₁)Φ(a₂) when the integral term is provably < EPS_FAST of it;
+#   S  series      Mehler/Hermite series in ρ with per-unit coefficients, truncated at order
+#                  N_SERIES, accepted when Cramér's bound on the remainder plus the rounding
+#                  bound is < EPS_FAST of the value;
+#   Q  quadrature  the adaptive Gauss–Kronrod route (_relu_cov_core) for every other pair.
+N_SERIES = 24
+"""Highest order n of the Mehler series (theory §8.2, Eq. S2): orders 2..N_SERIES."""
+_NQ = N_SERIES - 1                 # per-unit coefficients q_k, k = 0..N_SERIES-2
+A_SERIES = 10.0
+"""Series route only for |a| <= A_SERIES (per-unit coefficients stay normal floats)."""
+RHO_SERIES = 0.9
+"""Series route only for |ρ| <= RHO_SERIES (beyond, the truncation bound cannot pass)."""
+EPS_FAST = 1e-10
+"""Relative error bound the product and series routes must prove (contract: 1e-9)."""
+_CRAMER_K = 1.086435               # |He_n(x)| e^{-x²/4} <= K sqrt(n!)  (Cramér; A&S 22.14.17)
+_P_LOG = math.log(0.0909 / EPS_FAST)  # product route: f_min + log Φ(a₁) + log Φ(a₂) >= _P_LOG
+_U_ROUND = 1.2e-16
+PATH_NAMES = ("trivial", "product", "series", "quadrature", "rho=1")
+_NROUTES = 5
+_RHO_ONE = 1.0 - 1e-15            # ρ within 1e-15 of 1: the ρ = 1 formula (rel. change <= 7e-13)
+_A_ONE = -35.0                    # ... for a >= −35 (m, n, v normal floats; Φ₂/v <= a²/2 + 1)
+
+
+@numba.njit(cache=True)
+def _unit_prep(mu, s, a, P, lP, env, ls, Q):
+    """Per-unit quantities of the fast covariance (theory §8.2), written into caller arrays.
+
+    ``a = μ/s`` (±2·A_LIMIT for infinite), ``P = Φ(a)``, ``lP = log Φ(a)``, ``ls = log s``,
+    ``env = K e^{−a²/4}/√(2π)`` (Cramér envelope of the series coefficients) and, for
+    |a| <= A_SERIES, ``Q[i, k] = q_k(a) = φ(a) He_k(a) / √(k! (k+1)(k+2))`` by the stable
+    normalised three-term recurrence ``ψ_{k+1} = (a ψ_k − √k ψ_{k−1})/√(k+1)``. Units with
+    s = 0 get a = 0 (never used: their covariances are 0).
+    """
+    for i in range(mu.shape[0]):
+        if s[i] > 0.0:
+            ai = mu[i] / s[i]
+            if math.isinf(ai):
+                ai = 2.0 * A_LIMIT if ai > 0 else -2.0 * A_LIMIT
+            ls[i] = math.log(s[i])
+        else:
+            ai = 0.0
+            ls[i] = -math.inf
+        a[i] = ai
+        P[i] = _ndtr_scalar(ai)
+        lP[i] = _log_ndtr(ai)
+        env[i] = _CRAMER_K * _INV_SQRT2PI * math.exp(-0.25 * ai * ai)
+        if abs(ai) <= A_SERIES:
+            pm = 0.0
+            pc = _INV_SQRT2PI * math.exp(-0.5 * ai * ai)       # ψ_0 = φ(a)
+            for k in range(_NQ):
+                Q[i, k] = pc / math.sqrt((k + 1.0) * (k + 2.0))
+                pn = (ai * pc - math.sqrt(k) * pm) / math.sqrt(k + 1.0)
+                pm = pc
+                pc = pn
+        else:
+            for k in range(_NQ):
+                Q[i, k] = 0.0
+
+
+@numba.njit(cache=True)
+def _product_term(rho, Pi, Pj, lPi, lPj, s12, logs12):
+    """ρ Φ(a_i) Φ(a_j) s_i s_j from per-unit Φ and log Φ (log domain near underflow)."""
+    p = Pi * Pj
+    if p > 1e-280 and abs(rho) > 1e-280 and 1e-280 < s12 < 1e280 and abs(rho) * p > 1e-280:
+        return rho * p * s12
+    lg = math.log(abs(rho)) + lPi + lPj + logs12
+    return math.exp(lg) if rho > 0 else -math.exp(lg)
+
+
+@numba.njit(cache=True)
+def _series_std(rho, Qi, Qj):
+    """Σ_{k=0}^{N−2} ρ^k q_k(a_i) q_k(a_j) (Horner in ρ², even and odd chains interleaved)."""
+    r2 = rho * rho
+    ev = 0.0
+    od = 0.0
+    k = _NQ - 1
+    if k % 2 == 1:                  # make k even at the top of the even chain
+        od = Qi[k] * Qj[k]
+        k -= 1
+    while k >= 2:
+        ev = ev * r2 + Qi[k] * Qj[k]
+        od = od * r2 + Qi[k - 1] * Qj[k - 1]
+        k -= 2
+    ev = ev * r2 + Qi[0] * Qj[0]
+    return ev + rho * od
+
+
+@numba.njit(cache=True)
+def _pair_cov(ai, aj, Pi, Pj, lPi, lPj, ei, ej, Qi, Qj, mnvi, mnvj, rho, s12, logs12, rtol, gx,
+              gwk, gwg, ws):
+    """Exact ``Cov[X_i⁺, X_j⁺]`` (theory §8.2) by the cheapest route whose error bound holds.
+
+    Returns ``(value, route)`` with route 0 trivial (ρ = 0, a limit), 1 product, 2 series,
+    3 quadrature, 4 ρ = 1. Inputs: per-unit quantities of :func:`_unit_prep`, ``mnv = (m, n, v)``
+    of each unit (standardised ReLU mean ``m(a)``, negative-part mean ``m(−a)`` and variance,
+    Prop. 4), the correlation ρ and ``s12 = s_i s_j``, ``logs12 = log s_i + log s_j``.
+    """
+    if rho > 1.0:
+        rho = 1.0
+    elif rho < -1.0:
+        rho = -1.0
+    if rho == 0.0 or ai < -A_LIMIT or aj < -A_LIMIT:
+        return 0.0, 0
+    if ai > A_LIMIT and aj > A_LIMIT:
+        return rho * s12, 0
+    ar = abs(rho)
+    if rho >= _RHO_ONE and ai >= _A_ONE and aj >= _A_ONE:
+        # ρ = 1: X_j = s_j(a_j + Z), X_i = s_i(a_i + Z); for a_i <= a_j
+        # C = v_i + m_i (n_i − n_j), both terms >= 0 (theory §8.2, Eq. U1)
+        if ai <= aj:
+            c = mnvi[2] + mnvi[0] * (mnvi[1] - mnvj[1])
+        else:
+            c = mnvj[2] + mnvj[0] * (mnvj[1] - mnvi[1])
+        if c > 1e-290 and 1e-280 < s12 < 1e280:
+            return c * s12, 4
+    if ar < 1.0:
+        # P: |integral term| <= 0.0909 ρ² e^{−f_min} (theory §8.2, Eq. P1)
+        if rho > 0.0:
+            fmin = _fmin_and_peak(ai, aj, 0.0, rho)[0]
+        else:
+            fmin = _fmin_and_peak(ai, aj, rho, 0.0)[0]
+        if fmin + lPi + lPj >= _P_LOG:
+            return _product_term(rho, Pi, Pj, lPi, lPj, s12, logs12), 1
+        # S: Mehler series, Cramér remainder bound (theory §8.2, Eqs. S2–S4)
+        if (ar <= RHO_SERIES and abs(ai) <= A_SERIES and abs(aj) <= A_SERIES
+                and 1e-200 < s12 < 1e200):
+            pp = Pi * Pj
+            ssum = rho * pp + rho * rho * _series_std(rho, Qi, Qj)
+            ee = ei * ej
+            r4 = ar * ar * ar * ar
+            r8 = r4 * r4
+            rN1 = r8 * r8 * r8 * ar                              # |ρ|^(N+1), N = 24
+            tail = ee * rN1 / ((N_SERIES + 1.0) * N_SERIES * (1.0 - ar))
+            rnd = 4.0 * (N_SERIES + 2.0) * _U_ROUND * (ar * pp + ee * ar * ar / (2.0 * (1.0 - ar)))
+            if tail + rnd <= EPS_FAST * (abs(ssum) - tail - rnd):
+                return ssum * s12, 2
+    return _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws), 3
+
+
+@numba.njit(cache=True)
+def _fast_row(i, a, P, lP, env, ls, Q, mnv, s, G, out, rtol, gx, gwk, gwg, ws, cnt):
+    """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i; route counts into cnt."""
+    si = s[i]
+    for j in range(i + 1, a.shape[0]):
+        g = G[i, j]
+        sj = s[j]
+        if g == 0.0 or si == 0.0 or sj == 0.0:
+            c = 0.0
+            r = 0
+        else:
+            s12 = si * sj
+            c, r = _pair_cov(a[i], a[j], P[i], P[j], lP[i], lP[j], env[i], env[j], Q[i], Q[j],
+                             mnv[i], mnv[j], g / s12, s12, ls[i] + ls[j], rtol, gx, gwk, gwg, ws)
+        out[i, j] = c
+        cnt[r] += 1
+
+
+@numba.njit(cache=True)
+def _mirror_block(out, bi, bj, B):
+    d = out.shape[0]
+    for i in range(bi, min(bi + B, d)):
+        for j in range(max(bj, i + 1), min(bj + B, d)):
+            out[j, i] = out[i, j]
+
+
+@numba.njit(cache=True)
+def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
+    """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (theory §8.2).
+
+    ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
+    deviations, ``sqrt(diag G)``) and the upper triangle of ``G`` (d, d); each pair takes the
+    cheapest exact route of :func:`_pair_cov` (product, Mehler series, adaptive quadrature).
+    ``out`` may be ``G`` itself (in place: entry (i, j), j > i, is read before it is written; the
+    lower triangle is written afterwards by a blocked mirror). The diagonal is not touched.
+    Returns the number of pairs per route (:data:`PATH_NAMES`).
+    """
+    d = mu.shape[0]
+    a = np.empty(d)
+    P = np.empty(d)
+    lP = np.empty(d)
+    env = np.empty(d)
+    ls = np.empty(d)
+    Q = np.empty((d, _NQ))
+    _unit_prep(mu, s, a, P, lP, env, ls, Q)
+    cnt = np.zeros(_NROUTES, dtype=np.int64)
+    ws = np.empty(_WS_SIZE)
+    for i in range(d):
+        _fast_row(i, a, P, lP, env, ls, Q, mnv, s, G, out, rtol, gx, gwk, gwg, ws, cnt)
+    B = 64
+    for bi in range(0, d, B):
+        for bj in range(bi, d, B):
+            _mirror_block(out, bi, bj, B)
+    return cnt
+
+
+@numba.njit(cache=True, parallel=True)
+def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
+    """Parallel :func:`relu_cov_pairs_kernel`: rows k and d−1−k per task (balanced triangle).
+
+    Every entry is computed by the same scalar code, so the result equals the serial kernel
+    bit for bit whatever the number of threads.
+    """
+    d = mu.shape[0]
+    a = np.empty(d)
+    P = np.empty(d)
+    lP = np.empty(d)
+    env = np.empty(d)
+    ls = np.empty(d)
+    Q = np.empty((d, _NQ))
+    _unit_prep(mu, s, a, P, lP, env, ls, Q)
+    half = (d + 1) // 2
+    cnts = np.zeros((half, _NROUTES), dtype=np.int64)
+    for k in numba.prange(half):
+        ws = np.empty(_WS_SIZE)
+        _fast_row(k, a, P, lP, env, ls, Q, mnv, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k])
+        k2 = d - 1 - k
+        if k2 != k:
+            _fast_row(k2, a, P, lP, env, ls, Q, mnv, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k])
+    B = 64
+    nb = (d + B - 1) // B
+    for bi in numba.prange(nb):
+        for bj in range(bi, nb):
+            _mirror_block(out, bi * B, bj * B, B)
+    cnt = np.zeros(_NROUTES, dtype=np.int64)
+    for k in range(half):
+        for r in range(_NROUTES):
+            cnt[r] += cnts[k, r]
+    return cnt
+
+
+@numba.njit(cache=True)
+def _relu_cov_vec_fast(mu1, s1, mu2, s2, mnv, rho, rtol, gx, gwk, gwg, out, route):
+    """Elementwise :func:`_pair_cov` over 1-D arrays (unit i of x₁ with unit i of x₂)."""
+    n = out.shape[0]
+    mu = np.concatenate((mu1, mu2))
+    s = np.concatenate((s1, s2))
+    a = np.empty(2 * n)
+    P = np.empty(2 * n)
+    lP = np.empty(2 * n)
+    env = np.empty(2 * n)
+    ls = np.empty(2 * n)
+    Q = np.empty((2 * n, _NQ))
+    _unit_prep(mu, s, a, P, lP, env, ls, Q)
+    ws = np.empty(_WS_SIZE)
+    for i in range(n):
+        j = n + i
+        if s[i] == 0.0 or s[j] == 0.0 or rho[i] == 0.0:
+            out[i] = 0.0
+            route[i] = 0
+            continue
+        out[i], route[i] = _pair_cov(a[i], a[j], P[i], P[j], lP[i], lP[j], env[i], env[j], Q[i],
+                                     Q[j], mnv[i], mnv[j], rho[i], s[i] * s[j], ls[i] + ls[j],
+                                     rtol, gx, gwk, gwg, ws)
 
 
 @numba.njit(cache=True)
@@ -500,7 +759,24 @@ def _flat(*arrays):
     return arrs[0].shape, [np.ascontiguousarray(a).ravel() for a in arrs]
 
 
-def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD):
+def unit_mnv(mu, s):
+    """Per-unit ``(m(a), m(−a), v(a))`` (d, 3) of the standardised ReLU (theory §8.1, Prop. 4).
+
+    ``m(a) = E[(a + Z)⁺]``, ``m(−a) = E[(a + Z)⁻]``, ``v(a) = V[(a + Z)⁺]`` with ``a = μ/s``
+    (0 where s = 0), from :func:`relu_mean_var`; used by the ρ = 1 route of the covariance.
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64)
+    pos = s > 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a = np.where(pos, mu / np.where(pos, s, 1.0), 0.0)
+    a = np.clip(a, -2.0 * A_LIMIT, 2.0 * A_LIMIT)
+    m, v = relu_mean_var(a, np.ones_like(a))
+    n, _ = relu_mean_var(-a, np.ones_like(a))
+    return np.ascontiguousarray(np.stack([m, n, v], axis=1))
+
+
+def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD, method="auto", return_route=False):
     r"""Exact ``Cov[X₁⁺, X₂⁺]`` of two rectified jointly Gaussian variables (spec §8.2).
 
     Corrects the first-order rule of Eq. (28) (D15). With ``a_k = mu_k/s_k``::
@@ -518,10 +794,17 @@ def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD):
         Means, standard deviations (>= 0) and correlation; broadcast together.
     rtol : float
         Relative tolerance of the quadrature.
+    method : {"auto", "quad"}
+        ``"auto"`` (default): per pair the cheapest exact route whose error bound holds
+        (product, Mehler series, quadrature; theory §8.2 "Fast evaluation"); ``"quad"``: the
+        adaptive quadrature for every pair (the reference route).
+    return_route : bool
+        Also return the route taken per element (0 trivial, 1 product, 2 series,
+        3 quadrature; :data:`PATH_NAMES`).
 
     Returns
     -------
-    ndarray of the broadcast shape.
+    ndarray of the broadcast shape (and the int64 routes if ``return_route``).
     """
     shape, (m1, a1, m2, a2, r) = _flat(mu1, s1, mu2, s2, rho)
     if not (np.all(np.isfinite(m1)) and np.all(np.isfinite(m2)) and np.all(np.isfinite(r))
@@ -530,7 +813,16 @@ def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD):
     if np.any(a1 < 0) or np.any(a2 < 0):
         raise DataError("ReLU covariance: negative standard deviation")
     out = np.empty(m1.shape[0])
-    _relu_cov_vec(m1, a1, m2, a2, r, float(rtol), _GK_X, _GK_WK, _GK_WG, out)
+    route = np.full(m1.shape[0], 3, dtype=np.int64)
+    if method == "auto":
+        mnv = unit_mnv(np.concatenate((m1, m2)), np.concatenate((a1, a2)))
+        _relu_cov_vec_fast(m1, a1, m2, a2, mnv, r, float(rtol), _GK_X, _GK_WK, _GK_WG, out, route)
+    elif method == "quad":
+        _relu_cov_vec(m1, a1, m2, a2, r, float(rtol), _GK_X, _GK_WK, _GK_WG, out)
+    else:
+        raise DataError(f"ReLU covariance method must be 'auto' or 'quad', got {method!r}")
+    if return_route:
+        return out.reshape(shape), route.reshape(shape)
     return out.reshape(shape)
 
 
@@ -602,7 +894,7 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
         if parallel is None:
             parallel = d >= 256
         kern = relu_cov_pairs_kernel_par if parallel else relu_cov_pairs_kernel
-        kern(mu, s, gamma, out, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+        kern(mu, s, gamma, out, unit_mnv(mu, s), RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
     elif mode == "taylor":
         pos = (mu > 0).astype(np.float64)
         if out is not gamma:

@@ -25,8 +25,9 @@ from scipy.stats import multivariate_normal
 
 from refmem.errors import DataError
 from refmem.relu import (_GK_WG, _GK_WK, _GK_X, RTOL_QUAD, bvn_cdf, relu_cov_exact,
-                         relu_cov_pairs_kernel, relu_cov_pairs_kernel_par, relu_cov_taylor,
-                         relu_mean_var, relu_moments)
+                         relu_cov_pairs_kernel, relu_cov_pairs_kernel_par,
+                         relu_cov_pairs_quad_kernel, relu_cov_pairs_quad_kernel_par,
+                         relu_cov_taylor, relu_mean_var, relu_moments, unit_mnv)
 
 TINY = np.finfo(float).tiny          # smallest normal float64
 REQ = 1e-9                           # required relative accuracy
@@ -148,8 +149,10 @@ def test_O3_arc_cosine_kernel(rho, want):
     with mp.workdps(40):                       # float64 loses digits in √(1−ρ²) near ρ = 1
         R = mp.mpf(rho)
         closed = float((mp.sqrt(1 - R * R) + R * (mp.pi - mp.acos(R)) - 1) / (2 * mp.pi))
-    got = float(relu_cov_exact(0.0, 1.0, 0.0, 1.0, rho))
-    assert abs(got - closed) <= 1e-15
+    quad = float(relu_cov_exact(0.0, 1.0, 0.0, 1.0, rho, method="quad"))
+    assert abs(quad - closed) <= 1e-15
+    got = float(relu_cov_exact(0.0, 1.0, 0.0, 1.0, rho))      # fast routes: bound 1e-10 rel.
+    assert abs(got - closed) <= 1e-10 * abs(closed)
     if want is not None:
         assert abs(got - want) <= 1e-15
     if rho == 0.5:
@@ -383,12 +386,32 @@ def test_pair_kernels_jit_equal_python():
     mu = rng.normal(size=d) * 3
     mu[3] = -50.0                                  # beyond the ±40 limit
     s = np.sqrt(np.diag(G))
-    outs = []
+    mu[4] = mu[5] = 0.3                            # a pair on the ρ = 1 route
+    G[4, :] = G[5, :] = G[:, 4] = G[:, 5] = G[4, 4] = 0.0
+    G[4, 4] = G[5, 5] = G[4, 5] = G[5, 4] = 1.0
+    s = np.sqrt(np.diag(G))
+    mnv = unit_mnv(mu, s)
+    outs, quads, counts = [], [], []
     for kern in (relu_cov_pairs_kernel, relu_cov_pairs_kernel_par):
         for f in (kern, getattr(kern, "py_func", kern)):
             out = np.zeros((d, d))
-            f(mu, s, G, out, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+            counts.append(f(mu, s, G, out, mnv, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG))
             outs.append(out)
+    for kern in (relu_cov_pairs_quad_kernel, relu_cov_pairs_quad_kernel_par):
+        for f in (kern, getattr(kern, "py_func", kern)):
+            out = np.zeros((d, d))
+            f(mu, s, G, out, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+            quads.append(out)
     for o in outs[1:]:
         np.testing.assert_allclose(o, outs[0], rtol=1e-13, atol=1e-300)
     np.testing.assert_array_equal(outs[2], outs[0])            # parallel == serial (JIT)
+    for c in counts:
+        np.testing.assert_array_equal(c, counts[0])
+        assert c.sum() == d * (d - 1) // 2
+    assert counts[0][4] >= 1                                   # the ρ = 1 pair
+    for o in quads[1:]:
+        np.testing.assert_allclose(o, quads[0], rtol=1e-13, atol=1e-300)
+    np.testing.assert_array_equal(quads[2], quads[0])
+    off = ~np.eye(d, dtype=bool)                               # routes agree with quadrature
+    np.testing.assert_allclose(outs[0][off], quads[0][off], rtol=1e-9, atol=1e-300)
+    np.testing.assert_array_equal(outs[0], outs[0].T)
