@@ -473,65 +473,96 @@ def relu_cov_pairs_quad_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
 
 
 # ====================================================================== fast exact covariance
-# theory §8.2: three exact routes, chosen per pair by rigorous error bounds (derivation in the
-# theory guide §8.2 "Fast evaluation"):
-#   P  product     Cov = Γ₁₂ Φ(a₁)Φ(a₂) when the integral term is provably < EPS_FAST of it;
-#   S  series      Mehler/Hermite series in ρ with per-unit coefficients, truncated at order
-#                  N_SERIES, accepted when Cramér's bound on the remainder plus the rounding
-#                  bound is < EPS_FAST of the value;
+# theory §8.2 "Fast evaluation": exact routes chosen per pair by error bounds
+# (derivation and notation in the theory guide; standardised C = Cov/(s_i s_j)):
+#   U  ρ = 1       C = v_i + m_i (n_i − n_j)  (a_i <= a_j; no cancellation)        Eq. (U1)
+#   P  product     C = ρ Φ(a_i)Φ(a_j) when the integral term is provably < EPS_FAST of it
+#                  (|integral| <= 0.0909 ρ² e^{−f_min})                            Eq. (P1)
+#   S  series      C = φ_iφ_j [ρ R_i R_j + Σ_{k>=0} ρ^{k+2} q_k(a_i) q_k(a_j)]  (Mehler),
+#                  summed until Cramér's remainder bound plus the rounding and table
+#                  error bounds are < EPS_FAST of the value, at most K_SERIES terms    Eq. (S1–S4)
 #   Q  quadrature  the adaptive Gauss–Kronrod route (_relu_cov_core) for every other pair.
-N_SERIES = 24
-"""Highest order n of the Mehler series (theory §8.2, Eq. S2): orders 2..N_SERIES."""
-_NQ = N_SERIES - 1                 # per-unit coefficients q_k, k = 0..N_SERIES-2
-A_SERIES = 10.0
-"""Series route only for |a| <= A_SERIES (per-unit coefficients stay normal floats)."""
-RHO_SERIES = 0.9
-"""Series route only for |ρ| <= RHO_SERIES (beyond, the truncation bound cannot pass)."""
+K_SERIES = 64
+"""Most series terms per pair (orders n = 2 .. K_SERIES + 1; theory §8.2, Eq. S1)."""
+A_SERIES = 37.0
+"""Series route only for |a| <= A_SERIES (φ(a) and the tables stay normal floats)."""
+RHO_SERIES = 0.95
+"""Series route only for |ρ| <= RHO_SERIES."""
 EPS_FAST = 1e-10
 """Relative error bound the product and series routes must prove (contract: 1e-9)."""
 _CRAMER_K = 1.086435               # |He_n(x)| e^{-x²/4} <= K sqrt(n!)  (Cramér; A&S 22.14.17)
 _P_LOG = math.log(0.0909 / EPS_FAST)  # product route: f_min + log Φ(a₁) + log Φ(a₂) >= _P_LOG
-_U_ROUND = 1.2e-16
+_U_ROUND = 1.12e-16
+_LOG_SQRT2PI = 0.5 * math.log(2.0 * math.pi)
 PATH_NAMES = ("trivial", "product", "series", "quadrature", "rho=1")
 _NROUTES = 5
 _RHO_ONE = 1.0 - 1e-15            # ρ within 1e-15 of 1: the ρ = 1 formula (rel. change <= 7e-13)
 _A_ONE = -35.0                    # ... for a >= −35 (m, n, v normal floats; Φ₂/v <= a²/2 + 1)
+_R_MAX = 1e150                    # series route only where R = Φ/φ <= _R_MAX
+_SER_W = 1.0 / np.sqrt(np.arange(1.0, K_SERIES + 1.0) * np.arange(2.0, K_SERIES + 2.0))
+_SER_SQ = np.sqrt(np.arange(0.0, K_SERIES))
+_SER_R1 = 1.0 / np.sqrt(np.arange(1.0, K_SERIES + 1.0))
+_SER_TAIL = 1.0 / (np.arange(2.0, K_SERIES + 2.0) * np.arange(3.0, K_SERIES + 3.0))
+# per-unit table columns
+_UA, _UP, _ULP, _ULS, _UR, _ULPHI, _UPHI, _UEE, _UM, _UN, _UV = range(11)
+_NU = 11
 
 
 @numba.njit(cache=True)
-def _unit_prep(mu, s, a, P, lP, env, ls, Q):
+def _unit_prep(mu, s, mnv, U, QE):
     """Per-unit quantities of the fast covariance (theory §8.2), written into caller arrays.
 
-    ``a = μ/s`` (±2·A_LIMIT for infinite), ``P = Φ(a)``, ``lP = log Φ(a)``, ``ls = log s``,
-    ``env = K e^{−a²/4}/√(2π)`` (Cramér envelope of the series coefficients) and, for
-    |a| <= A_SERIES, ``Q[i, k] = q_k(a) = φ(a) He_k(a) / √(k! (k+1)(k+2))`` by the stable
-    normalised three-term recurrence ``ψ_{k+1} = (a ψ_k − √k ψ_{k−1})/√(k+1)``. Units with
-    s = 0 get a = 0 (never used: their covariances are 0).
+    ``U[i]`` = (a, Φ(a), log Φ(a), log s, R = Φ(a)/φ(a), log φ(a), φ(a), K e^{a²/4}, m, n, v)
+    with ``a = μ/s`` (±2·A_LIMIT for infinite, 0 for s = 0) and ``(m, n, v) = mnv[i]``.
+    For |a| <= A_SERIES, ``QE[i, k] = q_k(a) = He_k(a)/√(k! (k+1)(k+2))`` (k < K_SERIES) by the
+    normalised recurrence ``h_{k+1} = (a h_k − √k h_{k−1})/√(k+1)``, and
+    ``QE[i, K_SERIES + k]`` a running bound on its absolute rounding error.
     """
+    K = K_SERIES
     for i in range(mu.shape[0]):
         if s[i] > 0.0:
             ai = mu[i] / s[i]
             if math.isinf(ai):
                 ai = 2.0 * A_LIMIT if ai > 0 else -2.0 * A_LIMIT
-            ls[i] = math.log(s[i])
+            U[i, _ULS] = math.log(s[i])
         else:
             ai = 0.0
-            ls[i] = -math.inf
-        a[i] = ai
-        P[i] = _ndtr_scalar(ai)
-        lP[i] = _log_ndtr(ai)
-        env[i] = _CRAMER_K * _INV_SQRT2PI * math.exp(-0.25 * ai * ai)
+            U[i, _ULS] = -math.inf
+        U[i, _UA] = ai
+        U[i, _UP] = _ndtr_scalar(ai)
+        U[i, _ULP] = _log_ndtr(ai)
+        U[i, _UM] = mnv[i, 0]
+        U[i, _UN] = mnv[i, 1]
+        U[i, _UV] = mnv[i, 2]
         if abs(ai) <= A_SERIES:
-            pm = 0.0
-            pc = _INV_SQRT2PI * math.exp(-0.5 * ai * ai)       # ψ_0 = φ(a)
-            for k in range(_NQ):
-                Q[i, k] = pc / math.sqrt((k + 1.0) * (k + 2.0))
-                pn = (ai * pc - math.sqrt(k) * pm) / math.sqrt(k + 1.0)
-                pm = pc
-                pc = pn
+            lphi = -0.5 * ai * ai - _LOG_SQRT2PI
+            U[i, _ULPHI] = lphi
+            U[i, _UPHI] = math.exp(lphi)
+            U[i, _UR] = math.exp(U[i, _ULP] - lphi)
+            U[i, _UEE] = _CRAMER_K * math.exp(0.25 * ai * ai)
+            hm = 0.0
+            hc = 1.0
+            em = 0.0
+            ec = 0.0
+            for k in range(K):
+                w = _SER_W[k]
+                QE[i, k] = hc * w
+                QE[i, K + k] = ec * w + 3.0 * _U_ROUND * abs(hc * w)
+                sk = _SER_SQ[k]
+                r1 = _SER_R1[k]
+                hn = (ai * hc - sk * hm) * r1
+                en = (abs(ai) * ec + sk * em + 6.0 * _U_ROUND * (abs(ai * hc) + sk * abs(hm))) * r1
+                hm = hc
+                hc = hn
+                em = ec
+                ec = en
         else:
-            for k in range(_NQ):
-                Q[i, k] = 0.0
+            U[i, _ULPHI] = -math.inf
+            U[i, _UPHI] = 0.0
+            U[i, _UR] = math.inf
+            U[i, _UEE] = math.inf
+            for k in range(2 * K):
+                QE[i, k] = 0.0
 
 
 @numba.njit(cache=True)
@@ -545,91 +576,108 @@ def _product_term(rho, Pi, Pj, lPi, lPj, s12, logs12):
 
 
 @numba.njit(cache=True)
-def _series_std(rho, Qi, Qj):
-    """Σ_{k=0}^{N−2} ρ^k q_k(a_i) q_k(a_j) (Horner in ρ², even and odd chains interleaved)."""
+def _series(rho, Ui, Uj, QEi, QEj):
+    """Mehler series bracket ``B = ρ R_i R_j + Σ_k ρ^{k+2} q_k(a_i) q_k(a_j)`` (theory §8.2).
+
+    Summed term by term until the proven error (Cramér remainder, Eq. S3, plus rounding and
+    table errors, Eq. S4) is below EPS_FAST·|B|. Returns ``(B, terms)``, ``terms = 0`` when
+    the bound did not pass within K_SERIES terms; ``C = φ_i φ_j B``.
+    """
+    K = K_SERIES
+    ar = abs(rho)
     r2 = rho * rho
-    ev = 0.0
-    od = 0.0
-    k = _NQ - 1
-    if k % 2 == 1:                  # make k even at the top of the even chain
-        od = Qi[k] * Qj[k]
-        k -= 1
-    while k >= 2:
-        ev = ev * r2 + Qi[k] * Qj[k]
-        od = od * r2 + Qi[k - 1] * Qj[k - 1]
-        k -= 2
-    ev = ev * r2 + Qi[0] * Qj[0]
-    return ev + rho * od
+    base = rho * Ui[_UR] * Uj[_UR]
+    ee = Ui[_UEE] * Uj[_UEE]
+    inv1r = 1.0 / (1.0 - ar)
+    S = 0.0
+    Sabs = 0.0
+    Serr = 0.0
+    rk = r2                      # ρ^{k+2}
+    ak = r2                      # |ρ|^{k+2}
+    for k in range(K):
+        qi = QEi[k]
+        qj = QEj[k]
+        p = qi * qj
+        S += rk * p
+        Sabs += ak * abs(p)
+        Serr += ak * (abs(qi) * QEj[K + k] + QEi[K + k] * abs(qj) + QEi[K + k] * QEj[K + k])
+        rk *= rho
+        ak *= ar
+        # remainder of orders k+1.. : <= ee |ρ|^{k+3} / ((k+2)(k+3)(1−|ρ|))
+        tail = ee * ak * _SER_TAIL[k] * inv1r
+        B = base + S
+        err = tail + Serr + (k + 6.0) * _U_ROUND * (Sabs + abs(base))
+        if err <= EPS_FAST * (abs(B) - err):
+            return B, k + 1
+    return base + S, 0
 
 
 @numba.njit(cache=True)
-def _pair_cov(ai, aj, Pi, Pj, lPi, lPj, ei, ej, Qi, Qj, mnvi, mnvj, rho, s12, logs12, rtol, gx,
-              gwk, gwg, ws):
+def _pair_cov(Ui, Uj, QEi, QEj, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
     """Exact ``Cov[X_i⁺, X_j⁺]`` (theory §8.2) by the cheapest route whose error bound holds.
 
-    Returns ``(value, route)`` with route 0 trivial (ρ = 0, a limit), 1 product, 2 series,
-    3 quadrature, 4 ρ = 1. Inputs: per-unit quantities of :func:`_unit_prep`, ``mnv = (m, n, v)``
-    of each unit (standardised ReLU mean ``m(a)``, negative-part mean ``m(−a)`` and variance,
-    Prop. 4), the correlation ρ and ``s12 = s_i s_j``, ``logs12 = log s_i + log s_j``.
+    Returns ``(value, route, terms)`` with route 0 trivial (ρ = 0, a limit), 1 product,
+    2 series (``terms`` series terms), 3 quadrature, 4 ρ = 1. Inputs: the per-unit rows of :func:`_unit_prep`, the correlation ρ,
+    ``s12 = s_i s_j`` and ``logs12 = log s_i + log s_j``.
     """
+    ai = Ui[_UA]
+    aj = Uj[_UA]
     if rho > 1.0:
         rho = 1.0
     elif rho < -1.0:
         rho = -1.0
     if rho == 0.0 or ai < -A_LIMIT or aj < -A_LIMIT:
-        return 0.0, 0
+        return 0.0, 0, 0
     if ai > A_LIMIT and aj > A_LIMIT:
-        return rho * s12, 0
+        return rho * s12, 0, 0
     ar = abs(rho)
     if rho >= _RHO_ONE and ai >= _A_ONE and aj >= _A_ONE:
-        # ρ = 1: X_j = s_j(a_j + Z), X_i = s_i(a_i + Z); for a_i <= a_j
-        # C = v_i + m_i (n_i − n_j), both terms >= 0 (theory §8.2, Eq. U1)
+        # ρ = 1: X_j = s_j(a_j + Z), X_i = s_i(a_i + Z); for a_i <= a_j (Eq. U1)
         if ai <= aj:
-            c = mnvi[2] + mnvi[0] * (mnvi[1] - mnvj[1])
+            c = Ui[_UV] + Ui[_UM] * (Ui[_UN] - Uj[_UN])
         else:
-            c = mnvj[2] + mnvj[0] * (mnvj[1] - mnvi[1])
+            c = Uj[_UV] + Uj[_UM] * (Uj[_UN] - Ui[_UN])
         if c > 1e-290 and 1e-280 < s12 < 1e280:
-            return c * s12, 4
+            return c * s12, 4, 0
     if ar < 1.0:
-        # P: |integral term| <= 0.0909 ρ² e^{−f_min} (theory §8.2, Eq. P1)
+        # P: |integral term| <= 0.0909 ρ² e^{−f_min} (Eq. P1)
         if rho > 0.0:
             fmin = _fmin_and_peak(ai, aj, 0.0, rho)[0]
         else:
             fmin = _fmin_and_peak(ai, aj, rho, 0.0)[0]
-        if fmin + lPi + lPj >= _P_LOG:
-            return _product_term(rho, Pi, Pj, lPi, lPj, s12, logs12), 1
-        # S: Mehler series, Cramér remainder bound (theory §8.2, Eqs. S2–S4)
+        if fmin + Ui[_ULP] + Uj[_ULP] >= _P_LOG:
+            return _product_term(rho, Ui[_UP], Uj[_UP], Ui[_ULP], Uj[_ULP], s12, logs12), 1, 0
+        # S: Mehler series (Eqs. S1–S4)
         if (ar <= RHO_SERIES and abs(ai) <= A_SERIES and abs(aj) <= A_SERIES
-                and 1e-200 < s12 < 1e200):
-            pp = Pi * Pj
-            ssum = rho * pp + rho * rho * _series_std(rho, Qi, Qj)
-            ee = ei * ej
-            r4 = ar * ar * ar * ar
-            r8 = r4 * r4
-            rN1 = r8 * r8 * r8 * ar                              # |ρ|^(N+1), N = 24
-            tail = ee * rN1 / ((N_SERIES + 1.0) * N_SERIES * (1.0 - ar))
-            rnd = 4.0 * (N_SERIES + 2.0) * _U_ROUND * (ar * pp + ee * ar * ar / (2.0 * (1.0 - ar)))
-            if tail + rnd <= EPS_FAST * (abs(ssum) - tail - rnd):
-                return ssum * s12, 2
-    return _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws), 3
+                and Ui[_UR] <= _R_MAX and Uj[_UR] <= _R_MAX and s12 > 0.0):
+            B, nt = _series(rho, Ui, Uj, QEi, QEj)
+            if nt > 0 and B != 0.0:
+                fac = Ui[_UPHI] * Uj[_UPHI]
+                if fac > 1e-290 and 1e-280 < s12 < 1e280 and fac * s12 > 1e-290:
+                    return fac * s12 * B, 2, nt
+                lg = Ui[_ULPHI] + Uj[_ULPHI] + logs12 + math.log(abs(B))
+                return (math.exp(lg) if B > 0 else -math.exp(lg)), 2, nt
+    return _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws), 3, 0
 
 
 @numba.njit(cache=True)
-def _fast_row(i, a, P, lP, env, ls, Q, mnv, s, G, out, rtol, gx, gwk, gwg, ws, cnt):
+def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt):
     """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i; route counts into cnt."""
     si = s[i]
-    for j in range(i + 1, a.shape[0]):
+    for j in range(i + 1, U.shape[0]):
         g = G[i, j]
         sj = s[j]
         if g == 0.0 or si == 0.0 or sj == 0.0:
             c = 0.0
             r = 0
+            nt = 0
         else:
             s12 = si * sj
-            c, r = _pair_cov(a[i], a[j], P[i], P[j], lP[i], lP[j], env[i], env[j], Q[i], Q[j],
-                             mnv[i], mnv[j], g / s12, s12, ls[i] + ls[j], rtol, gx, gwk, gwg, ws)
+            c, r, nt = _pair_cov(U[i], U[j], QE[i], QE[j], g / s12, s12, U[i, _ULS] + U[j, _ULS],
+                             rtol, gx, gwk, gwg, ws)
         out[i, j] = c
         cnt[r] += 1
+        cnt[_NROUTES] += nt
 
 
 @numba.njit(cache=True)
@@ -645,24 +693,21 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
     """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (theory §8.2).
 
     ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
-    deviations, ``sqrt(diag G)``) and the upper triangle of ``G`` (d, d); each pair takes the
-    cheapest exact route of :func:`_pair_cov` (product, Mehler series, adaptive quadrature).
-    ``out`` may be ``G`` itself (in place: entry (i, j), j > i, is read before it is written; the
-    lower triangle is written afterwards by a blocked mirror). The diagonal is not touched.
-    Returns the number of pairs per route (:data:`PATH_NAMES`).
+    deviations, ``sqrt(diag G)``), the upper triangle of ``G`` (d, d) and ``mnv`` (d, 3) from
+    :func:`unit_mnv`; each pair takes the cheapest exact route of :func:`_pair_cov` (ρ = 1
+    formula, product, Mehler series, adaptive quadrature). ``out`` may be ``G`` itself (in
+    place: entry (i, j), j > i, is read before it is written; the lower triangle is written
+    afterwards by a blocked mirror). The diagonal is not touched. Returns the number of pairs
+    per route (:data:`PATH_NAMES`) followed by the total number of series terms summed.
     """
     d = mu.shape[0]
-    a = np.empty(d)
-    P = np.empty(d)
-    lP = np.empty(d)
-    env = np.empty(d)
-    ls = np.empty(d)
-    Q = np.empty((d, _NQ))
-    _unit_prep(mu, s, a, P, lP, env, ls, Q)
-    cnt = np.zeros(_NROUTES, dtype=np.int64)
+    U = np.empty((d, _NU))
+    QE = np.empty((d, 2 * K_SERIES))
+    _unit_prep(mu, s, mnv, U, QE)
+    cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     ws = np.empty(_WS_SIZE)
     for i in range(d):
-        _fast_row(i, a, P, lP, env, ls, Q, mnv, s, G, out, rtol, gx, gwk, gwg, ws, cnt)
+        _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt)
     B = 64
     for bi in range(0, d, B):
         for bj in range(bi, d, B):
@@ -678,29 +723,25 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
     bit for bit whatever the number of threads.
     """
     d = mu.shape[0]
-    a = np.empty(d)
-    P = np.empty(d)
-    lP = np.empty(d)
-    env = np.empty(d)
-    ls = np.empty(d)
-    Q = np.empty((d, _NQ))
-    _unit_prep(mu, s, a, P, lP, env, ls, Q)
+    U = np.empty((d, _NU))
+    QE = np.empty((d, 2 * K_SERIES))
+    _unit_prep(mu, s, mnv, U, QE)
     half = (d + 1) // 2
-    cnts = np.zeros((half, _NROUTES), dtype=np.int64)
+    cnts = np.zeros((half, _NROUTES + 1), dtype=np.int64)
     for k in numba.prange(half):
         ws = np.empty(_WS_SIZE)
-        _fast_row(k, a, P, lP, env, ls, Q, mnv, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k])
+        _fast_row(k, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k])
         k2 = d - 1 - k
         if k2 != k:
-            _fast_row(k2, a, P, lP, env, ls, Q, mnv, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k])
+            _fast_row(k2, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k])
     B = 64
     nb = (d + B - 1) // B
     for bi in numba.prange(nb):
         for bj in range(bi, nb):
             _mirror_block(out, bi * B, bj * B, B)
-    cnt = np.zeros(_NROUTES, dtype=np.int64)
+    cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     for k in range(half):
-        for r in range(_NROUTES):
+        for r in range(_NROUTES + 1):
             cnt[r] += cnts[k, r]
     return cnt
 
@@ -711,13 +752,9 @@ def _relu_cov_vec_fast(mu1, s1, mu2, s2, mnv, rho, rtol, gx, gwk, gwg, out, rout
     n = out.shape[0]
     mu = np.concatenate((mu1, mu2))
     s = np.concatenate((s1, s2))
-    a = np.empty(2 * n)
-    P = np.empty(2 * n)
-    lP = np.empty(2 * n)
-    env = np.empty(2 * n)
-    ls = np.empty(2 * n)
-    Q = np.empty((2 * n, _NQ))
-    _unit_prep(mu, s, a, P, lP, env, ls, Q)
+    U = np.empty((2 * n, _NU))
+    QE = np.empty((2 * n, 2 * K_SERIES))
+    _unit_prep(mu, s, mnv, U, QE)
     ws = np.empty(_WS_SIZE)
     for i in range(n):
         j = n + i
@@ -725,9 +762,8 @@ def _relu_cov_vec_fast(mu1, s1, mu2, s2, mnv, rho, rtol, gx, gwk, gwg, out, rout
             out[i] = 0.0
             route[i] = 0
             continue
-        out[i], route[i] = _pair_cov(a[i], a[j], P[i], P[j], lP[i], lP[j], env[i], env[j], Q[i],
-                                     Q[j], mnv[i], mnv[j], rho[i], s[i] * s[j], ls[i] + ls[j],
-                                     rtol, gx, gwk, gwg, ws)
+        out[i], route[i], _ = _pair_cov(U[i], U[j], QE[i], QE[j], rho[i], s[i] * s[j],
+                                     U[i, _ULS] + U[j, _ULS], rtol, gx, gwk, gwg, ws)
 
 
 @numba.njit(cache=True)
