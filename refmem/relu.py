@@ -482,7 +482,7 @@ def relu_cov_pairs_quad_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
 #                  summed until Cramér's remainder bound plus the rounding and table
 #                  error bounds are < EPS_FAST of the value, at most K_SERIES terms    Eq. (S1–S4)
 #   Q  quadrature  the adaptive Gauss–Kronrod route (_relu_cov_core) for every other pair.
-K_SERIES = 64
+K_SERIES = 128
 """Most series terms per pair (orders n = 2 .. K_SERIES + 1; theory §8.2, Eq. S1)."""
 A_SERIES = 37.0
 """Series route only for |a| <= A_SERIES (φ(a) and the tables stay normal floats)."""
@@ -506,6 +506,7 @@ _SER_TAIL = 1.0 / (np.arange(2.0, K_SERIES + 2.0) * np.arange(3.0, K_SERIES + 3.
 # per-unit table columns
 _UA, _UP, _ULP, _ULS, _UR, _ULPHI, _UPHI, _UEE, _UM, _UN, _UV = range(11)
 _NU = 11
+_VEC_CHUNK = 4096                 # elements per call of the elementwise kernel
 
 
 @numba.njit(cache=True)
@@ -516,7 +517,9 @@ def _unit_prep(mu, s, mnv, U, QE):
     with ``a = μ/s`` (±2·A_LIMIT for infinite, 0 for s = 0) and ``(m, n, v) = mnv[i]``.
     For |a| <= A_SERIES, ``QE[i, k] = q_k(a) = He_k(a)/√(k! (k+1)(k+2))`` (k < K_SERIES) by the
     normalised recurrence ``h_{k+1} = (a h_k − √k h_{k−1})/√(k+1)``, and
-    ``QE[i, K_SERIES + k]`` a running bound on its absolute rounding error.
+    ``QE[i, K_SERIES + k] = |q_k| + e_k`` with ``e_k`` a running bound on the absolute
+    rounding error of the stored ``q_k`` (first-order forward error analysis of the
+    recurrence).
     """
     K = K_SERIES
     for i in range(mu.shape[0]):
@@ -547,7 +550,7 @@ def _unit_prep(mu, s, mnv, U, QE):
             for k in range(K):
                 w = _SER_W[k]
                 QE[i, k] = hc * w
-                QE[i, K + k] = ec * w + 3.0 * _U_ROUND * abs(hc * w)
+                QE[i, K + k] = abs(hc * w) * (1.0 + 3.0 * _U_ROUND) + ec * w
                 sk = _SER_SQ[k]
                 r1 = _SER_R1[k]
                 hn = (ai * hc - sk * hm) * r1
@@ -576,108 +579,146 @@ def _product_term(rho, Pi, Pj, lPi, lPj, s12, logs12):
 
 
 @numba.njit(cache=True)
-def _series(rho, Ui, Uj, QEi, QEj):
-    """Mehler series bracket ``B = ρ R_i R_j + Σ_k ρ^{k+2} q_k(a_i) q_k(a_j)`` (theory §8.2).
+def _pair_cheap(ai, aj, lPi, lPj, Pi, Pj, rho, s12, logs12, vmi, vmj):
+    """Closed-form routes of the exact covariance (theory §8.2), scalars only.
 
-    Summed term by term until the proven error (Cramér remainder, Eq. S3, plus rounding and
-    table errors, Eq. S4) is below EPS_FAST·|B|. Returns ``(B, terms)``, ``terms = 0`` when
-    the bound did not pass within K_SERIES terms; ``C = φ_i φ_j B``.
+    Returns ``(value, route)``: route 0 trivial (ρ = 0 or a limit), 4 ρ = 1 (Eq. U1),
+    1 product (Eq. P1) — final values; or route 2 (try the series) / 3 (quadrature) with
+    value 0. ``vmi = (v, m, n)`` of unit i packed as the 3 scalars of :func:`unit_mnv`
+    (passed as a tuple).
     """
-    K = K_SERIES
-    ar = abs(rho)
-    r2 = rho * rho
-    base = rho * Ui[_UR] * Uj[_UR]
-    ee = Ui[_UEE] * Uj[_UEE]
-    inv1r = 1.0 / (1.0 - ar)
-    S = 0.0
-    Sabs = 0.0
-    Serr = 0.0
-    rk = r2                      # ρ^{k+2}
-    ak = r2                      # |ρ|^{k+2}
-    for k in range(K):
-        qi = QEi[k]
-        qj = QEj[k]
-        p = qi * qj
-        S += rk * p
-        Sabs += ak * abs(p)
-        Serr += ak * (abs(qi) * QEj[K + k] + QEi[K + k] * abs(qj) + QEi[K + k] * QEj[K + k])
-        rk *= rho
-        ak *= ar
-        # remainder of orders k+1.. : <= ee |ρ|^{k+3} / ((k+2)(k+3)(1−|ρ|))
-        tail = ee * ak * _SER_TAIL[k] * inv1r
-        B = base + S
-        err = tail + Serr + (k + 6.0) * _U_ROUND * (Sabs + abs(base))
-        if err <= EPS_FAST * (abs(B) - err):
-            return B, k + 1
-    return base + S, 0
-
-
-@numba.njit(cache=True)
-def _pair_cov(Ui, Uj, QEi, QEj, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
-    """Exact ``Cov[X_i⁺, X_j⁺]`` (theory §8.2) by the cheapest route whose error bound holds.
-
-    Returns ``(value, route, terms)`` with route 0 trivial (ρ = 0, a limit), 1 product,
-    2 series (``terms`` series terms), 3 quadrature, 4 ρ = 1. Inputs: the per-unit rows of :func:`_unit_prep`, the correlation ρ,
-    ``s12 = s_i s_j`` and ``logs12 = log s_i + log s_j``.
-    """
-    ai = Ui[_UA]
-    aj = Uj[_UA]
-    if rho > 1.0:
-        rho = 1.0
-    elif rho < -1.0:
-        rho = -1.0
     if rho == 0.0 or ai < -A_LIMIT or aj < -A_LIMIT:
-        return 0.0, 0, 0
+        return 0.0, 0
     if ai > A_LIMIT and aj > A_LIMIT:
-        return rho * s12, 0, 0
+        return rho * s12, 0
     ar = abs(rho)
     if rho >= _RHO_ONE and ai >= _A_ONE and aj >= _A_ONE:
         # ρ = 1: X_j = s_j(a_j + Z), X_i = s_i(a_i + Z); for a_i <= a_j (Eq. U1)
         if ai <= aj:
-            c = Ui[_UV] + Ui[_UM] * (Ui[_UN] - Uj[_UN])
+            c = vmi[2] + vmi[0] * (vmi[1] - vmj[1])
         else:
-            c = Uj[_UV] + Uj[_UM] * (Uj[_UN] - Ui[_UN])
+            c = vmj[2] + vmj[0] * (vmj[1] - vmi[1])
         if c > 1e-290 and 1e-280 < s12 < 1e280:
-            return c * s12, 4, 0
-    if ar < 1.0:
-        # P: |integral term| <= 0.0909 ρ² e^{−f_min} (Eq. P1)
-        if rho > 0.0:
-            fmin = _fmin_and_peak(ai, aj, 0.0, rho)[0]
-        else:
-            fmin = _fmin_and_peak(ai, aj, rho, 0.0)[0]
-        if fmin + Ui[_ULP] + Uj[_ULP] >= _P_LOG:
-            return _product_term(rho, Ui[_UP], Uj[_UP], Ui[_ULP], Uj[_ULP], s12, logs12), 1, 0
-        # S: Mehler series (Eqs. S1–S4)
-        if (ar <= RHO_SERIES and abs(ai) <= A_SERIES and abs(aj) <= A_SERIES
-                and Ui[_UR] <= _R_MAX and Uj[_UR] <= _R_MAX and s12 > 0.0):
-            B, nt = _series(rho, Ui, Uj, QEi, QEj)
-            if nt > 0 and B != 0.0:
-                fac = Ui[_UPHI] * Uj[_UPHI]
-                if fac > 1e-290 and 1e-280 < s12 < 1e280 and fac * s12 > 1e-290:
-                    return fac * s12 * B, 2, nt
-                lg = Ui[_ULPHI] + Uj[_ULPHI] + logs12 + math.log(abs(B))
-                return (math.exp(lg) if B > 0 else -math.exp(lg)), 2, nt
-    return _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws), 3, 0
+            return c * s12, 4
+    if ar >= 1.0:
+        return 0.0, 3
+    # P: |integral term| <= 0.0909 ρ² e^{−f_min} (Eq. P1)
+    if rho > 0.0:
+        fmin = _fmin_and_peak(ai, aj, 0.0, rho)[0]
+    else:
+        fmin = _fmin_and_peak(ai, aj, rho, 0.0)[0]
+    if fmin + lPi + lPj >= _P_LOG:
+        return _product_term(rho, Pi, Pj, lPi, lPj, s12, logs12), 1
+    if ar <= RHO_SERIES and abs(ai) <= A_SERIES and abs(aj) <= A_SERIES and s12 > 0.0:
+        return 0.0, 2
+    return 0.0, 3
 
 
 @numba.njit(cache=True)
-def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt):
-    """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i; route counts into cnt."""
-    si = s[i]
-    for j in range(i + 1, U.shape[0]):
-        g = G[i, j]
-        sj = s[j]
-        if g == 0.0 or si == 0.0 or sj == 0.0:
-            c = 0.0
-            r = 0
-            nt = 0
-        else:
-            s12 = si * sj
-            c, r, nt = _pair_cov(U[i], U[j], QE[i], QE[j], g / s12, s12, U[i, _ULS] + U[j, _ULS],
-                             rtol, gx, gwk, gwg, ws)
-        out[i, j] = c
+def _series_value(B, lphii, lphij, phii, phij, s12, logs12):
+    """``C = s_i s_j φ(a_i) φ(a_j) B`` without intermediate underflow (theory §8.2, Eq. S1)."""
+    fac = phii * phij
+    if fac > 1e-290 and 1e-280 < s12 < 1e280 and fac * s12 > 1e-290:
+        return fac * s12 * B
+    lg = lphii + lphij + logs12 + math.log(abs(B))
+    return math.exp(lg) if B > 0 else -math.exp(lg)
+
+
+@numba.njit(cache=True)
+def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cnt):
+    """Exact ``Cov[X_I⁺, X_J⁺]`` for a list of pairs (theory §8.2, all routes), into ``out``.
+
+    ``U``, ``QE``: per-unit tables of :func:`_unit_prep`; pair t is units ``I[t]``, ``J[t]``
+    with correlation ``RHO[t]`` (clipped to [−1, 1]) and ``S12[t] = s_i s_j`` (0: covariance
+    0). Each pair takes the cheapest route whose error bound holds: ρ = 1 formula, product,
+    Mehler series (summed until its proven error is < EPS_FAST of the value, Eqs. S1–S4) or
+    the adaptive quadrature. ``route[t]`` and ``cnt`` (per-route counts, then the number of
+    series terms) record the route.
+    """
+    K = K_SERIES
+    for t in range(I.shape[0]):
+        i = I[t]
+        j = J[t]
+        rho = RHO[t]
+        s12 = S12[t]
+        if rho > 1.0:
+            rho = 1.0
+        elif rho < -1.0:
+            rho = -1.0
+        if s12 == 0.0 or rho == 0.0:
+            out[t] = 0.0
+            route[t] = 0
+            cnt[0] += 1
+            continue
+        ai = U[i, _UA]
+        aj = U[j, _UA]
+        logs12 = U[i, _ULS] + U[j, _ULS]
+        c, r = _pair_cheap(ai, aj, U[i, _ULP], U[j, _ULP], U[i, _UP], U[j, _UP], rho, s12,
+                           logs12, (U[i, _UM], U[i, _UN], U[i, _UV]),
+                           (U[j, _UM], U[j, _UN], U[j, _UV]))
+        if r == 2:
+            # S: B = ρ R_i R_j + Σ_k ρ^{k+2} q_k(a_i) q_k(a_j), stop when the error bound
+            # (Cramér remainder Eq. S3 + rounding and table errors Eq. S4) < EPS_FAST |B|
+            ar = abs(rho)
+            base = rho * U[i, _UR] * U[j, _UR]
+            ee = U[i, _UEE] * U[j, _UEE]
+            inv1r = 1.0 / (1.0 - ar)
+            S = 0.0
+            Sabs = 0.0          # Σ |ρ|^{k+2} |q_k(a_i) q_k(a_j)|
+            SA = 0.0            # Σ |ρ|^{k+2} (|q_k| + e_k)(a_i) (|q_k| + e_k)(a_j)
+            rk = rho * rho
+            ak = rk
+            r = 3
+            if abs(base) <= _R_MAX * _R_MAX:
+                for k in range(K):
+                    p = QE[i, k] * QE[j, k]
+                    S += rk * p
+                    Sabs += ak * abs(p)
+                    SA += ak * (QE[i, K + k] * QE[j, K + k])
+                    rk *= rho
+                    ak *= ar
+                    if k % 4 != 3 and k != K - 1:
+                        continue
+                    tail = ee * ak * _SER_TAIL[k] * inv1r
+                    B = base + S
+                    err = (tail + (SA - Sabs) * (1.0 + 4.0 * _U_ROUND)
+                           + (k + 6.0) * _U_ROUND * (Sabs + abs(base)))
+                    if err <= EPS_FAST * (abs(B) - err):
+                        if B != 0.0:
+                            c = _series_value(B, U[i, _ULPHI], U[j, _ULPHI], U[i, _UPHI],
+                                              U[j, _UPHI], s12, logs12)
+                            r = 2
+                            cnt[_NROUTES] += k + 1
+                        break
+        if r == 3:
+            c = _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws)
+        out[t] = c
+        route[t] = r
         cnt[r] += 1
-        cnt[_NROUTES] += nt
+
+
+@numba.njit(cache=True)
+def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route):
+    """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i (buffers of length d)."""
+    d = U.shape[0]
+    n = d - 1 - i
+    si = s[i]
+    for t in range(n):
+        j = i + 1 + t
+        I[t] = i
+        J[t] = j
+        g = G[i, j]
+        s12 = si * s[j]
+        if g == 0.0 or s12 == 0.0:
+            RHO[t] = 0.0
+            S12[t] = 0.0
+        else:
+            RHO[t] = g / s12
+            S12[t] = s12
+    _cov_pair_list(U, QE, I[:n], J[:n], RHO[:n], S12[:n], res[:n], route[:n], rtol, gx, gwk,
+                   gwg, ws, cnt)
+    for t in range(n):
+        out[i, i + 1 + t] = res[t]
 
 
 @numba.njit(cache=True)
@@ -689,25 +730,38 @@ def _mirror_block(out, bi, bj, B):
 
 
 @numba.njit(cache=True)
+def _unit_tables(mu, s, mnv):
+    d = mu.shape[0]
+    U = np.empty((d, _NU))
+    QE = np.empty((d, 2 * K_SERIES))
+    _unit_prep(mu, s, mnv, U, QE)
+    return U, QE
+
+
+@numba.njit(cache=True)
 def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
     """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (theory §8.2).
 
     ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
     deviations, ``sqrt(diag G)``), the upper triangle of ``G`` (d, d) and ``mnv`` (d, 3) from
-    :func:`unit_mnv`; each pair takes the cheapest exact route of :func:`_pair_cov` (ρ = 1
+    :func:`unit_mnv`; each pair takes the cheapest exact route of :func:`_cov_pair_list` (ρ = 1
     formula, product, Mehler series, adaptive quadrature). ``out`` may be ``G`` itself (in
-    place: entry (i, j), j > i, is read before it is written; the lower triangle is written
-    afterwards by a blocked mirror). The diagonal is not touched. Returns the number of pairs
-    per route (:data:`PATH_NAMES`) followed by the total number of series terms summed.
+    place: row i of the upper triangle is read before it is written; the lower triangle is
+    written afterwards by a blocked mirror). The diagonal is not touched. Returns the number
+    of pairs per route (:data:`PATH_NAMES`) followed by the total number of series terms.
     """
     d = mu.shape[0]
-    U = np.empty((d, _NU))
-    QE = np.empty((d, 2 * K_SERIES))
-    _unit_prep(mu, s, mnv, U, QE)
+    U, QE = _unit_tables(mu, s, mnv)
     cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     ws = np.empty(_WS_SIZE)
+    I = np.empty(d, dtype=np.int64)
+    J = np.empty(d, dtype=np.int64)
+    RHO = np.empty(d)
+    S12 = np.empty(d)
+    res = np.empty(d)
+    route = np.empty(d, dtype=np.int64)
     for i in range(d):
-        _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt)
+        _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route)
     B = 64
     for bi in range(0, d, B):
         for bj in range(bi, d, B):
@@ -723,17 +777,23 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
     bit for bit whatever the number of threads.
     """
     d = mu.shape[0]
-    U = np.empty((d, _NU))
-    QE = np.empty((d, 2 * K_SERIES))
-    _unit_prep(mu, s, mnv, U, QE)
+    U, QE = _unit_tables(mu, s, mnv)
     half = (d + 1) // 2
     cnts = np.zeros((half, _NROUTES + 1), dtype=np.int64)
     for k in numba.prange(half):
         ws = np.empty(_WS_SIZE)
-        _fast_row(k, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k])
+        I = np.empty(d, dtype=np.int64)
+        J = np.empty(d, dtype=np.int64)
+        RHO = np.empty(d)
+        S12 = np.empty(d)
+        res = np.empty(d)
+        route = np.empty(d, dtype=np.int64)
+        _fast_row(k, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k], I, J, RHO, S12, res,
+                  route)
         k2 = d - 1 - k
         if k2 != k:
-            _fast_row(k2, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k])
+            _fast_row(k2, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k], I, J, RHO, S12,
+                      res, route)
     B = 64
     nb = (d + B - 1) // B
     for bi in numba.prange(nb):
@@ -748,22 +808,15 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
 
 @numba.njit(cache=True)
 def _relu_cov_vec_fast(mu1, s1, mu2, s2, mnv, rho, rtol, gx, gwk, gwg, out, route):
-    """Elementwise :func:`_pair_cov` over 1-D arrays (unit i of x₁ with unit i of x₂)."""
+    """Elementwise exact covariance (unit i of x₁ with unit i of x₂) by :func:`_cov_pair_list`."""
     n = out.shape[0]
-    mu = np.concatenate((mu1, mu2))
-    s = np.concatenate((s1, s2))
-    U = np.empty((2 * n, _NU))
-    QE = np.empty((2 * n, 2 * K_SERIES))
-    _unit_prep(mu, s, mnv, U, QE)
-    ws = np.empty(_WS_SIZE)
-    for i in range(n):
-        j = n + i
-        if s[i] == 0.0 or s[j] == 0.0 or rho[i] == 0.0:
-            out[i] = 0.0
-            route[i] = 0
-            continue
-        out[i], route[i], _ = _pair_cov(U[i], U[j], QE[i], QE[j], rho[i], s[i] * s[j],
-                                     U[i, _ULS] + U[j, _ULS], rtol, gx, gwk, gwg, ws)
+    U, QE = _unit_tables(np.concatenate((mu1, mu2)), np.concatenate((s1, s2)), mnv)
+    I = np.arange(n)
+    J = np.arange(n, 2 * n)
+    S12 = s1 * s2
+    cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
+    _cov_pair_list(U, QE, I, J, rho, S12, out, route, rtol, gx, gwk, gwg, np.empty(_WS_SIZE),
+                   cnt)
 
 
 @numba.njit(cache=True)
@@ -851,8 +904,11 @@ def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD, method="auto", retu
     out = np.empty(m1.shape[0])
     route = np.full(m1.shape[0], 3, dtype=np.int64)
     if method == "auto":
-        mnv = unit_mnv(np.concatenate((m1, m2)), np.concatenate((a1, a2)))
-        _relu_cov_vec_fast(m1, a1, m2, a2, mnv, r, float(rtol), _GK_X, _GK_WK, _GK_WG, out, route)
+        for c0 in range(0, m1.shape[0], _VEC_CHUNK):     # bounded per-unit tables
+            sl = slice(c0, c0 + _VEC_CHUNK)
+            mnv = unit_mnv(np.concatenate((m1[sl], m2[sl])), np.concatenate((a1[sl], a2[sl])))
+            _relu_cov_vec_fast(m1[sl], a1[sl], m2[sl], a2[sl], mnv, r[sl], float(rtol), _GK_X,
+                               _GK_WK, _GK_WG, out[sl], route[sl])
     elif method == "quad":
         _relu_cov_vec(m1, a1, m2, a2, r, float(rtol), _GK_X, _GK_WK, _GK_WG, out)
     else:

@@ -407,7 +407,7 @@ def test_pair_kernels_jit_equal_python():
     np.testing.assert_array_equal(outs[2], outs[0])            # parallel == serial (JIT)
     for c in counts:
         np.testing.assert_array_equal(c, counts[0])
-        assert c.sum() == d * (d - 1) // 2
+        assert c[:5].sum() == d * (d - 1) // 2
     assert counts[0][4] >= 1                                   # the ρ = 1 pair
     for o in quads[1:]:
         np.testing.assert_allclose(o, quads[0], rtol=1e-13, atol=1e-300)
