@@ -67,6 +67,7 @@ _CF_TERMS = 120         # converged to machine precision for a <= -2 (checked wi
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_2PI = 1.0 / (2.0 * math.pi)
+_2PI = 2.0 * math.pi
 
 # Gauss–Kronrod (10, 21) on [-1, 1]: abscissae x_k >= 0 (x_0 = 0), Kronrod weights, and the
 # Gauss weights of the 10-point Gauss–Legendre nodes (odd k; 0 for the Kronrod-only nodes).
@@ -249,7 +250,7 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
 
 
 @numba.njit(cache=True)
-def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws):
+def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws, offset):
     """Globally adaptive GK21 on [lo, hi] (split at ``mid`` if strictly inside); returns ∫.
 
     ``ws`` is a caller-allocated workspace of :data:`_WS_SIZE` floats (no allocation per call).
@@ -281,7 +282,7 @@ def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws):
             etot += err[i]
             if err[i] > err[worst]:
                 worst = i
-        if etot <= rtol * abs(tot) or etot <= 1e-300 or n + 1 >= _MAX_PANELS:
+        if etot <= rtol * max(abs(tot), abs(tot + offset)) or etot <= 1e-300 or n + 1 >= _MAX_PANELS:
             return tot
         m = 0.5 * (a_[worst] + b_[worst])
         if not (a_[worst] < m < b_[worst]):      # interval exhausted at float resolution
@@ -351,11 +352,14 @@ def _scaled_ndtr_product(rho, a1, a2, s12, logs12):
 
 
 @numba.njit(cache=True)
-def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
+def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total):
     """``Cov[X₁⁺, X₂⁺] = s₁s₂ C(a₁, a₂, ρ)`` (spec §8.2) for finite a and ρ ∈ [−1, 1].
 
     The scale enters inside the exponentials (``exp(−f_min + log s₁s₂)``, log-domain Φ
     products), so a normal-float result is accurate even when ``C`` itself is subnormal.
+    ``rel_total``: stop the quadrature at ``rtol`` relative to the larger of the covariance
+    (ρΦΦ term included) and the integral, instead of the integral alone (the fast routes'
+    fallback; never stricter than the quadrature route).
     """
     if rho > 1.0:
         rho = 1.0
@@ -392,10 +396,16 @@ def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
         fh = _f_of_u(a1, a2, uhi)
         if max(fl, fh) - fmin < _SPLIT_RANGE:
             upeak = ulo
+    off = 0.0
+    if rel_total:
+        off = _2PI * base / scale
+        if not abs(off) < 1e300:
+            off = 1e300 if off > 0 else -1e300
     if abs(rho) <= _U_FORM_MAX:
-        integral = _adaptive(2, a1, a2, rho, fmin, ulo, upeak, uhi, rtol, gx, gwk, gwg, ws)
+        integral = _adaptive(2, a1, a2, rho, fmin, ulo, upeak, uhi, rtol, gx, gwk, gwg, ws, off)
     else:
-        integral = _adaptive(0, a1, a2, rho, fmin, tlo, math.asin(upeak), thi, rtol, gx, gwk, gwg, ws)
+        integral = _adaptive(0, a1, a2, rho, fmin, tlo, math.asin(upeak), thi, rtol, gx, gwk, gwg,
+                             ws, off)
     return base + scale * integral * _INV_2PI
 
 
@@ -415,7 +425,7 @@ def _relu_cov_scalar(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, ws):
         logs12 = math.log(s12)
     else:
         logs12 = math.log(s1) + math.log(s2)
-    return _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws)
+    return _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, False)
 
 
 @numba.njit(cache=True)
@@ -691,7 +701,7 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
                             cnt[_NROUTES] += k + 1
                         break
         if r == 3:
-            c = _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws)
+            c = _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws, True)
         out[t] = c
         route[t] = r
         cnt[r] += 1
@@ -839,7 +849,8 @@ def _bvn_vec(h, k, rho, rtol, gx, gwk, gwg, out):
         if sc == 0.0:
             out[i] = base
             continue
-        val = _adaptive(1, h[i], k[i], r, fmin, tlo, math.asin(upk), thi, rtol, gx, gwk, gwg, ws)
+        val = _adaptive(1, h[i], k[i], r, fmin, tlo, math.asin(upk), thi, rtol, gx, gwk, gwg, ws,
+                      0.0)
         out[i] = base + (sc * val * _INV_2PI if r > 0.0 else -sc * val * _INV_2PI)
 
 
