@@ -496,7 +496,7 @@ K_SERIES = 128
 """Most series terms per pair (orders n = 2 .. K_SERIES + 1; theory §8.2, Eq. S1)."""
 A_SERIES = 37.0
 """Series route only for |a| <= A_SERIES (φ(a) and the tables stay normal floats)."""
-RHO_SERIES = 0.95
+RHO_SERIES = 0.85
 """Series route only for |ρ| <= RHO_SERIES."""
 EPS_FAST = 1e-10
 """Relative error bound the product and series routes must prove (contract: 1e-9)."""

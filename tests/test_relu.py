@@ -415,3 +415,142 @@ def test_pair_kernels_jit_equal_python():
     off = ~np.eye(d, dtype=bool)                               # routes agree with quadrature
     np.testing.assert_allclose(outs[0][off], quads[0][off], rtol=1e-9, atol=1e-300)
     np.testing.assert_array_equal(outs[0], outs[0].T)
+
+
+# ====================================================================== fast routes (theory §8.2)
+from refmem import relu as R  # noqa: E402
+from scipy.optimize import brentq  # noqa: E402
+from scipy.special import log_ndtr  # noqa: E402
+
+
+def route_of(a1, a2, rho):
+    return int(relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)[1])
+
+
+def mp_cov_rho1(a1, a2, dps=80):
+    """ρ = 1 reference: E[(a₁+Z)⁺(a₂+Z)⁺] = (a₁a₂ + 1)Φ(m) + Mφ(m), m = min, M = max, minus the
+    product of the means (Prop. 4), at 80 digits (independent of Eq. U1)."""
+    with mp.workdps(dps):
+        a1, a2 = mp.mpf(a1), mp.mpf(a2)
+        m, M = min(a1, a2), max(a1, a2)
+        E12 = (a1 * a2 + 1) * mp.ncdf(m) + M * mp.npdf(m)
+        return E12 - _ppm(a1, 1) * _ppm(a2, 1)
+
+
+def test_cramer_inequality_and_product_bound_constants():
+    """Eq. S3 uses |He_n(x)| e^{−x²/4} <= K √(n!) (K = 1.086435); Eq. P1 uses
+    (|ρ| arcsin|ρ| − 1 + √(1−ρ²))/ρ² <= π/2 − 1 and (π/2 − 1)/(2π) <= 0.0909."""
+    from numpy.polynomial.hermite_e import hermeval
+    x = np.linspace(-30, 30, 6001)
+    for n in range(0, 60):
+        c = np.zeros(n + 1)
+        c[n] = 1.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = np.abs(hermeval(x, c)) * np.exp(-x * x / 4) / math.sqrt(math.factorial(n))
+        assert np.nanmax(v) <= R._CRAMER_K
+    r = np.linspace(1e-4, 1.0, 10001)
+    h = (r * np.arcsin(r) - 1 + np.sqrt(1 - r * r)) / r ** 2
+    assert np.all(h <= math.pi / 2 - 1 + 1e-12)
+    assert (math.pi / 2 - 1) / (2 * math.pi) <= 0.0909
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("a", [-37.0, -12.0, -3.3, 0.0, 0.7, 5.0, 20.0])
+def test_series_tables_against_mpmath(a):
+    """Per-unit tables (Eq. S2): q_k(a) = He_k(a)/√(k!(k+1)(k+2)) and its error bound."""
+    K = R.K_SERIES
+    U = np.empty((1, R._NU))
+    QE = np.empty((1, 2 * K))
+    R._unit_prep(np.array([a]), np.array([1.0]), np.zeros((1, 3)), U, QE)
+    with mp.workdps(60):
+        for k in (0, 1, 2, 5, 30, 77, K - 1):
+            He = mp.hermite(k, mp.mpf(a) / mp.sqrt(2)) / mp.mpf(2) ** (mp.mpf(k) / 2)
+            q = He / mp.sqrt(mp.factorial(k) * (k + 1) * (k + 2))
+            err = abs(QE[0, k] - q)
+            bound = QE[0, K + k] - abs(QE[0, k])
+            assert err <= bound * 1.0001 + mp.mpf(10) ** -300, (k, float(err), bound)
+    assert U[0, R._UR] == pytest.approx(ndtr(a) / (math.exp(-a * a / 2) / math.sqrt(2 * math.pi)),
+                                        rel=1e-12)
+
+
+@pytest.mark.parametrize("a1,a2", [(-34.9, -34.0), (-20.0, 3.0), (-3.0, -2.5), (0.0, 0.0),
+                                   (2.5, -1.0), (39.0, 12.0), (-35.1, -20.0)])
+@pytest.mark.parametrize("drho", [0.0, 5e-16])
+def test_rho_one_route_against_mpmath(a1, a2, drho):
+    """Route U (Eq. U1) at ρ = 1 and within 1e-15 of it; a < −35 leaves it (still accurate)."""
+    rho = 1.0 - drho
+    r = route_of(a1, a2, rho)
+    assert (r == 4) == (min(a1, a2) >= R._A_ONE)
+    assert_accurate(relu_cov_exact(a1, 1.0, a2, 1.0, rho), mp_cov_rho1(a1, a2), f"{a1},{a2}")
+
+
+def _p_margin(a1, a2, rho):
+    lo, hi = (0.0, rho) if rho > 0 else (rho, 0.0)
+    fmin = R._fmin_and_peak(a1, a2, lo, hi)[0]
+    return fmin + log_ndtr(a1) + log_ndtr(a2) - R._P_LOG
+
+
+@settings(max_examples=12, deadline=None)
+@given(rho=st.floats(-0.99, 0.99).filter(lambda r: abs(r) > 0.01), c=st.floats(0.2, 1.0),
+       delta=st.floats(-0.3, 0.3))
+def test_product_route_boundary_hypothesis(rho, c, delta):
+    """Around the switch-over of Eq. P1 (a₂ = c a₁, a₁ at the margin's root ± δ): accurate on
+    both sides, and the product route is taken exactly where the margin is >= 0."""
+    a_root = brentq(lambda a: _p_margin(a, c * a, rho), 0.0, 40.0)
+    a1 = a_root + delta
+    a2 = c * a1
+    assert (route_of(a1, a2, rho) == 1) == (_p_margin(a1, a2, rho) >= 0)
+    assert_accurate(relu_cov_exact(a1, 1.0, a2, 1.0, rho), ref_cov(a1, a2, rho), f"{a1},{a2},{rho}")
+
+
+@settings(max_examples=12, deadline=None)
+@given(which=st.sampled_from(["rho", "a", "terms", "negrho"]), u=st.floats(0, 1),
+       v=st.floats(0, 1), w=st.floats(0, 1))
+def test_series_route_boundaries_hypothesis(which, u, v, w):
+    """Around the series route's limits: |ρ| = RHO_SERIES, |a| = A_SERIES, the K_SERIES
+    term budget (deep tails with |ρ a₁ a₂| ≈ 60–140) and ρ < 0 (alternating terms)."""
+    if which == "rho":
+        rho = (R.RHO_SERIES + (u - 0.5) * 0.02) * (1 if v > 0.5 else -1)
+        a1, a2 = (w - 0.5) * 6, (v - 0.5) * 6
+    elif which == "a":
+        a1 = -(R.A_SERIES + (u - 0.5) * 0.4)
+        a2 = (v - 0.5) * 8
+        rho = (w - 0.5) * 0.1
+    elif which == "terms":
+        a1, a2 = -(6 + 14 * u), -(6 + 14 * v)
+        rho = min(0.95, (60 + 80 * w) / (a1 * a2))
+    else:
+        a1, a2 = (u - 0.7) * 14, (v - 0.7) * 14
+        rho = -0.05 - 0.85 * w
+    got, route = relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)
+    assert int(route) in (1, 2, 3)
+    assert_accurate(got, ref_cov(a1, a2, rho), f"{which}: {a1},{a2},{rho} route {int(route)}")
+
+
+def test_routes_straddle_their_boundaries():
+    """The boundary tests above really see both sides (fixed examples)."""
+    a_root = brentq(lambda a: _p_margin(a, a, 0.5), 0.0, 40.0)
+    assert route_of(a_root + 0.05, a_root + 0.05, 0.5) == 1
+    assert route_of(a_root - 0.05, a_root - 0.05, 0.5) != 1
+    assert route_of(0.3, -0.2, R.RHO_SERIES - 0.01) == 2
+    assert route_of(0.3, -0.2, R.RHO_SERIES + 0.01) == 3
+    assert route_of(-36.9, 0.5, 0.02) == 2 and route_of(-37.1, 0.5, 0.02) == 3
+    assert route_of(-10.0, -10.0, 0.5) == 2 and route_of(-20.0, -20.0, 0.5) == 3
+    assert route_of(1.0, 1.0, 1.0) == 4 and route_of(-35.5, -35.5, 1.0) == 3
+
+
+def test_fast_routes_agree_with_quadrature_on_random_pairs():
+    """auto == quad to the contract on 3000 random pairs over every route (no mpmath)."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    a1 = rng.uniform(-38, 38, n) * rng.uniform(0, 1, n) ** 2
+    a2 = rng.uniform(-38, 38, n) * rng.uniform(0, 1, n) ** 2
+    rho = np.concatenate([rng.uniform(-1, 1, n - 200), np.ones(100), 1 - 1e-16 * np.arange(100)])
+    a2[-200:-100] = a1[-200:-100]
+    s1, s2 = 10.0 ** rng.uniform(-3, 3, n), 10.0 ** rng.uniform(-3, 3, n)
+    got, route = relu_cov_exact(a1 * s1, s1, a2 * s2, s2, rho, return_route=True)
+    quad = relu_cov_exact(a1 * s1, s1, a2 * s2, s2, rho, method="quad")
+    assert set(np.unique(route)) >= {1, 2, 3, 4}
+    big = np.abs(quad) >= TINY
+    assert np.all(np.abs(got[big] - quad[big]) <= 2e-9 * np.abs(quad[big]))
+    assert np.all(np.abs(got[~big] - quad[~big]) <= 2 * TINY)
