@@ -8,12 +8,19 @@ the standardised means ``a = mu / s``.
   deep negative tail (a continued fraction for the Mills ratio replaces the cancelling
   ``E Z² − (E Z)²`` of Eq. (23), corrects D14);
 - :func:`relu_cov_exact` — the exact covariance of two rectified jointly Gaussian variables
-  (spec §8.2, corrects Eq. (28), D15), by adaptive Gauss–Kronrod quadrature of the
-  one-dimensional integral over ``t ∈ [0, arcsin ρ]``;
+  (spec §8.2, corrects Eq. (28), D15). Each pair takes the cheapest of four exact routes whose
+  proven error bound is below ``EPS_FAST = 1e-10`` relative (theory §8.2 "Fast evaluation"):
+  the ρ = 1 formula (Eq. U1), the product ``Γ₁₂Φ(a₁)Φ(a₂)`` when the integral term is provably
+  negligible (Eq. P1), the Mehler/Hermite series in ρ with per-unit coefficients and a
+  Cramér remainder bound (Eqs. S1–S4), and otherwise the adaptive Gauss–Kronrod quadrature of
+  the one-dimensional integral over ``t ∈ [0, arcsin ρ]`` (``method="quad"`` forces it; it is
+  the reference route);
 - :func:`relu_cov_taylor` — the paper's first-order rule, Eq. (28) with ``f'(μ) = 1[μ > 0]``
   (spec §8.3; kept for comparison — it is rejected by Monte-Carlo and can be non-PSD);
 - :func:`relu_moments` — the matrix form used by the network pass: mean vector and full
-  covariance matrix (exact or Taylor off-diagonals, Prop. 4 diagonal);
+  covariance matrix (exact or Taylor off-diagonals, Prop. 4 diagonal); its pair kernels
+  :func:`relu_cov_pairs_kernel` / ``_par`` use the routes above (per-unit tables once, then
+  O(1)–O(K) work a pair), :func:`relu_cov_pairs_quad_kernel` / ``_par`` the quadrature only;
 - :func:`bvn_cdf` — the bivariate normal cdf ``Φ₂(h, k; ρ)`` (Plackett's integral, spec §8.2),
   a building block for tests and for the closed form.
 
@@ -512,10 +519,11 @@ _R_MAX = 1e150                    # series route only where R = Φ/φ <= _R_MAX
 _SER_W = 1.0 / np.sqrt(np.arange(1.0, K_SERIES + 1.0) * np.arange(2.0, K_SERIES + 2.0))
 _SER_SQ = np.sqrt(np.arange(0.0, K_SERIES))
 _SER_R1 = 1.0 / np.sqrt(np.arange(1.0, K_SERIES + 1.0))
+_SER_W2 = 1.0 / _SER_W                  # √((k+1)(k+2))
 _SER_TAIL = 1.0 / (np.arange(2.0, K_SERIES + 2.0) * np.arange(3.0, K_SERIES + 3.0))
 # per-unit table columns
-_UA, _UP, _ULP, _ULS, _UR, _ULPHI, _UPHI, _UEE, _UM, _UN, _UV = range(11)
-_NU = 11
+_UA, _UP, _ULP, _ULS, _UR, _ULPHI, _UPHI, _UEE, _UM, _UN, _UV, _ULAM, _ULEE = range(13)
+_NU = 13
 _VEC_CHUNK = 4096                 # elements per call of the elementwise kernel
 
 
@@ -553,6 +561,8 @@ def _unit_prep(mu, s, mnv, U, QE):
             U[i, _UPHI] = math.exp(lphi)
             U[i, _UR] = math.exp(U[i, _ULP] - lphi)
             U[i, _UEE] = _CRAMER_K * math.exp(0.25 * ai * ai)
+            U[i, _ULEE] = math.log(_CRAMER_K) + 0.25 * ai * ai
+            U[i, _ULAM] = math.floor((ai * ai - 2.0) / 4.0)   # |a| >= √(4k+2) for k <= Λ
             hm = 0.0
             hc = 1.0
             em = 0.0
@@ -574,6 +584,8 @@ def _unit_prep(mu, s, mnv, U, QE):
             U[i, _UPHI] = 0.0
             U[i, _UR] = math.inf
             U[i, _UEE] = math.inf
+            U[i, _ULEE] = math.inf
+            U[i, _ULAM] = -1.0
             for k in range(2 * K):
                 QE[i, k] = 0.0
 
@@ -622,6 +634,44 @@ def _pair_cheap(ai, aj, lPi, lPj, Pi, Pj, rho, s12, logs12, vmi, vmj):
     if ar <= RHO_SERIES and abs(ai) <= A_SERIES and abs(aj) <= A_SERIES and s12 > 0.0:
         return 0.0, 2
     return 0.0, 3
+
+
+@numba.njit(cache=True)
+def _series_tail_monotone(m, ar, inv1r, ai, aj, lami, lamj, Ai, Aj, Ei, Ej, lEi, lEj):
+    """Remainder bound of the series after the terms k <= m using the monotone region of the
+    Hermite polynomials (theory §8.2, Eq. S3').
+
+    For ``k + 1 <= Λ = ⌊(a² − 2)/4⌋`` (``|a|`` beyond the largest zero √(4k+2) of He_k and
+    He_{k+1}), ``|h_{k+1}(a)| <= |a| |h_k(a)|/√(k+1)``, so for m < k <= Λ
+    ``|h_k| <= |h_m| γ^{k−m}`` with ``γ = |a|/√(m+1)``; otherwise Cramér ``|h_k| <= K e^{a²/4}``.
+    The terms of orders m+1 .. min Λ then form a geometric series of ratio ``|ρ| γ_i γ_j`` and
+    the rest is Cramér's bound from min Λ on. ``Ai``, ``Aj`` bound ``|q_m|``. Returns +inf
+    when the geometric ratio is >= 1.
+    """
+    lam = 1e300
+    if m < lami:
+        Mi = Ai * _SER_W2[m]
+        gi = abs(ai) * _SER_R1[m]
+        lam = lami
+    else:
+        Mi = Ei
+        gi = 1.0
+    if m < lamj:
+        Mj = Aj * _SER_W2[m]
+        gj = abs(aj) * _SER_R1[m]
+        lam = min(lam, lamj)
+    else:
+        Mj = Ej
+        gj = 1.0
+    if lam == 1e300:
+        return math.inf
+    g = ar * gi * gj
+    if g >= 1.0:
+        return math.inf
+    rm2 = ar ** (m + 2)
+    geo = rm2 * Mi * Mj * _SER_TAIL[m] * g / (1.0 - g)
+    lg = lEi + lEj + (lam + 3.0) * math.log(ar) - math.log((lam + 2.0) * (lam + 3.0))
+    return geo + math.exp(lg) * inv1r
 
 
 @numba.njit(cache=True)
@@ -691,8 +741,17 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
                         continue
                     tail = ee * ak * _SER_TAIL[k] * inv1r
                     B = base + S
-                    err = (tail + (SA - Sabs) * (1.0 + 4.0 * _U_ROUND)
-                           + (k + 6.0) * _U_ROUND * (Sabs + abs(base)))
+                    rest = ((SA - Sabs) * (1.0 + 4.0 * _U_ROUND)
+                            + (k + 6.0) * _U_ROUND * (Sabs + abs(base)))
+                    err = tail + rest
+                    if err > EPS_FAST * (abs(B) - err) and rest <= 0.5 * EPS_FAST * abs(B):
+                        # deep tails: sharper remainder (Eq. S3'), monotone Hermite region
+                        tail2 = _series_tail_monotone(k, ar, inv1r, U[i, _UA], U[j, _UA],
+                                                      U[i, _ULAM], U[j, _ULAM], QE[i, K + k],
+                                                      QE[j, K + k], U[i, _UEE], U[j, _UEE],
+                                                      U[i, _ULEE], U[j, _ULEE])
+                        if tail2 < tail:
+                            err = tail2 + rest
                     if err <= EPS_FAST * (abs(B) - err):
                         if B != 0.0:
                             c = _series_value(B, U[i, _ULPHI], U[j, _ULPHI], U[i, _UPHI],

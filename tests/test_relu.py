@@ -554,3 +554,17 @@ def test_fast_routes_agree_with_quadrature_on_random_pairs():
     big = np.abs(quad) >= TINY
     assert np.all(np.abs(got[big] - quad[big]) <= 2e-9 * np.abs(quad[big]))
     assert np.all(np.abs(got[~big] - quad[~big]) <= 2 * TINY)
+
+
+@pytest.mark.parametrize("a1,a2,rho", [
+    (-25.57513809961176, -17.072671032025873, 0.0028800890482417974),   # monotone bound (S3')
+    (-22.074215473701177, -24.272366746643126, 0.002339461413935974),
+    (-31.43406949352081, -17.961802922975956, -0.08211894749390966),    # alternating, rejected
+    (-31.43406949352081, -14.519146063437287, -0.09689281138410112),
+    (-12.0, -14.0, 0.3), (-30.0, 2.0, 0.2), (-9.0, -1.0, -0.6)])
+def test_series_deep_tail_pairs_against_mpmath(a1, a2, rho):
+    """Deep-tail pairs from the full-width CNN after conv 2 (theory §8.2, Eqs. S3–S4): the
+    sharper monotone-region remainder accepts the series only where it is accurate, and
+    alternating sums (ρ < 0) whose rounding bound fails go to the quadrature."""
+    got, route = relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)
+    assert_accurate(got, ref_cov(a1, a2, rho), f"{a1},{a2},{rho} route {int(route)}")
