@@ -637,7 +637,7 @@ def _pair_cheap(ai, aj, lPi, lPj, Pi, Pj, rho, s12, logs12, vmi, vmj):
 
 
 @numba.njit(cache=True)
-def _series_tail_monotone(m, ar, inv1r, ai, aj, lami, lamj, Ai, Aj, Ei, Ej, lEi, lEj):
+def _series_tail_monotone(m, ar, rm2, ai, aj, lami, lamj, Ai, Aj, Ei, Ej):
     """Remainder bound of the series after the terms k <= m using the monotone region of the
     Hermite polynomials (theory §8.2, Eq. S3').
 
@@ -645,8 +645,9 @@ def _series_tail_monotone(m, ar, inv1r, ai, aj, lami, lamj, Ai, Aj, Ei, Ej, lEi,
     He_{k+1}), ``|h_{k+1}(a)| <= |a| |h_k(a)|/√(k+1)``, so for m < k <= Λ
     ``|h_k| <= |h_m| γ^{k−m}`` with ``γ = |a|/√(m+1)``; otherwise Cramér ``|h_k| <= K e^{a²/4}``.
     The terms of orders m+1 .. min Λ then form a geometric series of ratio ``|ρ| γ_i γ_j`` and
-    the rest is Cramér's bound from min Λ on. ``Ai``, ``Aj`` bound ``|q_m|``. Returns +inf
-    when the geometric ratio is >= 1.
+    the rest is Cramér's bound from min Λ on (added by the caller). ``Ai``, ``Aj`` bound
+    ``|q_m|``, ``rm2 = |ρ|^{m+2}``. Returns ``(geometric part, min Λ)``, ``(inf, 0)`` when the
+    geometric ratio is >= 1 or no unit is in its monotone region.
     """
     lam = 1e300
     if m < lami:
@@ -664,14 +665,11 @@ def _series_tail_monotone(m, ar, inv1r, ai, aj, lami, lamj, Ai, Aj, Ei, Ej, lEi,
         Mj = Ej
         gj = 1.0
     if lam == 1e300:
-        return math.inf
+        return math.inf, 0.0
     g = ar * gi * gj
     if g >= 1.0:
-        return math.inf
-    rm2 = ar ** (m + 2)
-    geo = rm2 * Mi * Mj * _SER_TAIL[m] * g / (1.0 - g)
-    lg = lEi + lEj + (lam + 3.0) * math.log(ar) - math.log((lam + 2.0) * (lam + 3.0))
-    return geo + math.exp(lg) * inv1r
+        return math.inf, 0.0
+    return rm2 * Mi * Mj * _SER_TAIL[m] * g / (1.0 - g), lam
 
 
 @numba.njit(cache=True)
@@ -729,6 +727,11 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
             rk = rho * rho
             ak = rk
             r = 3
+            blk_prev = 0.0      # Σ|terms| of the previous block of 4 (early give-up only)
+            sabs_prev = 0.0
+            lam_c = -1.0        # cache of the Cramér part of Eq. S3'
+            cram = 0.0
+            log_ar = 0.0
             if abs(base) <= _R_MAX * _R_MAX:
                 for k in range(K):
                     p = QE[i, k] * QE[j, k]
@@ -746,12 +749,18 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
                     err = tail + rest
                     if err > EPS_FAST * (abs(B) - err) and rest <= 0.5 * EPS_FAST * abs(B):
                         # deep tails: sharper remainder (Eq. S3'), monotone Hermite region
-                        tail2 = _series_tail_monotone(k, ar, inv1r, U[i, _UA], U[j, _UA],
-                                                      U[i, _ULAM], U[j, _ULAM], QE[i, K + k],
-                                                      QE[j, K + k], U[i, _UEE], U[j, _UEE],
-                                                      U[i, _ULEE], U[j, _ULEE])
-                        if tail2 < tail:
-                            err = tail2 + rest
+                        geo, lam = _series_tail_monotone(k, ar, ak / ar, U[i, _UA], U[j, _UA],
+                                                         U[i, _ULAM], U[j, _ULAM], QE[i, K + k],
+                                                         QE[j, K + k], U[i, _UEE], U[j, _UEE])
+                        if geo < tail:
+                            if lam != lam_c:       # Cramér part from min Λ on (cached per Λ)
+                                if log_ar == 0.0:
+                                    log_ar = math.log(ar)
+                                lam_c = lam
+                                cram = math.exp(U[i, _ULEE] + U[j, _ULEE] + (lam + 3.0) * log_ar
+                                                - math.log((lam + 2.0) * (lam + 3.0))) * inv1r
+                            if geo + cram < tail:
+                                err = geo + cram + rest
                     if err <= EPS_FAST * (abs(B) - err):
                         if B != 0.0:
                             c = _series_value(B, U[i, _ULPHI], U[j, _ULPHI], U[i, _UPHI],
@@ -759,6 +768,15 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
                             r = 2
                             cnt[_NROUTES] += k + 1
                         break
+                    # give up early (performance only; the quadrature is exact): terms still
+                    # growing at half the budget, or settled with a failing rounding bound
+                    blk = Sabs - sabs_prev
+                    if k >= K // 2 - 1 and blk >= blk_prev:
+                        break
+                    if rest > EPS_FAST * abs(B) and blk <= 1e-6 * Sabs:
+                        break
+                    blk_prev = blk
+                    sabs_prev = Sabs
         if r == 3:
             c = _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws, True)
         out[t] = c
