@@ -524,6 +524,7 @@ _SER_TAIL = 1.0 / (np.arange(2.0, K_SERIES + 2.0) * np.arange(3.0, K_SERIES + 3.
 # per-unit table columns
 _UA, _UP, _ULP, _ULS, _UR, _ULPHI, _UPHI, _UEE, _UM, _UN, _UV, _ULAM, _ULEE = range(13)
 _NU = 13
+_PAR_BLOCKS = 256                 # row blocks of the parallel pair kernel
 _VEC_CHUNK = 4096                 # elements per call of the elementwise kernel
 
 
@@ -858,16 +859,19 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
 
 @numba.njit(cache=True, parallel=True)
 def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
-    """Parallel :func:`relu_cov_pairs_kernel`: rows k and d−1−k per task (balanced triangle).
+    """Parallel :func:`relu_cov_pairs_kernel`: row blocks ``b, b + nb, b + 2nb, …`` per task.
+
+    Striding spreads long and short rows of the triangle, and units of every channel, evenly
+    over the tasks (route costs differ between channels).
 
     Every entry is computed by the same scalar code, so the result equals the serial kernel
     bit for bit whatever the number of threads.
     """
     d = mu.shape[0]
     U, QE = _unit_tables(mu, s, mnv)
-    half = (d + 1) // 2
-    cnts = np.zeros((half, _NROUTES + 1), dtype=np.int64)
-    for k in numba.prange(half):
+    nb = min(d, _PAR_BLOCKS)
+    cnts = np.zeros((nb, _NROUTES + 1), dtype=np.int64)
+    for b in numba.prange(nb):          # block b: rows b, b + nb, ... (balanced by striding)
         ws = np.empty(_WS_SIZE)
         I = np.empty(d, dtype=np.int64)
         J = np.empty(d, dtype=np.int64)
@@ -875,19 +879,16 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
         S12 = np.empty(d)
         res = np.empty(d)
         route = np.empty(d, dtype=np.int64)
-        _fast_row(k, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k], I, J, RHO, S12, res,
-                  route)
-        k2 = d - 1 - k
-        if k2 != k:
-            _fast_row(k2, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[k], I, J, RHO, S12,
-                      res, route)
+        for i in range(b, d, nb):
+            _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[b], I, J, RHO, S12, res,
+                      route)
     B = 64
-    nb = (d + B - 1) // B
-    for bi in numba.prange(nb):
-        for bj in range(bi, nb):
+    nmb = (d + B - 1) // B
+    for bi in numba.prange(nmb):
+        for bj in range(bi, nmb):
             _mirror_block(out, bi * B, bj * B, B)
     cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
-    for k in range(half):
+    for k in range(nb):
         for r in range(_NROUTES + 1):
             cnt[r] += cnts[k, r]
     return cnt
