@@ -525,6 +525,7 @@ _SER_TAIL = 1.0 / (np.arange(2.0, K_SERIES + 2.0) * np.arange(3.0, K_SERIES + 3.
 _UA, _UP, _ULP, _ULS, _UR, _ULPHI, _UPHI, _UEE, _UM, _UN, _UV, _ULAM, _ULEE = range(13)
 _NU = 13
 _PAR_BLOCKS = 256                 # row blocks of the parallel pair kernel
+_RTOL_FALLBACK = 1e-12            # quadrature tolerance of the fallback (contract 1e-9)
 _VEC_CHUNK = 4096                 # elements per call of the elementwise kernel
 
 
@@ -779,7 +780,8 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
                     blk_prev = blk
                     sabs_prev = Sabs
         if r == 3:
-            c = _relu_cov_core(ai, aj, rho, s12, logs12, rtol, gx, gwk, gwg, ws, True)
+            c = _relu_cov_core(ai, aj, rho, s12, logs12, max(rtol, _RTOL_FALLBACK), gx, gwk, gwg, ws,
+                               True)
         out[t] = c
         route[t] = r
         cnt[r] += 1
