@@ -608,8 +608,7 @@ def _pair_cheap(ai, aj, lPi, lPj, Pi, Pj, rho, s12, logs12, vmi, vmj):
 
     Returns ``(value, route)``: route 0 trivial (ρ = 0 or a limit), 4 ρ = 1 (Eq. U1),
     1 product (Eq. P1) — final values; or route 2 (try the series) / 3 (quadrature) with
-    value 0. ``vmi = (v, m, n)`` of unit i packed as the 3 scalars of :func:`unit_mnv`
-    (passed as a tuple).
+    value 0. ``vmi = (m, n, v)`` of unit i: the 3 scalars of :func:`unit_mnv` as a tuple.
     """
     if rho == 0.0 or ai < -A_LIMIT or aj < -A_LIMIT:
         return 0.0, 0
@@ -1051,7 +1050,9 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
 
     Diagonal: Proposition 4 (:func:`relu_mean_var`, spec §8.1). Off-diagonal:
 
-    - ``mode="exact"`` (default): the exact bivariate covariance of every pair (spec §8.2,
+    - ``mode="exact"`` (default): the exact bivariate covariance of every pair (spec §8.2;
+      each pair by the cheapest exact route with a proven error bound — ρ = 1 formula,
+      product, Mehler series, adaptive quadrature — theory §8.2 "Fast evaluation";
       corrects Eq. (28), D15); the matrix is PSD;
     - ``mode="taylor"``: Eq. (28), ``1[μ_i > 0] 1[μ_j > 0] Γ_ij`` (spec §8.3).
 
