@@ -68,6 +68,7 @@ RTOL_QUAD = 1e-13
 _MAX_PANELS = 256
 _WS_SIZE = 4 * _MAX_PANELS + 23
 _U_FORM_MAX = 0.9
+_LOGCOS_RHO = 0.99     # fallback: |ρ| from here to 1 integrated in w = log cos t on |t| >= π/4
 _SPLIT_RANGE = 4.0      # split at an interior peak only if f varies by more than this       # |ρ| up to this: integrate in u = sin t (cheaper, same integral)
 _TAIL_A = -2.0          # a below this: continued-fraction (Mills ratio) branch of Prop. 4
 _CF_TERMS = 120         # converged to machine precision for a <= -2 (checked with mpmath)
@@ -208,7 +209,10 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
     ``kind`` 0: integrand ``|ρ − sin t| exp(−(f(sin t) − f_min))`` (covariance, spec §8.2);
     ``kind`` 1: ``exp(−(f(sin t) − f_min))`` (Plackett's integral for Φ₂);
     ``kind`` 2: the covariance integrand in ``u = sin t``: ``|ρ − u| exp(−(f(u) − f_min))/sqrt(1 − u²)``
-    (no sin/cos; used for |ρ| <= 0.9, where the Jacobian is smooth).
+    (no sin/cos; used for |ρ| <= 0.9, where the Jacobian is smooth);
+    ``kind`` 3: the covariance integrand in ``w = log cos t`` (sign of t that of ρ):
+    ``|ρ − sin t| exp(−(f(sin t) − f_min)) cot|t|`` (resolves the scales √(1 − ρ²) … 1 near
+    t = ±π/2 evenly; used by the fallback for 0.99 <= |ρ| < 1 on |t| >= π/4).
     Error estimate: QUADPACK's ``resasc·min(1, (200|K−G|/resasc)^1.5)`` with a round-off floor.
     """
     c = 0.5 * (t0 + t1)
@@ -221,6 +225,12 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
             if kind == 2:                       # u = sin t, dt = du / sqrt(1 - u²)
                 u = t
                 cs2 = (1.0 - u) * (1.0 + u)
+            elif kind == 3:                     # w = log cos t, dt = −cot t dw (sign of ρ)
+                cs = math.exp(t)
+                cs2 = cs * cs
+                u = math.sqrt((1.0 - cs) * (1.0 + cs))
+                if rho < 0.0:
+                    u = -u
             else:
                 u = math.sin(t)
                 cs = math.cos(t)
@@ -232,6 +242,8 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
                 e *= abs(rho - u)
             elif kind == 2:
                 e *= abs(rho - u) / math.sqrt(cs2)
+            elif kind == 3:
+                e *= abs(rho - u) * cs / abs(u) if u != 0.0 else 0.0
             fv[2 * k - 1 + sgn if k > 0 else 0] = e
     rk = gwk[0] * fv[0]
     rg = 0.0
@@ -408,7 +420,23 @@ def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total):
         off = _2PI * base / scale
         if not abs(off) < 1e300:
             off = 1e300 if off > 0 else -1e300
-    if abs(rho) <= _U_FORM_MAX:
+    if rel_total and _LOGCOS_RHO <= abs(rho) < 1.0:
+        # |t| <= π/4 in t, |t| >= π/4 in w = log cos t (split at the peak where inside)
+        tq = 0.25 * math.pi
+        tp = math.asin(upeak)
+        if rho > 0.0:
+            lo_a, hi_a = 0.0, tq
+        else:
+            lo_a, hi_a = -tq, 0.0
+        mid_a = tp if lo_a < tp < hi_a else lo_a
+        ia = _adaptive(0, a1, a2, rho, fmin, lo_a, mid_a, hi_a, rtol, gx, gwk, gwg, ws, off)
+        wlo = 0.5 * math.log((1.0 - abs(rho)) * (1.0 + abs(rho)))
+        whi = math.log(math.cos(tq))
+        wp = 0.5 * math.log((1.0 - abs(upeak)) * (1.0 + abs(upeak))) if abs(upeak) < 1.0 else wlo
+        mid_b = wp if (abs(tp) > tq and wlo < wp < whi) else wlo
+        ib = _adaptive(3, a1, a2, rho, fmin, wlo, mid_b, whi, rtol, gx, gwk, gwg, ws, off)
+        integral = ia + ib
+    elif abs(rho) <= _U_FORM_MAX:
         integral = _adaptive(2, a1, a2, rho, fmin, ulo, upeak, uhi, rtol, gx, gwk, gwg, ws, off)
     else:
         integral = _adaptive(0, a1, a2, rho, fmin, tlo, math.asin(upeak), thi, rtol, gx, gwk, gwg,
