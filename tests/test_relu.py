@@ -568,3 +568,17 @@ def test_series_deep_tail_pairs_against_mpmath(a1, a2, rho):
     alternating sums (ρ < 0) whose rounding bound fails go to the quadrature."""
     got, route = relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)
     assert_accurate(got, ref_cov(a1, a2, rho), f"{a1},{a2},{rho} route {int(route)}")
+
+
+@pytest.mark.parametrize("a1,a2,rho", [(-2.7, -2.69, 0.9999), (3.3, 2.35, 0.9958), (-4.8, -4.82, 0.999996),
+                                       (-20.15, -21.56, -0.9999999999995), (0.4, -0.4, -0.995),
+                                       (-23.72, -22.05, -0.9999963), (1.0, 6.0, 0.99),
+                                       (-30.0, -29.0, 1 - 1e-13)])
+def test_fallback_near_one_correlation_against_mpmath(a1, a2, rho):
+    """Fallback quadrature for 0.99 <= |ρ| < 1 (w = log cos t on |t| >= π/4, theory §8.2 route
+    Q) against mpmath, and against the reference quadrature route."""
+    got, route = relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)
+    want = ref_cov(a1, a2, rho)
+    assert_accurate(got, want, f"{a1},{a2},{rho} route {int(route)}")
+    quad = relu_cov_exact(a1, 1.0, a2, 1.0, rho, method="quad")
+    assert_accurate(quad, want, f"quad {a1},{a2},{rho}")
