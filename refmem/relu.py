@@ -8,12 +8,19 @@ the standardised means ``a = mu / s``.
   deep negative tail (a continued fraction for the Mills ratio replaces the cancelling
   ``E Z² − (E Z)²`` of Eq. (23), corrects D14);
 - :func:`relu_cov_exact` — the exact covariance of two rectified jointly Gaussian variables
-  (spec §8.2, corrects Eq. (28), D15), by adaptive Gauss–Kronrod quadrature of the
-  one-dimensional integral over ``t ∈ [0, arcsin ρ]``;
+  (spec §8.2, corrects Eq. (28), D15). Each pair takes the cheapest of four exact routes whose
+  proven error bound is below ``EPS_FAST = 1e-10`` relative (theory §8.2 "Fast evaluation"):
+  the ρ = 1 formula (Eq. U1), the product ``Γ₁₂Φ(a₁)Φ(a₂)`` when the integral term is provably
+  negligible (Eq. P1), the Mehler/Hermite series in ρ with per-unit coefficients and a
+  Cramér remainder bound (Eqs. S1–S4), and otherwise the adaptive Gauss–Kronrod quadrature of
+  the one-dimensional integral over ``t ∈ [0, arcsin ρ]`` (``method="quad"`` forces it; it is
+  the reference route);
 - :func:`relu_cov_taylor` — the paper's first-order rule, Eq. (28) with ``f'(μ) = 1[μ > 0]``
   (spec §8.3; kept for comparison — it is rejected by Monte-Carlo and can be non-PSD);
 - :func:`relu_moments` — the matrix form used by the network pass: mean vector and full
-  covariance matrix (exact or Taylor off-diagonals, Prop. 4 diagonal);
+  covariance matrix (exact or Taylor off-diagonals, Prop. 4 diagonal); its pair kernels
+  :func:`relu_cov_pairs_kernel` / ``_par`` use the routes above (per-unit tables once, then
+  O(1)–O(K) work a pair), :func:`relu_cov_pairs_quad_kernel` / ``_par`` the quadrature only;
 - :func:`bvn_cdf` — the bivariate normal cdf ``Φ₂(h, k; ρ)`` (Plackett's integral, spec §8.2),
   a building block for tests and for the closed form.
 
@@ -61,12 +68,14 @@ RTOL_QUAD = 1e-13
 _MAX_PANELS = 256
 _WS_SIZE = 4 * _MAX_PANELS + 23
 _U_FORM_MAX = 0.9
+_LOGCOS_RHO = 0.99     # fallback: |ρ| from here to 1 integrated in w = log cos t on |t| >= π/4
 _SPLIT_RANGE = 4.0      # split at an interior peak only if f varies by more than this       # |ρ| up to this: integrate in u = sin t (cheaper, same integral)
 _TAIL_A = -2.0          # a below this: continued-fraction (Mills ratio) branch of Prop. 4
 _CF_TERMS = 120         # converged to machine precision for a <= -2 (checked with mpmath)
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_2PI = 1.0 / (2.0 * math.pi)
+_2PI = 2.0 * math.pi
 
 # Gauss–Kronrod (10, 21) on [-1, 1]: abscissae x_k >= 0 (x_0 = 0), Kronrod weights, and the
 # Gauss weights of the 10-point Gauss–Legendre nodes (odd k; 0 for the Kronrod-only nodes).
@@ -200,7 +209,10 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
     ``kind`` 0: integrand ``|ρ − sin t| exp(−(f(sin t) − f_min))`` (covariance, spec §8.2);
     ``kind`` 1: ``exp(−(f(sin t) − f_min))`` (Plackett's integral for Φ₂);
     ``kind`` 2: the covariance integrand in ``u = sin t``: ``|ρ − u| exp(−(f(u) − f_min))/sqrt(1 − u²)``
-    (no sin/cos; used for |ρ| <= 0.9, where the Jacobian is smooth).
+    (no sin/cos; used for |ρ| <= 0.9, where the Jacobian is smooth);
+    ``kind`` 3: the covariance integrand in ``w = log cos t`` (sign of t that of ρ):
+    ``|ρ − sin t| exp(−(f(sin t) − f_min)) cot|t|`` (resolves the scales √(1 − ρ²) … 1 near
+    t = ±π/2 evenly; used by the fallback for 0.99 <= |ρ| < 1 on |t| >= π/4).
     Error estimate: QUADPACK's ``resasc·min(1, (200|K−G|/resasc)^1.5)`` with a round-off floor.
     """
     c = 0.5 * (t0 + t1)
@@ -213,6 +225,12 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
             if kind == 2:                       # u = sin t, dt = du / sqrt(1 - u²)
                 u = t
                 cs2 = (1.0 - u) * (1.0 + u)
+            elif kind == 3:                     # w = log cos t, dt = −cot t dw (sign of ρ)
+                cs = math.exp(t)
+                cs2 = cs * cs
+                u = math.sqrt((1.0 - cs) * (1.0 + cs))
+                if rho < 0.0:
+                    u = -u
             else:
                 u = math.sin(t)
                 cs = math.cos(t)
@@ -224,6 +242,8 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
                 e *= abs(rho - u)
             elif kind == 2:
                 e *= abs(rho - u) / math.sqrt(cs2)
+            elif kind == 3:
+                e *= abs(rho - u) * cs / abs(u) if u != 0.0 else 0.0
             fv[2 * k - 1 + sgn if k > 0 else 0] = e
     rk = gwk[0] * fv[0]
     rg = 0.0
@@ -249,7 +269,7 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
 
 
 @numba.njit(cache=True)
-def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws):
+def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws, offset):
     """Globally adaptive GK21 on [lo, hi] (split at ``mid`` if strictly inside); returns ∫.
 
     ``ws`` is a caller-allocated workspace of :data:`_WS_SIZE` floats (no allocation per call).
@@ -281,7 +301,7 @@ def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws):
             etot += err[i]
             if err[i] > err[worst]:
                 worst = i
-        if etot <= rtol * abs(tot) or etot <= 1e-300 or n + 1 >= _MAX_PANELS:
+        if etot <= rtol * max(abs(tot), abs(tot + offset)) or etot <= 1e-300 or n + 1 >= _MAX_PANELS:
             return tot
         m = 0.5 * (a_[worst] + b_[worst])
         if not (a_[worst] < m < b_[worst]):      # interval exhausted at float resolution
@@ -351,11 +371,14 @@ def _scaled_ndtr_product(rho, a1, a2, s12, logs12):
 
 
 @numba.njit(cache=True)
-def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
+def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total):
     """``Cov[X₁⁺, X₂⁺] = s₁s₂ C(a₁, a₂, ρ)`` (spec §8.2) for finite a and ρ ∈ [−1, 1].
 
     The scale enters inside the exponentials (``exp(−f_min + log s₁s₂)``, log-domain Φ
     products), so a normal-float result is accurate even when ``C`` itself is subnormal.
+    ``rel_total``: stop the quadrature at ``rtol`` relative to the larger of the covariance
+    (ρΦΦ term included) and the integral, instead of the integral alone (the fast routes'
+    fallback; never stricter than the quadrature route).
     """
     if rho > 1.0:
         rho = 1.0
@@ -392,10 +415,32 @@ def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws):
         fh = _f_of_u(a1, a2, uhi)
         if max(fl, fh) - fmin < _SPLIT_RANGE:
             upeak = ulo
-    if abs(rho) <= _U_FORM_MAX:
-        integral = _adaptive(2, a1, a2, rho, fmin, ulo, upeak, uhi, rtol, gx, gwk, gwg, ws)
+    off = 0.0
+    if rel_total:
+        off = _2PI * base / scale
+        if not abs(off) < 1e300:
+            off = 1e300 if off > 0 else -1e300
+    if rel_total and _LOGCOS_RHO <= abs(rho) < 1.0:
+        # |t| <= π/4 in t, |t| >= π/4 in w = log cos t (split at the peak where inside)
+        tq = 0.25 * math.pi
+        tp = math.asin(upeak)
+        if rho > 0.0:
+            lo_a, hi_a = 0.0, tq
+        else:
+            lo_a, hi_a = -tq, 0.0
+        mid_a = tp if lo_a < tp < hi_a else lo_a
+        ia = _adaptive(0, a1, a2, rho, fmin, lo_a, mid_a, hi_a, rtol, gx, gwk, gwg, ws, off)
+        wlo = 0.5 * math.log((1.0 - abs(rho)) * (1.0 + abs(rho)))
+        whi = math.log(math.cos(tq))
+        wp = 0.5 * math.log((1.0 - abs(upeak)) * (1.0 + abs(upeak))) if abs(upeak) < 1.0 else wlo
+        mid_b = wp if (abs(tp) > tq and wlo < wp < whi) else wlo
+        ib = _adaptive(3, a1, a2, rho, fmin, wlo, mid_b, whi, rtol, gx, gwk, gwg, ws, off)
+        integral = ia + ib
+    elif abs(rho) <= _U_FORM_MAX:
+        integral = _adaptive(2, a1, a2, rho, fmin, ulo, upeak, uhi, rtol, gx, gwk, gwg, ws, off)
     else:
-        integral = _adaptive(0, a1, a2, rho, fmin, tlo, math.asin(upeak), thi, rtol, gx, gwk, gwg, ws)
+        integral = _adaptive(0, a1, a2, rho, fmin, tlo, math.asin(upeak), thi, rtol, gx, gwk, gwg,
+                             ws, off)
     return base + scale * integral * _INV_2PI
 
 
@@ -415,7 +460,7 @@ def _relu_cov_scalar(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, ws):
         logs12 = math.log(s12)
     else:
         logs12 = math.log(s1) + math.log(s2)
-    return _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws)
+    return _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, False)
 
 
 @numba.njit(cache=True)
@@ -443,10 +488,11 @@ def _relu_cov_row(i, mu, s, G, out, rtol, gx, gwk, gwg):
 
 
 @numba.njit(cache=True)
-def relu_cov_pairs_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
-    """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (spec §8.2).
+def relu_cov_pairs_quad_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
+    """Exact ReLU covariance of every pair i < j by adaptive quadrature only (spec §8.2).
 
-    ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
+    The pre-fast-path kernel, kept as the fallback's oracle and for benchmarks
+    (``scripts/bench_relu.py``). ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
     deviations, a copy of ``sqrt(diag G)``) and the upper triangle of ``G`` (d, d). ``out`` may
     be ``G`` itself (in place: row i reads only ``G[i, j]``, j > i, before writing it, and
     writes the lower triangle, which is never read). The diagonal is not touched.
@@ -456,8 +502,8 @@ def relu_cov_pairs_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
 
 
 @numba.njit(cache=True, parallel=True)
-def relu_cov_pairs_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
-    """Parallel :func:`relu_cov_pairs_kernel` (rows k and d−1−k per task, balancing the triangle).
+def relu_cov_pairs_quad_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
+    """Parallel :func:`relu_cov_pairs_quad_kernel` (rows k and d−1−k per task, balancing the triangle).
 
     Every entry is computed by the same scalar code, so the result equals the serial kernel
     bit for bit whatever the number of threads.
@@ -469,6 +515,436 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, rtol, gx, gwk, gwg):
         k2 = d - 1 - k
         if k2 != k:
             _relu_cov_row(k2, mu, s, G, out, rtol, gx, gwk, gwg)
+
+
+# ====================================================================== fast exact covariance
+# theory §8.2 "Fast evaluation": exact routes chosen per pair by error bounds
+# (derivation and notation in the theory guide; standardised C = Cov/(s_i s_j)):
+#   U  ρ = 1       C = v_i + m_i (n_i − n_j)  (a_i <= a_j; no cancellation)        Eq. (U1)
+#   P  product     C = ρ Φ(a_i)Φ(a_j) when the integral term is provably < EPS_FAST of it
+#                  (|integral| <= 0.0909 ρ² e^{−f_min})                            Eq. (P1)
+#   S  series      C = φ_iφ_j [ρ R_i R_j + Σ_{k>=0} ρ^{k+2} q_k(a_i) q_k(a_j)]  (Mehler),
+#                  summed until Cramér's remainder bound plus the rounding and table
+#                  error bounds are < EPS_FAST of the value, at most K_SERIES terms    Eq. (S1–S4)
+#   Q  quadrature  the adaptive Gauss–Kronrod route (_relu_cov_core) for every other pair.
+K_SERIES = 128                    # even (the series loop takes two orders a step)
+"""Most series terms per pair (orders n = 2 .. K_SERIES + 1; theory §8.2, Eq. S1)."""
+A_SERIES = 37.0
+"""Series route only for |a| <= A_SERIES (φ(a) and the tables stay normal floats)."""
+RHO_SERIES = 0.85
+"""Series route only for |ρ| <= RHO_SERIES."""
+EPS_FAST = 1e-10
+"""Relative error bound the product and series routes must prove (contract: 1e-9)."""
+_CRAMER_K = 1.086435               # |He_n(x)| e^{-x²/4} <= K sqrt(n!)  (Cramér; A&S 22.14.17)
+_P_LOG = math.log(0.0909 / EPS_FAST)  # product route: f_min + log Φ(a₁) + log Φ(a₂) >= _P_LOG
+_U_ROUND = 1.12e-16
+_LOG_SQRT2PI = 0.5 * math.log(2.0 * math.pi)
+PATH_NAMES = ("trivial", "product", "series", "quadrature", "rho=1")
+_NROUTES = 5
+_RHO_ONE = 1.0 - 1e-15            # ρ within 1e-15 of 1: the ρ = 1 formula (rel. change <= 7e-13)
+_A_ONE = -35.0                    # ... for a >= −35 (m, n, v normal floats; Φ₂/v <= a²/2 + 1)
+_R_MAX = 1e150                    # series route only where R = Φ/φ <= _R_MAX
+_SER_W = 1.0 / np.sqrt(np.arange(1.0, K_SERIES + 1.0) * np.arange(2.0, K_SERIES + 2.0))
+_SER_SQ = np.sqrt(np.arange(0.0, K_SERIES))
+_SER_R1 = 1.0 / np.sqrt(np.arange(1.0, K_SERIES + 1.0))
+_SER_W2 = 1.0 / _SER_W                  # √((k+1)(k+2))
+_SER_TAIL = 1.0 / (np.arange(2.0, K_SERIES + 2.0) * np.arange(3.0, K_SERIES + 3.0))
+# per-unit table columns
+_UA, _UP, _ULP, _ULS, _UR, _ULPHI, _UPHI, _UEE, _UM, _UN, _UV, _ULAM, _ULEE = range(13)
+_NU = 13
+_PAR_BLOCKS = 256                 # row blocks of the parallel pair kernel
+_RTOL_FALLBACK = 1e-12            # quadrature tolerance of the fallback (contract 1e-9)
+_VEC_CHUNK = 4096                 # elements per call of the elementwise kernel
+
+
+@numba.njit(cache=True)
+def _unit_prep(mu, s, mnv, U, QE):
+    """Per-unit quantities of the fast covariance (theory §8.2), written into caller arrays.
+
+    ``U[i]`` = (a, Φ(a), log Φ(a), log s, R = Φ(a)/φ(a), log φ(a), φ(a), K e^{a²/4}, m, n, v)
+    with ``a = μ/s`` (±2·A_LIMIT for infinite, 0 for s = 0) and ``(m, n, v) = mnv[i]``.
+    For |a| <= A_SERIES, ``QE[i, k] = q_k(a) = He_k(a)/√(k! (k+1)(k+2))`` (k < K_SERIES) by the
+    normalised recurrence ``h_{k+1} = (a h_k − √k h_{k−1})/√(k+1)``, and
+    ``QE[i, K_SERIES + k] = |q_k| + e_k`` with ``e_k`` a running bound on the absolute
+    rounding error of the stored ``q_k`` (first-order forward error analysis of the
+    recurrence).
+    """
+    K = K_SERIES
+    for i in range(mu.shape[0]):
+        if s[i] > 0.0:
+            ai = mu[i] / s[i]
+            if math.isinf(ai):
+                ai = 2.0 * A_LIMIT if ai > 0 else -2.0 * A_LIMIT
+            U[i, _ULS] = math.log(s[i])
+        else:
+            ai = 0.0
+            U[i, _ULS] = -math.inf
+        U[i, _UA] = ai
+        U[i, _UP] = _ndtr_scalar(ai)
+        U[i, _ULP] = _log_ndtr(ai)
+        U[i, _UM] = mnv[i, 0]
+        U[i, _UN] = mnv[i, 1]
+        U[i, _UV] = mnv[i, 2]
+        if abs(ai) <= A_SERIES:
+            lphi = -0.5 * ai * ai - _LOG_SQRT2PI
+            U[i, _ULPHI] = lphi
+            U[i, _UPHI] = math.exp(lphi)
+            U[i, _UR] = math.exp(U[i, _ULP] - lphi)
+            U[i, _UEE] = _CRAMER_K * math.exp(0.25 * ai * ai)
+            U[i, _ULEE] = math.log(_CRAMER_K) + 0.25 * ai * ai
+            U[i, _ULAM] = math.floor((ai * ai - 2.0) / 4.0)   # |a| >= √(4k+2) for k <= Λ
+            hm = 0.0
+            hc = 1.0
+            em = 0.0
+            ec = 0.0
+            for k in range(K):
+                w = _SER_W[k]
+                QE[i, k] = hc * w
+                QE[i, K + k] = abs(hc * w) * (1.0 + 3.0 * _U_ROUND) + ec * w
+                sk = _SER_SQ[k]
+                r1 = _SER_R1[k]
+                hn = (ai * hc - sk * hm) * r1
+                en = (abs(ai) * ec + sk * em + 6.0 * _U_ROUND * (abs(ai * hc) + sk * abs(hm))) * r1
+                hm = hc
+                hc = hn
+                em = ec
+                ec = en
+        else:
+            U[i, _ULPHI] = -math.inf
+            U[i, _UPHI] = 0.0
+            U[i, _UR] = math.inf
+            U[i, _UEE] = math.inf
+            U[i, _ULEE] = math.inf
+            U[i, _ULAM] = -1.0
+            for k in range(2 * K):
+                QE[i, k] = 0.0
+
+
+@numba.njit(cache=True)
+def _product_term(rho, Pi, Pj, lPi, lPj, s12, logs12):
+    """ρ Φ(a_i) Φ(a_j) s_i s_j from per-unit Φ and log Φ (log domain near underflow)."""
+    p = Pi * Pj
+    if p > 1e-280 and abs(rho) > 1e-280 and 1e-280 < s12 < 1e280 and abs(rho) * p > 1e-280:
+        return rho * p * s12
+    lg = math.log(abs(rho)) + lPi + lPj + logs12
+    return math.exp(lg) if rho > 0 else -math.exp(lg)
+
+
+@numba.njit(cache=True)
+def _pair_cheap(ai, aj, lPi, lPj, Pi, Pj, rho, s12, logs12, vmi, vmj):
+    """Closed-form routes of the exact covariance (theory §8.2), scalars only.
+
+    Returns ``(value, route)``: route 0 trivial (ρ = 0 or a limit), 4 ρ = 1 (Eq. U1),
+    1 product (Eq. P1) — final values; or route 2 (try the series) / 3 (quadrature) with
+    value 0. ``vmi = (m, n, v)`` of unit i: the 3 scalars of :func:`unit_mnv` as a tuple.
+    """
+    if rho == 0.0 or ai < -A_LIMIT or aj < -A_LIMIT:
+        return 0.0, 0
+    if ai > A_LIMIT and aj > A_LIMIT:
+        return rho * s12, 0
+    ar = abs(rho)
+    if rho >= _RHO_ONE and ai >= _A_ONE and aj >= _A_ONE:
+        # ρ = 1: X_j = s_j(a_j + Z), X_i = s_i(a_i + Z); for a_i <= a_j (Eq. U1)
+        if ai <= aj:
+            c = vmi[2] + vmi[0] * (vmi[1] - vmj[1])
+        else:
+            c = vmj[2] + vmj[0] * (vmj[1] - vmi[1])
+        if c > 1e-290 and 1e-280 < s12 < 1e280:
+            return c * s12, 4
+    if ar >= 1.0:
+        return 0.0, 3
+    # P: |integral term| <= 0.0909 ρ² e^{−f_min} (Eq. P1)
+    if rho > 0.0:
+        fmin = _fmin_and_peak(ai, aj, 0.0, rho)[0]
+    else:
+        fmin = _fmin_and_peak(ai, aj, rho, 0.0)[0]
+    if fmin + lPi + lPj >= _P_LOG:
+        return _product_term(rho, Pi, Pj, lPi, lPj, s12, logs12), 1
+    if ar <= RHO_SERIES and abs(ai) <= A_SERIES and abs(aj) <= A_SERIES and s12 > 0.0:
+        return 0.0, 2
+    return 0.0, 3
+
+
+@numba.njit(cache=True)
+def _series_tail_monotone(m, ar, rm2, ai, aj, lami, lamj, Ai, Aj, Ei, Ej):
+    """Remainder bound of the series after the terms k <= m using the monotone region of the
+    Hermite polynomials (theory §8.2, Eq. S3').
+
+    For ``k + 1 <= Λ = ⌊(a² − 2)/4⌋`` (``|a|`` beyond the largest zero √(4k+2) of He_k and
+    He_{k+1}), ``|h_{k+1}(a)| <= |a| |h_k(a)|/√(k+1)``, so for m < k <= Λ
+    ``|h_k| <= |h_m| γ^{k−m}`` with ``γ = |a|/√(m+1)``; otherwise Cramér ``|h_k| <= K e^{a²/4}``.
+    The terms of orders m+1 .. min Λ then form a geometric series of ratio ``|ρ| γ_i γ_j`` and
+    the rest is Cramér's bound from min Λ on (added by the caller). ``Ai``, ``Aj`` bound
+    ``|q_m|``, ``rm2 = |ρ|^{m+2}``. Returns ``(geometric part, min Λ)``, ``(inf, 0)`` when the
+    geometric ratio is >= 1 or no unit is in its monotone region.
+    """
+    lam = 1e300
+    if m < lami:
+        Mi = Ai * _SER_W2[m]
+        gi = abs(ai) * _SER_R1[m]
+        lam = lami
+    else:
+        Mi = Ei
+        gi = 1.0
+    if m < lamj:
+        Mj = Aj * _SER_W2[m]
+        gj = abs(aj) * _SER_R1[m]
+        lam = min(lam, lamj)
+    else:
+        Mj = Ej
+        gj = 1.0
+    if lam == 1e300:
+        return math.inf, 0.0
+    g = ar * gi * gj
+    if g >= 1.0:
+        return math.inf, 0.0
+    return rm2 * Mi * Mj * _SER_TAIL[m] * g / (1.0 - g), lam
+
+
+@numba.njit(cache=True)
+def _series_value(B, lphii, lphij, phii, phij, s12, logs12):
+    """``C = s_i s_j φ(a_i) φ(a_j) B`` without intermediate underflow (theory §8.2, Eq. S1)."""
+    fac = phii * phij
+    if fac > 1e-290 and 1e-280 < s12 < 1e280 and fac * s12 > 1e-290:
+        return fac * s12 * B
+    lg = lphii + lphij + logs12 + math.log(abs(B))
+    return math.exp(lg) if B > 0 else -math.exp(lg)
+
+
+@numba.njit(cache=True)
+def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cnt):
+    """Exact ``Cov[X_I⁺, X_J⁺]`` for a list of pairs (theory §8.2, all routes), into ``out``.
+
+    ``U``, ``QE``: per-unit tables of :func:`_unit_prep`; pair t is units ``I[t]``, ``J[t]``
+    with correlation ``RHO[t]`` (clipped to [−1, 1]) and ``S12[t] = s_i s_j`` (0: covariance
+    0). Each pair takes the cheapest route whose error bound holds: ρ = 1 formula, product,
+    Mehler series (summed until its proven error is < EPS_FAST of the value, Eqs. S1–S4) or
+    the adaptive quadrature. ``route[t]`` and ``cnt`` (per-route counts, then the number of
+    series terms) record the route.
+    """
+    K = K_SERIES
+    for t in range(I.shape[0]):
+        i = I[t]
+        j = J[t]
+        rho = RHO[t]
+        s12 = S12[t]
+        if rho > 1.0:
+            rho = 1.0
+        elif rho < -1.0:
+            rho = -1.0
+        if s12 == 0.0 or rho == 0.0:
+            out[t] = 0.0
+            route[t] = 0
+            cnt[0] += 1
+            continue
+        ai = U[i, _UA]
+        aj = U[j, _UA]
+        logs12 = U[i, _ULS] + U[j, _ULS]
+        c, r = _pair_cheap(ai, aj, U[i, _ULP], U[j, _ULP], U[i, _UP], U[j, _UP], rho, s12,
+                           logs12, (U[i, _UM], U[i, _UN], U[i, _UV]),
+                           (U[j, _UM], U[j, _UN], U[j, _UV]))
+        if r == 2:
+            # S: B = ρ R_i R_j + Σ_k ρ^{k+2} q_k(a_i) q_k(a_j), stop when the error bound
+            # (Cramér remainder Eq. S3 + rounding and table errors Eq. S4) < EPS_FAST |B|
+            ar = abs(rho)
+            base = rho * U[i, _UR] * U[j, _UR]
+            ee = U[i, _UEE] * U[j, _UEE]
+            inv1r = 1.0 / (1.0 - ar)
+            S = 0.0
+            Sabs = 0.0          # Σ |ρ|^{k+2} |q_k(a_i) q_k(a_j)|
+            SA = 0.0            # Σ |ρ|^{k+2} (|q_k| + e_k)(a_i) (|q_k| + e_k)(a_j)
+            rk = rho * rho
+            ak = rk
+            r = 3
+            blk_prev = 0.0      # Σ|terms| of the previous block of 4 (early give-up only)
+            sabs_prev = 0.0
+            lam_c = -1.0        # cache of the Cramér part of Eq. S3'
+            cram = 0.0
+            log_ar = 0.0
+            if abs(base) <= _R_MAX * _R_MAX:
+                r2 = rho * rho
+                S1 = 0.0            # odd orders in separate chains (shorter dependency chains)
+                Sabs1 = 0.0
+                SA1 = 0.0
+                for kk in range(0, K, 2):
+                    p = QE[i, kk] * QE[j, kk]
+                    p1 = QE[i, kk + 1] * QE[j, kk + 1]
+                    S += rk * p
+                    S1 += rk * p1
+                    Sabs += ak * abs(p)
+                    Sabs1 += ak * abs(p1)
+                    SA += ak * (QE[i, K + kk] * QE[j, K + kk])
+                    SA1 += ak * (QE[i, K + kk + 1] * QE[j, K + kk + 1])
+                    rk *= r2
+                    ak *= r2
+                    k = kk + 1
+                    if k % 4 != 3 and k != K - 1:
+                        continue
+                    tail = ee * ak * _SER_TAIL[k] * inv1r
+                    B = base + (S + rho * S1)
+                    Sabs_k = Sabs + ar * Sabs1
+                    SA_k = SA + ar * SA1
+                    rest = ((SA_k - Sabs_k) * (1.0 + 4.0 * _U_ROUND)
+                            + (k + 8.0) * _U_ROUND * (Sabs_k + abs(base)))
+                    err = tail + rest
+                    if err > EPS_FAST * (abs(B) - err) and rest <= 0.5 * EPS_FAST * abs(B):
+                        # deep tails: sharper remainder (Eq. S3'), monotone Hermite region
+                        geo, lam = _series_tail_monotone(k, ar, ak / ar, U[i, _UA], U[j, _UA],
+                                                         U[i, _ULAM], U[j, _ULAM], QE[i, K + k],
+                                                         QE[j, K + k], U[i, _UEE], U[j, _UEE])
+                        if geo < tail:
+                            if lam != lam_c:       # Cramér part from min Λ on (cached per Λ)
+                                if log_ar == 0.0:
+                                    log_ar = math.log(ar)
+                                lam_c = lam
+                                cram = math.exp(U[i, _ULEE] + U[j, _ULEE] + (lam + 3.0) * log_ar
+                                                - math.log((lam + 2.0) * (lam + 3.0))) * inv1r
+                            if geo + cram < tail:
+                                err = geo + cram + rest
+                    if err <= EPS_FAST * (abs(B) - err):
+                        if B != 0.0:
+                            c = _series_value(B, U[i, _ULPHI], U[j, _ULPHI], U[i, _UPHI],
+                                              U[j, _UPHI], s12, logs12)
+                            r = 2
+                            cnt[_NROUTES] += k + 1
+                        break
+                    # give up early (performance only; the quadrature is exact): terms still
+                    # growing at half the budget, or settled with a failing rounding bound
+                    blk = Sabs_k - sabs_prev
+                    if k >= K // 2 - 1 and blk >= blk_prev:
+                        break
+                    if rest > EPS_FAST * abs(B) and blk <= 1e-6 * Sabs_k:
+                        break
+                    blk_prev = blk
+                    sabs_prev = Sabs_k
+        if r == 3:
+            c = _relu_cov_core(ai, aj, rho, s12, logs12, max(rtol, _RTOL_FALLBACK), gx, gwk, gwg,
+                               ws, True)
+        out[t] = c
+        route[t] = r
+        cnt[r] += 1
+
+
+@numba.njit(cache=True)
+def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route):
+    """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i (buffers of length d)."""
+    d = U.shape[0]
+    n = d - 1 - i
+    si = s[i]
+    for t in range(n):
+        j = i + 1 + t
+        I[t] = i
+        J[t] = j
+        g = G[i, j]
+        s12 = si * s[j]
+        if g == 0.0 or s12 == 0.0:
+            RHO[t] = 0.0
+            S12[t] = 0.0
+        else:
+            RHO[t] = g / s12
+            S12[t] = s12
+    _cov_pair_list(U, QE, I[:n], J[:n], RHO[:n], S12[:n], res[:n], route[:n], rtol, gx, gwk,
+                   gwg, ws, cnt)
+    for t in range(n):
+        out[i, i + 1 + t] = res[t]
+
+
+@numba.njit(cache=True)
+def _mirror_block(out, bi, bj, B):
+    d = out.shape[0]
+    for i in range(bi, min(bi + B, d)):
+        for j in range(max(bj, i + 1), min(bj + B, d)):
+            out[j, i] = out[i, j]
+
+
+@numba.njit(cache=True)
+def _unit_tables(mu, s, mnv):
+    d = mu.shape[0]
+    U = np.empty((d, _NU))
+    QE = np.empty((d, 2 * K_SERIES))
+    _unit_prep(mu, s, mnv, U, QE)
+    return U, QE
+
+
+@numba.njit(cache=True)
+def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
+    """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (theory §8.2).
+
+    ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
+    deviations, ``sqrt(diag G)``), the upper triangle of ``G`` (d, d) and ``mnv`` (d, 3) from
+    :func:`unit_mnv`; each pair takes the cheapest exact route of :func:`_cov_pair_list` (ρ = 1
+    formula, product, Mehler series, adaptive quadrature). ``out`` may be ``G`` itself (in
+    place: row i of the upper triangle is read before it is written; the lower triangle is
+    written afterwards by a blocked mirror). The diagonal is not touched. Returns the number
+    of pairs per route (:data:`PATH_NAMES`) followed by the total number of series terms.
+    """
+    d = mu.shape[0]
+    U, QE = _unit_tables(mu, s, mnv)
+    cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
+    ws = np.empty(_WS_SIZE)
+    I = np.empty(d, dtype=np.int64)
+    J = np.empty(d, dtype=np.int64)
+    RHO = np.empty(d)
+    S12 = np.empty(d)
+    res = np.empty(d)
+    route = np.empty(d, dtype=np.int64)
+    for i in range(d):
+        _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route)
+    B = 64
+    for bi in range(0, d, B):
+        for bj in range(bi, d, B):
+            _mirror_block(out, bi, bj, B)
+    return cnt
+
+
+@numba.njit(cache=True, parallel=True)
+def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
+    """Parallel :func:`relu_cov_pairs_kernel`: row blocks ``b, b + nb, b + 2nb, …`` per task.
+
+    Striding spreads long and short rows of the triangle, and units of every channel, evenly
+    over the tasks (route costs differ between channels).
+
+    Every entry is computed by the same scalar code, so the result equals the serial kernel
+    bit for bit whatever the number of threads.
+    """
+    d = mu.shape[0]
+    U, QE = _unit_tables(mu, s, mnv)
+    nb = min(d, _PAR_BLOCKS)
+    cnts = np.zeros((nb, _NROUTES + 1), dtype=np.int64)
+    for b in numba.prange(nb):          # block b: rows b, b + nb, ... (balanced by striding)
+        ws = np.empty(_WS_SIZE)
+        I = np.empty(d, dtype=np.int64)
+        J = np.empty(d, dtype=np.int64)
+        RHO = np.empty(d)
+        S12 = np.empty(d)
+        res = np.empty(d)
+        route = np.empty(d, dtype=np.int64)
+        for i in range(b, d, nb):
+            _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[b], I, J, RHO, S12, res,
+                      route)
+    B = 64
+    nmb = (d + B - 1) // B
+    for bi in numba.prange(nmb):
+        for bj in range(bi, nmb):
+            _mirror_block(out, bi * B, bj * B, B)
+    cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
+    for k in range(nb):
+        for r in range(_NROUTES + 1):
+            cnt[r] += cnts[k, r]
+    return cnt
+
+
+@numba.njit(cache=True)
+def _relu_cov_vec_fast(mu1, s1, mu2, s2, mnv, rho, rtol, gx, gwk, gwg, out, route):
+    """Elementwise exact covariance (unit i of x₁ with unit i of x₂) by :func:`_cov_pair_list`."""
+    n = out.shape[0]
+    U, QE = _unit_tables(np.concatenate((mu1, mu2)), np.concatenate((s1, s2)), mnv)
+    I = np.arange(n)
+    J = np.arange(n, 2 * n)
+    S12 = s1 * s2
+    cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
+    _cov_pair_list(U, QE, I, J, rho, S12, out, route, rtol, gx, gwk, gwg, np.empty(_WS_SIZE),
+                   cnt)
 
 
 @numba.njit(cache=True)
@@ -491,7 +967,8 @@ def _bvn_vec(h, k, rho, rtol, gx, gwk, gwg, out):
         if sc == 0.0:
             out[i] = base
             continue
-        val = _adaptive(1, h[i], k[i], r, fmin, tlo, math.asin(upk), thi, rtol, gx, gwk, gwg, ws)
+        val = _adaptive(1, h[i], k[i], r, fmin, tlo, math.asin(upk), thi, rtol, gx, gwk, gwg, ws,
+                      0.0)
         out[i] = base + (sc * val * _INV_2PI if r > 0.0 else -sc * val * _INV_2PI)
 
 
@@ -500,7 +977,24 @@ def _flat(*arrays):
     return arrs[0].shape, [np.ascontiguousarray(a).ravel() for a in arrs]
 
 
-def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD):
+def unit_mnv(mu, s):
+    """Per-unit ``(m(a), m(−a), v(a))`` (d, 3) of the standardised ReLU (theory §8.1, Prop. 4).
+
+    ``m(a) = E[(a + Z)⁺]``, ``m(−a) = E[(a + Z)⁻]``, ``v(a) = V[(a + Z)⁺]`` with ``a = μ/s``
+    (0 where s = 0), from :func:`relu_mean_var`; used by the ρ = 1 route of the covariance.
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64)
+    pos = s > 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a = np.where(pos, mu / np.where(pos, s, 1.0), 0.0)
+    a = np.clip(a, -2.0 * A_LIMIT, 2.0 * A_LIMIT)
+    m, v = relu_mean_var(a, np.ones_like(a))
+    n, _ = relu_mean_var(-a, np.ones_like(a))
+    return np.ascontiguousarray(np.stack([m, n, v], axis=1))
+
+
+def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD, method="auto", return_route=False):
     r"""Exact ``Cov[X₁⁺, X₂⁺]`` of two rectified jointly Gaussian variables (spec §8.2).
 
     Corrects the first-order rule of Eq. (28) (D15). With ``a_k = mu_k/s_k``::
@@ -518,10 +1012,17 @@ def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD):
         Means, standard deviations (>= 0) and correlation; broadcast together.
     rtol : float
         Relative tolerance of the quadrature.
+    method : {"auto", "quad"}
+        ``"auto"`` (default): per pair the cheapest exact route whose error bound holds
+        (product, Mehler series, quadrature; theory §8.2 "Fast evaluation"); ``"quad"``: the
+        adaptive quadrature for every pair (the reference route).
+    return_route : bool
+        Also return the route taken per element (0 trivial, 1 product, 2 series,
+        3 quadrature; :data:`PATH_NAMES`).
 
     Returns
     -------
-    ndarray of the broadcast shape.
+    ndarray of the broadcast shape (and the int64 routes if ``return_route``).
     """
     shape, (m1, a1, m2, a2, r) = _flat(mu1, s1, mu2, s2, rho)
     if not (np.all(np.isfinite(m1)) and np.all(np.isfinite(m2)) and np.all(np.isfinite(r))
@@ -530,7 +1031,19 @@ def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD):
     if np.any(a1 < 0) or np.any(a2 < 0):
         raise DataError("ReLU covariance: negative standard deviation")
     out = np.empty(m1.shape[0])
-    _relu_cov_vec(m1, a1, m2, a2, r, float(rtol), _GK_X, _GK_WK, _GK_WG, out)
+    route = np.full(m1.shape[0], 3, dtype=np.int64)
+    if method == "auto":
+        for c0 in range(0, m1.shape[0], _VEC_CHUNK):     # bounded per-unit tables
+            sl = slice(c0, c0 + _VEC_CHUNK)
+            mnv = unit_mnv(np.concatenate((m1[sl], m2[sl])), np.concatenate((a1[sl], a2[sl])))
+            _relu_cov_vec_fast(m1[sl], a1[sl], m2[sl], a2[sl], mnv, r[sl], float(rtol), _GK_X,
+                               _GK_WK, _GK_WG, out[sl], route[sl])
+    elif method == "quad":
+        _relu_cov_vec(m1, a1, m2, a2, r, float(rtol), _GK_X, _GK_WK, _GK_WG, out)
+    else:
+        raise DataError(f"ReLU covariance method must be 'auto' or 'quad', got {method!r}")
+    if return_route:
+        return out.reshape(shape), route.reshape(shape)
     return out.reshape(shape)
 
 
@@ -565,7 +1078,9 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
 
     Diagonal: Proposition 4 (:func:`relu_mean_var`, spec §8.1). Off-diagonal:
 
-    - ``mode="exact"`` (default): the exact bivariate covariance of every pair (spec §8.2,
+    - ``mode="exact"`` (default): the exact bivariate covariance of every pair (spec §8.2;
+      each pair by the cheapest exact route with a proven error bound — ρ = 1 formula,
+      product, Mehler series, adaptive quadrature — theory §8.2 "Fast evaluation";
       corrects Eq. (28), D15); the matrix is PSD;
     - ``mode="taylor"``: Eq. (28), ``1[μ_i > 0] 1[μ_j > 0] Γ_ij`` (spec §8.3).
 
@@ -602,7 +1117,7 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
         if parallel is None:
             parallel = d >= 256
         kern = relu_cov_pairs_kernel_par if parallel else relu_cov_pairs_kernel
-        kern(mu, s, gamma, out, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+        kern(mu, s, gamma, out, unit_mnv(mu, s), RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
     elif mode == "taylor":
         pos = (mu > 0).astype(np.float64)
         if out is not gamma:

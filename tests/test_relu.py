@@ -25,8 +25,9 @@ from scipy.stats import multivariate_normal
 
 from refmem.errors import DataError
 from refmem.relu import (_GK_WG, _GK_WK, _GK_X, RTOL_QUAD, bvn_cdf, relu_cov_exact,
-                         relu_cov_pairs_kernel, relu_cov_pairs_kernel_par, relu_cov_taylor,
-                         relu_mean_var, relu_moments)
+                         relu_cov_pairs_kernel, relu_cov_pairs_kernel_par,
+                         relu_cov_pairs_quad_kernel, relu_cov_pairs_quad_kernel_par,
+                         relu_cov_taylor, relu_mean_var, relu_moments, unit_mnv)
 
 TINY = np.finfo(float).tiny          # smallest normal float64
 REQ = 1e-9                           # required relative accuracy
@@ -148,8 +149,10 @@ def test_O3_arc_cosine_kernel(rho, want):
     with mp.workdps(40):                       # float64 loses digits in √(1−ρ²) near ρ = 1
         R = mp.mpf(rho)
         closed = float((mp.sqrt(1 - R * R) + R * (mp.pi - mp.acos(R)) - 1) / (2 * mp.pi))
-    got = float(relu_cov_exact(0.0, 1.0, 0.0, 1.0, rho))
-    assert abs(got - closed) <= 1e-15
+    quad = float(relu_cov_exact(0.0, 1.0, 0.0, 1.0, rho, method="quad"))
+    assert abs(quad - closed) <= 1e-15
+    got = float(relu_cov_exact(0.0, 1.0, 0.0, 1.0, rho))      # fast routes: bound 1e-10 rel.
+    assert abs(got - closed) <= 1e-10 * abs(closed)
     if want is not None:
         assert abs(got - want) <= 1e-15
     if rho == 0.5:
@@ -383,12 +386,199 @@ def test_pair_kernels_jit_equal_python():
     mu = rng.normal(size=d) * 3
     mu[3] = -50.0                                  # beyond the ±40 limit
     s = np.sqrt(np.diag(G))
-    outs = []
+    mu[4] = mu[5] = 0.3                            # a pair on the ρ = 1 route
+    G[4, :] = G[5, :] = G[:, 4] = G[:, 5] = G[4, 4] = 0.0
+    G[4, 4] = G[5, 5] = G[4, 5] = G[5, 4] = 1.0
+    s = np.sqrt(np.diag(G))
+    mnv = unit_mnv(mu, s)
+    outs, quads, counts = [], [], []
     for kern in (relu_cov_pairs_kernel, relu_cov_pairs_kernel_par):
         for f in (kern, getattr(kern, "py_func", kern)):
             out = np.zeros((d, d))
-            f(mu, s, G, out, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+            counts.append(f(mu, s, G, out, mnv, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG))
             outs.append(out)
+    for kern in (relu_cov_pairs_quad_kernel, relu_cov_pairs_quad_kernel_par):
+        for f in (kern, getattr(kern, "py_func", kern)):
+            out = np.zeros((d, d))
+            f(mu, s, G, out, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+            quads.append(out)
     for o in outs[1:]:
         np.testing.assert_allclose(o, outs[0], rtol=1e-13, atol=1e-300)
     np.testing.assert_array_equal(outs[2], outs[0])            # parallel == serial (JIT)
+    for c in counts:
+        np.testing.assert_array_equal(c, counts[0])
+        assert c[:5].sum() == d * (d - 1) // 2
+    assert counts[0][4] >= 1                                   # the ρ = 1 pair
+    for o in quads[1:]:
+        np.testing.assert_allclose(o, quads[0], rtol=1e-13, atol=1e-300)
+    np.testing.assert_array_equal(quads[2], quads[0])
+    off = ~np.eye(d, dtype=bool)                               # routes agree with quadrature
+    np.testing.assert_allclose(outs[0][off], quads[0][off], rtol=1e-9, atol=1e-300)
+    np.testing.assert_array_equal(outs[0], outs[0].T)
+
+
+# ====================================================================== fast routes (theory §8.2)
+from refmem import relu as R  # noqa: E402
+from scipy.optimize import brentq  # noqa: E402
+from scipy.special import log_ndtr  # noqa: E402
+
+
+def route_of(a1, a2, rho):
+    return int(relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)[1])
+
+
+def mp_cov_rho1(a1, a2, dps=80):
+    """ρ = 1 reference: E[(a₁+Z)⁺(a₂+Z)⁺] = (a₁a₂ + 1)Φ(m) + Mφ(m), m = min, M = max, minus the
+    product of the means (Prop. 4), at 80 digits (independent of Eq. U1)."""
+    with mp.workdps(dps):
+        a1, a2 = mp.mpf(a1), mp.mpf(a2)
+        m, M = min(a1, a2), max(a1, a2)
+        E12 = (a1 * a2 + 1) * mp.ncdf(m) + M * mp.npdf(m)
+        return E12 - _ppm(a1, 1) * _ppm(a2, 1)
+
+
+def test_cramer_inequality_and_product_bound_constants():
+    """Eq. S3 uses |He_n(x)| e^{−x²/4} <= K √(n!) (K = 1.086435); Eq. P1 uses
+    (|ρ| arcsin|ρ| − 1 + √(1−ρ²))/ρ² <= π/2 − 1 and (π/2 − 1)/(2π) <= 0.0909."""
+    from numpy.polynomial.hermite_e import hermeval
+    x = np.linspace(-30, 30, 6001)
+    for n in range(0, 60):
+        c = np.zeros(n + 1)
+        c[n] = 1.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = np.abs(hermeval(x, c)) * np.exp(-x * x / 4) / math.sqrt(math.factorial(n))
+        assert np.nanmax(v) <= R._CRAMER_K
+    r = np.linspace(1e-4, 1.0, 10001)
+    h = (r * np.arcsin(r) - 1 + np.sqrt(1 - r * r)) / r ** 2
+    assert np.all(h <= math.pi / 2 - 1 + 1e-12)
+    assert (math.pi / 2 - 1) / (2 * math.pi) <= 0.0909
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("a", [-37.0, -12.0, -3.3, 0.0, 0.7, 5.0, 20.0])
+def test_series_tables_against_mpmath(a):
+    """Per-unit tables (Eq. S2): q_k(a) = He_k(a)/√(k!(k+1)(k+2)) and its error bound."""
+    K = R.K_SERIES
+    U = np.empty((1, R._NU))
+    QE = np.empty((1, 2 * K))
+    R._unit_prep(np.array([a]), np.array([1.0]), np.zeros((1, 3)), U, QE)
+    with mp.workdps(60):
+        for k in (0, 1, 2, 5, 30, 77, K - 1):
+            He = mp.hermite(k, mp.mpf(a) / mp.sqrt(2)) / mp.mpf(2) ** (mp.mpf(k) / 2)
+            q = He / mp.sqrt(mp.factorial(k) * (k + 1) * (k + 2))
+            err = abs(QE[0, k] - q)
+            bound = QE[0, K + k] - abs(QE[0, k])
+            assert err <= bound * 1.0001 + mp.mpf(10) ** -300, (k, float(err), bound)
+    assert U[0, R._UR] == pytest.approx(ndtr(a) / (math.exp(-a * a / 2) / math.sqrt(2 * math.pi)),
+                                        rel=1e-12)
+
+
+@pytest.mark.parametrize("a1,a2", [(-34.9, -34.0), (-20.0, 3.0), (-3.0, -2.5), (0.0, 0.0),
+                                   (2.5, -1.0), (39.0, 12.0), (-35.1, -20.0)])
+@pytest.mark.parametrize("drho", [0.0, 5e-16])
+def test_rho_one_route_against_mpmath(a1, a2, drho):
+    """Route U (Eq. U1) at ρ = 1 and within 1e-15 of it; a < −35 leaves it (still accurate)."""
+    rho = 1.0 - drho
+    r = route_of(a1, a2, rho)
+    assert (r == 4) == (min(a1, a2) >= R._A_ONE)
+    assert_accurate(relu_cov_exact(a1, 1.0, a2, 1.0, rho), mp_cov_rho1(a1, a2), f"{a1},{a2}")
+
+
+def _p_margin(a1, a2, rho):
+    lo, hi = (0.0, rho) if rho > 0 else (rho, 0.0)
+    fmin = R._fmin_and_peak(a1, a2, lo, hi)[0]
+    return fmin + log_ndtr(a1) + log_ndtr(a2) - R._P_LOG
+
+
+@settings(max_examples=12, deadline=None)
+@given(rho=st.floats(-0.99, 0.99).filter(lambda r: abs(r) > 0.01), c=st.floats(0.2, 1.0),
+       delta=st.floats(-0.3, 0.3))
+def test_product_route_boundary_hypothesis(rho, c, delta):
+    """Around the switch-over of Eq. P1 (a₂ = c a₁, a₁ at the margin's root ± δ): accurate on
+    both sides, and the product route is taken exactly where the margin is >= 0."""
+    a_root = brentq(lambda a: _p_margin(a, c * a, rho), 0.0, 40.0)
+    a1 = a_root + delta
+    a2 = c * a1
+    assert (route_of(a1, a2, rho) == 1) == (_p_margin(a1, a2, rho) >= 0)
+    assert_accurate(relu_cov_exact(a1, 1.0, a2, 1.0, rho), ref_cov(a1, a2, rho), f"{a1},{a2},{rho}")
+
+
+@settings(max_examples=12, deadline=None)
+@given(which=st.sampled_from(["rho", "a", "terms", "negrho"]), u=st.floats(0, 1),
+       v=st.floats(0, 1), w=st.floats(0, 1))
+def test_series_route_boundaries_hypothesis(which, u, v, w):
+    """Around the series route's limits: |ρ| = RHO_SERIES, |a| = A_SERIES, the K_SERIES
+    term budget (deep tails with |ρ a₁ a₂| ≈ 60–140) and ρ < 0 (alternating terms)."""
+    if which == "rho":
+        rho = (R.RHO_SERIES + (u - 0.5) * 0.02) * (1 if v > 0.5 else -1)
+        a1, a2 = (w - 0.5) * 6, (v - 0.5) * 6
+    elif which == "a":
+        a1 = -(R.A_SERIES + (u - 0.5) * 0.4)
+        a2 = (v - 0.5) * 8
+        rho = (w - 0.5) * 0.1
+    elif which == "terms":
+        a1, a2 = -(6 + 14 * u), -(6 + 14 * v)
+        rho = min(0.95, (60 + 80 * w) / (a1 * a2))
+    else:
+        a1, a2 = (u - 0.7) * 14, (v - 0.7) * 14
+        rho = -0.05 - 0.85 * w
+    got, route = relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)
+    assert int(route) in (1, 2, 3)
+    assert_accurate(got, ref_cov(a1, a2, rho), f"{which}: {a1},{a2},{rho} route {int(route)}")
+
+
+def test_routes_straddle_their_boundaries():
+    """The boundary tests above really see both sides (fixed examples)."""
+    a_root = brentq(lambda a: _p_margin(a, a, 0.5), 0.0, 40.0)
+    assert route_of(a_root + 0.05, a_root + 0.05, 0.5) == 1
+    assert route_of(a_root - 0.05, a_root - 0.05, 0.5) != 1
+    assert route_of(0.3, -0.2, R.RHO_SERIES - 0.01) == 2
+    assert route_of(0.3, -0.2, R.RHO_SERIES + 0.01) == 3
+    assert route_of(-36.9, 0.5, 0.02) == 2 and route_of(-37.1, 0.5, 0.02) == 3
+    assert route_of(-10.0, -10.0, 0.5) == 2 and route_of(-20.0, -20.0, 0.5) == 3
+    assert route_of(1.0, 1.0, 1.0) == 4 and route_of(-35.5, -35.5, 1.0) == 3
+
+
+def test_fast_routes_agree_with_quadrature_on_random_pairs():
+    """auto == quad to the contract on 3000 random pairs over every route (no mpmath)."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    a1 = rng.uniform(-38, 38, n) * rng.uniform(0, 1, n) ** 2
+    a2 = rng.uniform(-38, 38, n) * rng.uniform(0, 1, n) ** 2
+    rho = np.concatenate([rng.uniform(-1, 1, n - 200), np.ones(100), 1 - 1e-16 * np.arange(100)])
+    a2[-200:-100] = a1[-200:-100]
+    s1, s2 = 10.0 ** rng.uniform(-3, 3, n), 10.0 ** rng.uniform(-3, 3, n)
+    got, route = relu_cov_exact(a1 * s1, s1, a2 * s2, s2, rho, return_route=True)
+    quad = relu_cov_exact(a1 * s1, s1, a2 * s2, s2, rho, method="quad")
+    assert set(np.unique(route)) >= {1, 2, 3, 4}
+    big = np.abs(quad) >= TINY
+    assert np.all(np.abs(got[big] - quad[big]) <= 2e-9 * np.abs(quad[big]))
+    assert np.all(np.abs(got[~big] - quad[~big]) <= 2 * TINY)
+
+
+@pytest.mark.parametrize("a1,a2,rho", [
+    (-25.57513809961176, -17.072671032025873, 0.0028800890482417974),   # monotone bound (S3')
+    (-22.074215473701177, -24.272366746643126, 0.002339461413935974),
+    (-31.43406949352081, -17.961802922975956, -0.08211894749390966),    # alternating, rejected
+    (-31.43406949352081, -14.519146063437287, -0.09689281138410112),
+    (-12.0, -14.0, 0.3), (-30.0, 2.0, 0.2), (-9.0, -1.0, -0.6)])
+def test_series_deep_tail_pairs_against_mpmath(a1, a2, rho):
+    """Deep-tail pairs from the full-width CNN after conv 2 (theory §8.2, Eqs. S3–S4): the
+    sharper monotone-region remainder accepts the series only where it is accurate, and
+    alternating sums (ρ < 0) whose rounding bound fails go to the quadrature."""
+    got, route = relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)
+    assert_accurate(got, ref_cov(a1, a2, rho), f"{a1},{a2},{rho} route {int(route)}")
+
+
+@pytest.mark.parametrize("a1,a2,rho", [(-2.7, -2.69, 0.9999), (3.3, 2.35, 0.9958), (-4.8, -4.82, 0.999996),
+                                       (-20.15, -21.56, -0.9999999999995), (0.4, -0.4, -0.995),
+                                       (-23.72, -22.05, -0.9999963), (1.0, 6.0, 0.99),
+                                       (-30.0, -29.0, 1 - 1e-13)])
+def test_fallback_near_one_correlation_against_mpmath(a1, a2, rho):
+    """Fallback quadrature for 0.99 <= |ρ| < 1 (w = log cos t on |t| >= π/4, theory §8.2 route
+    Q) against mpmath, and against the reference quadrature route."""
+    got, route = relu_cov_exact(a1, 1.0, a2, 1.0, rho, return_route=True)
+    want = ref_cov(a1, a2, rho)
+    assert_accurate(got, want, f"{a1},{a2},{rho} route {int(route)}")
+    quad = relu_cov_exact(a1, 1.0, a2, 1.0, rho, method="quad")
+    assert_accurate(quad, want, f"quad {a1},{a2},{rho}")
