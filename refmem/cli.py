@@ -323,6 +323,53 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_optimize(args):
+    """``refmem optimize``: the cheapest g_u for a bound on the MSE (Eq. (45); theory §22)."""
+    from .executor import Executor
+    from .hdf5io import standard_attrs
+    from .modelfile import load_model
+    from .optimize import Problem, optimize, plot_archive, write_optimization
+
+    out = _check_output(args.output)
+    if args.gu is not None or args.lam is not None:
+        raise ConfigError("optimize chooses g_u itself; --gu and --lam are not used (see --init-gu)")
+    net = load_model(args.model)
+    x = net.check_input(load_npy(args.input, "input"))
+    targets = None if args.targets is None else load_npy(args.targets, "targets")
+    if args.mse_against == "targets" and targets is None:
+        raise ConfigError("--mse-against targets needs --targets Y.npy")
+    if args.population < 3 or args.generations < 1:
+        raise ConfigError("--population must be >= 3 and --generations >= 1")
+    cfg = config_from_args(args)
+    problem = Problem(net, cfg, x, args.max_mse, targets=targets, against=args.mse_against,
+                      aggregate=args.mse_aggregate)
+    ckpt = out.with_name(out.name + ".opt-checkpoint.h5")
+    log = (lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    with Executor(workers=args.workers, scheduler=args.scheduler) as ex:
+        res = optimize(problem, args.design, population=args.population,
+                       generations=args.generations, seed=args.seed, init_gu=args.init_gu,
+                       init_std=args.init_std, map_fn=ex.map, checkpoint=ckpt,
+                       progress=not args.quiet, log=log)
+    sol_cfg = cfg.with_(design=args.design, g_u=problem.gu_value(args.design, res.g_u))
+    attrs = standard_attrs(sol_cfg, command="optimize", model=str(args.model),
+                           input=str(args.input), targets=args.targets, seed=int(args.seed),
+                           population=int(args.population), generations=int(args.generations),
+                           init_gu=args.init_gu, init_std=args.init_std,
+                           mse_against=args.mse_against, mse_aggregate=args.mse_aggregate,
+                           n_passes=int(res.n_passes))
+    write_optimization(out, res, attrs)
+    plot_archive(res, out.with_suffix(".png"))
+    ckpt.unlink(missing_ok=True)
+    if not res.feasible:
+        print("refmem: warning: " + res.message, file=sys.stderr)
+    if not args.quiet:
+        print(f"{args.design} g_u ({res.g_u.size} genes, method {res.method}): power = "
+              f"{res.power:.6g}, {res.constraint} = {res.mse:.6g} (bound {res.max_mse:g}), "
+              f"feasible = {res.feasible}")
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refmem", description="Noisy memristor-crossbar networks: "
@@ -395,6 +442,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=30, help="training epochs with --train")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("optimize", help="the cheapest g_u (scalar, per layer or per column) whose "
+                       "analytic MSE meets a bound: Eq. (45), GA + KKT baseline")
+    s.add_argument("model", metavar="MODEL.h5")
+    s.add_argument("--input", required=True, metavar="X.npy", help="the fixed evaluation batch")
+    s.add_argument("--targets", metavar="Y.npy", help="ground truth (B, outputs) or (B,)")
+    s.add_argument("--max-mse", type=float, required=True, metavar="NU", help="the bound ν")
+    s.add_argument("--mse-against", choices=["reference", "targets"], default="reference",
+                   help="MSE against the noiseless network (default) or the targets")
+    s.add_argument("--mse-aggregate", choices=["mean", "max"], default="mean",
+                   help="over inputs, of the per-input MSE (mean over outputs)")
+    add_crossbar_options(s)
+    s.add_argument("--population", type=int, default=100)
+    s.add_argument("--generations", type=int, default=20, help="N_gen per GA stage")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--init-gu", type=float, help="centre of the first GA population "
+                   "(default: the scalar g_u meeting the bound, by bisection)")
+    s.add_argument("--init-std", type=float, help="std of the initial population "
+                   "(default 0.1 (g_u_init - g_min))")
+    s.add_argument("--workers", type=int, help="local worker processes (default: the available CPUs; 1 = serial)")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="Dask distributed scheduler address")
+    s.add_argument("-o", "--output", required=True, metavar="OUT.h5")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_optimize)
 
     from .golden import add_golden_commands
     add_golden_commands(sub)
