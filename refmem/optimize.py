@@ -467,6 +467,11 @@ def _solve_monotone(ev, problem, design, make, c_max, *, kind, rtol=1e-10, max_e
     """
     nu = problem.max_mse
     hi_row = ev.one(design, make(c_max), kind)
+    for _ in range(40):                    # a failing evaluation at the top: halve the box
+        if math.isfinite(hi_row["mse"]):
+            break
+        c_max *= 0.5
+        hi_row = ev.one(design, make(c_max), kind)
     if not hi_row["feasible"]:
         return c_max, hi_row
     c_lo = c_max * 1e-6
