@@ -808,7 +808,8 @@ def optimize(problem: Problem, design="layer", *, population=100, generations=20
     else:
         start = problem.clip(np.array([float(init_gu)]))
         scal = ev.one("scalar", start, "init")
-    stages["scalar"] = {"warm_starts": {"bisection" if init_gu is None else "init": start}}
+    stages["scalar"] = {"warm_starts": {"bisection" if init_gu is None else "init": start},
+                        "best": scal}
     ev.save()
     say(f"scalar start g_u={start[0]:.6g}: {problem.constraint_name}={scal['mse']:.6g}, "
         f"power={scal['power']:.6g}, feasible={scal['feasible']}")
