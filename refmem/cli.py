@@ -348,13 +348,15 @@ def cmd_optimize(args):
     with Executor(workers=args.workers, scheduler=args.scheduler) as ex:
         res = optimize(problem, args.design, population=args.population,
                        generations=args.generations, seed=args.seed, init_gu=args.init_gu,
-                       init_std=args.init_std, map_fn=ex.map, checkpoint=ckpt,
+                       init_std=args.init_std, mutation_std=args.mutation_std,
+                       map_fn=ex.map, checkpoint=ckpt,
                        progress=not args.quiet, log=log)
     sol_cfg = cfg.with_(design=args.design, g_u=problem.gu_value(args.design, res.g_u))
     attrs = standard_attrs(sol_cfg, command="optimize", model=str(args.model),
                            input=str(args.input), targets=args.targets, seed=int(args.seed),
                            population=int(args.population), generations=int(args.generations),
                            init_gu=args.init_gu, init_std=args.init_std,
+                           mutation_std=args.mutation_std,
                            mse_against=args.mse_against, mse_aggregate=args.mse_aggregate,
                            n_passes=int(res.n_passes))
     write_optimization(out, res, attrs)
@@ -461,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the scalar g_u meeting the bound, by bisection)")
     s.add_argument("--init-std", type=float, help="std of the initial population "
                    "(default 0.1 (g_u_init - g_min))")
+    s.add_argument("--mutation-std", type=float, help="initial std of the GA's Gaussian mutation, "
+                   "decaying linearly to 0 (default 0.1 (g_max - g_min), theory §12)")
     s.add_argument("--workers", type=int, help="local worker processes (default: the available CPUs; 1 = serial)")
     s.add_argument("--scheduler", metavar="ADDRESS", help="Dask distributed scheduler address")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5")

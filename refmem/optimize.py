@@ -655,7 +655,7 @@ def kkt_baseline(ev: "Evaluator", design: str, at, *, factors=(0.8, 1.25)):
 
 # ====================================================================== the GA
 def run_ga(ev: "Evaluator", design, init, *, population=100, generations=20, seed=0,
-           init_std=None, warm_starts=(), progress=None):
+           init_std=None, warm_starts=(), progress=None, mutation_std=None):
     r"""The reference GA of theory §12 (Algorithm 2 with the corrections of D26).
 
     1. init: ``g_u⁽ⁱ⁾ = g_u^init + ξ_i``, ``ξ_i ~ N(0, σ_init² I)`` (σ_init a standard
@@ -665,7 +665,8 @@ def run_ga(ev: "Evaluator", design, init, *, population=100, generations=20, see
     3. rank by Deb's rules (:func:`deb_order`);
     4. tournament of 3 (with replacement) and elitism 2;
     5. BLX blend ``c = p₁ + u ⊙ (p₂ − p₁)``, ``u ~ U(−0.25, 1.25)`` per gene, plus Gaussian
-       mutation of std ``0.1 (g_max − g_min)(1 − gen/N_gen)`` on every gene; clipped;
+       mutation of std ``m₀ (1 − gen/N_gen)`` on every gene, ``m₀ = 0.1 (g_max − g_min)``
+       (theory §12; ``mutation_std`` overrides m₀, a scalar or one value per gene); clipped;
     6. stop after ``N_gen = generations`` evaluated generations.
 
     Returns the per-generation record ``(G, 3)`` arrays: best of the generation and running best
@@ -687,7 +688,10 @@ def run_ga(ev: "Evaluator", design, init, *, population=100, generations=20, see
     warm = [p.clip(np.asarray(w, dtype=np.float64).ravel()) for w in warm_starts]
     for i, w in enumerate(warm[:population]):
         pop[i] = w
-    span = p.g_max - p.g_min
+    m0 = 0.1 * (p.g_max - p.g_min) if mutation_std is None else np.broadcast_to(
+        np.asarray(mutation_std, dtype=np.float64), init.shape)
+    if np.any(~np.isfinite(m0)) or np.any(np.asarray(m0) < 0):
+        raise ConfigError("mutation_std must be finite and >= 0")
     rec = {k: np.empty(generations) for k in ("gen_mse", "gen_power", "best_mse", "best_power")}
     rec.update(gen_feasible=np.zeros(generations, bool), best_feasible=np.zeros(generations, bool),
                best_g_u=np.empty((generations, n)))
@@ -713,7 +717,7 @@ def run_ga(ev: "Evaluator", design, init, *, population=100, generations=20, see
         rank[order] = np.arange(population)
         new = np.empty_like(pop)
         new[:2] = pop[order[:2]]                                   # elitism 2
-        mut = 0.1 * span * (1.0 - gen / generations)               # linear decay
+        mut = m0 * (1.0 - gen / generations)                       # linear decay
         for i in range(2, population):
             a = rng.integers(0, population, 3)
             c = rng.integers(0, population, 3)
@@ -769,7 +773,7 @@ class OptimizeResult:
 
 def optimize(problem: Problem, design="layer", *, population=100, generations=20, seed=0,
              init_gu=None, init_std=None, map_fn=None, checkpoint=None, progress=False,
-             log=None) -> OptimizeResult:
+             log=None, mutation_std=None) -> OptimizeResult:
     """Eq. (45) for ``design`` with warm starts scalar → layer → column (theory §22).
 
     - ``scalar``: the bisection solution (the scalar optimum), then the GA around ``init_gu``
@@ -816,7 +820,8 @@ def optimize(problem: Problem, design="layer", *, population=100, generations=20
     if design == "scalar":
         stages["scalar"]["ga"] = run_ga(ev, "scalar", start, population=population,
                                         generations=generations, seed=seed, init_std=init_std,
-                                        warm_starts=[start], progress=tick)
+                                        warm_starts=[start], progress=tick,
+                                        mutation_std=mutation_std)
     prev_design, prev = "scalar", start
     for d in DESIGNS[1:DESIGNS.index(design) + 1]:
         warm = convert_genome(problem, prev, prev_design, d)
@@ -825,7 +830,8 @@ def optimize(problem: Problem, design="layer", *, population=100, generations=20
         say(f"{d} KKT baseline: {problem.constraint_name}={base['mse']:.6g}, "
             f"power={base['power']:.6g}, feasible={base['feasible']}")
         rec = run_ga(ev, d, warm, population=population, generations=generations, seed=seed,
-                     init_std=init_std, warm_starts=[warm, base["g_u"]], progress=tick)
+                     init_std=init_std, warm_starts=[warm, base["g_u"]], progress=tick,
+                     mutation_std=mutation_std)
         best = _best_row(ev.archive.rows[d], RESULT_KINDS)
         stages[d] = {"warm_starts": {"previous": warm, "kkt": base["g_u"]}, "ga": rec,
                      "baseline": {"row": base, "info": info}, "best": best}

@@ -351,3 +351,17 @@ def test_cli_optimize_writes_solution_archive_and_png(tmp_path, capsys):
                "--max-mse", "1", "--sigma", "0.05", "-q", "-o", str(out2)])
     err = capsys.readouterr().err
     assert rc == 2 and "refmem: error:" in err and "--gmax" in err and not out2.exists()
+
+
+def test_zero_init_and_mutation_std_keep_the_population_on_the_warm_start():
+    """σ_init = 0 and m₀ = 0: BLX blends of identical parents are that parent (one archive entry)."""
+    net, x = two_layer()
+    p = Problem(net, CrossbarConfig(sigma=0.05, g_max=GMAX), x, NU)
+    ev = Evaluator(p)
+    start = np.array([5.0, 9.0])
+    rec = run_ga(ev, "layer", start, population=7, generations=3, seed=0, init_std=0.0,
+                 mutation_std=0.0)
+    assert len(ev.archive.rows["layer"]) == 1
+    assert np.all(rec["best_g_u"] == start)
+    with pytest.raises(ConfigError, match="mutation_std"):
+        run_ga(ev, "layer", start, population=7, generations=1, mutation_std=-1.0)
