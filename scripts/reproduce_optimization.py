@@ -99,7 +99,7 @@ def run_fig7(args):
     with Executor(workers=args.workers) as ex:
         for i, f in enumerate(factors):
             nu = f * floor
-            path = out / f"nu{i:02d}_{f:g}.h5"
+            path = out / (f"nu{i:02d}_{f:g}" + ("_quick" if args.quick else "") + ".h5")
             if not path.exists():
                 t0 = time.time()
                 prob = Problem(model, cfg, x, nu, targets=y, against="targets")
@@ -182,9 +182,9 @@ def _fig7_collect(out, rows, floor, factors):
 
 
 # ============================================================================ CNN data
-def cnn_data(n_eval_per_class, n_test, seed=0, exclude=0):
+def cnn_data(n_eval_per_class, n_test, seed=0, model_path=CNN_MODEL):
     """Class-balanced evaluation batch (first images of each class) and a test subset."""
-    model = load_model(CNN_MODEL)
+    model = load_model(model_path)
     x_raw, y, _ = load_split("fashion-mnist", "test")
     order = []
     for c in range(10):
@@ -208,7 +208,7 @@ def _mc_accuracy(model, cfg, x, labels, n, seed):
 def _fig8_cell(params, ss):
     """One random column-wise g_u set: analytic max-MSE on the batch, MC accuracy on the test."""
     rng = np.random.default_rng(ss)
-    model = load_model(CNN_MODEL)
+    model = load_model(params["model"])
     cfg = CrossbarConfig(**params["config"])
     x_ev, x_te, y_te = params["x_ev"], params["x_te"], params["y_te"]
     prob = Problem(model, cfg, x_ev, 1.0, aggregate="max")
@@ -227,15 +227,18 @@ def _fig8_cell(params, ss):
 def run_fig8(args):
     from scipy.stats import spearmanr
 
-    out = Path(args.out) / "fig8"
+    n_img0 = 2 if args.quick else args.images
+    tag = (f"img{n_img0}_mc{args.mc_images}x{args.mc_n}_sigma{args.sigma:g}_{args.mapping}"
+           f"_lam{args.lam_lo:g}-{args.lam_hi:g}_gmax{args.gmax:g}")
+    out = Path(args.out) / "fig8" / tag          # one grid directory per setting
     n_sets = 12 if args.quick else args.sets
     per_class = max(1, (2 if args.quick else args.images) // 10)
     n_img = 2 if args.quick else args.images
     model, x_ev, y_ev, x_te, y_te, ev_idx, te_idx = cnn_data(per_class, args.mc_images,
-                                                             seed=args.seed)
+                                                             seed=args.seed, model_path=args.cnn_model)
     x_ev = x_ev[:n_img]
     cfg = dict(sigma=args.sigma, g_min=0.0, g_max=args.gmax, mapping=args.mapping)
-    params = {"config": cfg, "x_ev": x_ev, "x_te": x_te, "y_te": y_te, "lam_lo": args.lam_lo,
+    params = {"model": str(args.cnn_model), "config": cfg, "x_ev": x_ev, "x_te": x_te, "y_te": y_te, "lam_lo": args.lam_lo,
               "lam_hi": args.lam_hi, "jitter": 0.5, "mc_n": args.mc_n}
     cells = {f"set{i:04d}": params for i in range(n_sets)}
     _log(f"fig8: {n_sets} column-wise sets, max-MSE on {len(x_ev)} images, MC accuracy on "
@@ -251,7 +254,7 @@ def run_fig8(args):
                  standard_attrs(None, figure="Kern et al. Fig. 8", spearman=float(rho.statistic),
                                 spearman_p=float(rho.pvalue), n_sets=n_sets,
                                 eval_indices=ev_idx[:len(x_ev)].tolist(), mc_images=len(x_te),
-                                mc_n=args.mc_n, config=json.dumps(cfg)))
+                                mc_n=args.mc_n, crossbar=json.dumps(cfg)))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.errorbar(mse, acc, yerr=se, fmt="o", ms=3)
@@ -273,7 +276,7 @@ def run_fig9(args):
     out.mkdir(parents=True, exist_ok=True)
     per_class = 1 if args.quick else 2
     model, x_ev, y_ev, x_te, y_te, ev_idx, te_idx = cnn_data(per_class, args.mc_images,
-                                                             seed=args.seed)
+                                                             seed=args.seed, model_path=args.cnn_model)
     if args.quick:
         x_ev = x_ev[:2]
     cfg = CrossbarConfig(sigma=args.sigma, g_min=0.0, g_max=args.gmax, mapping=args.mapping)
@@ -284,7 +287,8 @@ def run_fig9(args):
     rows = []
     with Executor(workers=args.workers) as ex:
         for i, nu in enumerate(bounds):
-            path = out / f"nu{i:02d}.h5"
+            path = out / (f"nu{nu:g}_img{len(x_ev)}_pop{pop}x{gens}_sigma{args.sigma:g}_"
+                          f"{args.mapping}_gmax{args.gmax:g}.h5")
             if not path.exists():
                 t0 = time.time()
                 prob = Problem(model, cfg, x_ev, nu)
@@ -352,6 +356,8 @@ def main(argv=None):
                    help="g_max (default: 1000 for Fig. 7, 10 for Figs 8-9)")
     p.add_argument("--naval", metavar="DATA.txt", help="Fig. 7 on the naval set (needs --naval-model)")
     p.add_argument("--naval-model", metavar="MODEL.h5")
+    p.add_argument("--cnn-model", default=str(CNN_MODEL), help="Figs 8-9 network "
+                   "(default: the shipped width/8 13-conv CNN)")
     p.add_argument("--sigma", type=float, default=0.01, help="device std for Figs 8-9")
     p.add_argument("--mapping", default="UR", choices=["UR", "UL"])
     p.add_argument("--sets", type=int, default=100, help="Fig. 8 random g_u sets")
