@@ -849,6 +849,9 @@ def optimize(problem: Problem, design="layer", *, population=100, generations=20
                f"{problem.constraint_name} <= {problem.max_mse:g}: the closest point found has "
                f"{problem.constraint_name} = {best['mse']:.6g} (raise --gmax, or the bound: the "
                "σ-free part of the error, e.g. the network's error against the targets, is a floor)")
+        if not math.isfinite(best["mse"]):
+            msg = (f"every evaluation of the {design} design failed; the first error: "
+                   f"{best['error'] or 'non-finite MSE or power'}")
     return OptimizeResult(g_u=best["g_u"].copy(), power=best["power"], mse=best["mse"],
                           feasible=best["feasible"], design=design, method=best["kind"],
                           constraint=problem.constraint_name, max_mse=problem.max_mse,

@@ -365,3 +365,14 @@ def test_zero_init_and_mutation_std_keep_the_population_on_the_warm_start():
     assert np.all(rec["best_g_u"] == start)
     with pytest.raises(ConfigError, match="mutation_std"):
         run_ga(ev, "layer", start, population=7, generations=1, mutation_std=-1.0)
+
+
+def _sigma_always_fails(g):
+    raise ValueError("no device model")
+
+
+def test_all_evaluations_failing_is_reported():
+    net, x = two_layer()
+    p = Problem(net, CrossbarConfig(sigma_fn=_sigma_always_fails, g_max=GMAX), x, NU)
+    r = optimize(p, "scalar", population=4, generations=2, seed=0)
+    assert not r.feasible and "every evaluation" in r.message and "no device model" in r.message
