@@ -283,7 +283,12 @@ def run_fig9(args):
     bounds = [float(v) for v in args.constraints.split(",")]
     if args.quick:
         bounds = bounds[:1]
-    pop, gens = (6, 2) if args.quick else (args.population, args.generations)
+    pop, gens = (6, 2) if args.quick else (args.fig9_population, args.fig9_generations)
+    n_check = 0 if args.quick else args.check_images
+    x_check = None
+    if n_check:
+        _, x_check, _, _, _, _, _ = cnn_data(max(1, n_check // 10), 1, seed=args.seed,
+                                             model_path=args.cnn_model)
     rows = []
     with Executor(workers=args.workers) as ex:
         for i, nu in enumerate(bounds):
@@ -317,6 +322,9 @@ def run_fig9(args):
                     ds[f"{d}/accuracy_se"] = np.float64(se)
                     ds[f"{d}/power_test"] = np.float64(pw)
                     ds[f"{d}/method"] = np.bytes_(r["kind"])
+                    if x_check is not None:         # the bound checked on the larger batch
+                        chk = Problem(model, cfg, x_check, nu)
+                        ds[f"{d}/mse_batch_check"] = np.float64(evaluate(chk, d, r["g_u"]).mse)
                 write_result(path, ds, standard_attrs(cfg, max_mse=nu, seconds=time.time() - t0,
                                                       n_passes=ev.n_passes, population=pop,
                                                       generations=gens))
@@ -368,6 +376,10 @@ def main(argv=None):
     p.add_argument("--lam-hi", type=float, default=2.0, help="Fig. 8: largest λ level")
     p.add_argument("--constraints", default="0.05,0.1,0.2,0.5", help="Fig. 9 bounds on mse_batch")
     p.add_argument("--max-bisect", type=int, default=15)
+    p.add_argument("--fig9-population", type=int, default=16)
+    p.add_argument("--fig9-generations", type=int, default=20)
+    p.add_argument("--check-images", type=int, default=100,
+                   help="Fig. 9: balanced batch on which the solutions' MSE is checked (0: skip)")
     p.add_argument("--power-images", type=int, default=20)
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
