@@ -579,6 +579,57 @@ def add_golden_commands(subparsers) -> None:
     s.set_defaults(func=cmd_check)
 
 
+def cmd_optimize(args):
+    """``refmem optimize``: the cheapest g_u for a bound on the MSE (Eq. (45); theory §22)."""
+    from .executor import Executor
+    from .io import check_output
+    from .modelfile import load_model
+    from .optimize import Problem, optimize, plot_archive, write_optimization
+
+    out = _check_output(args, "optimize")
+    png = out.with_suffix(".png")
+    check_output(png, "optimize-figure", _inputs(args), force=args.force)
+    if args.gu is not None or args.lam is not None:
+        raise ConfigError("optimize chooses g_u itself; --gu and --lam are not used (see --init-gu)")
+    if args.population < 3 or args.generations < 1:
+        raise ConfigError("--population must be >= 3 and --generations >= 1")
+    net = load_model(args.model)
+    x = net.check_input(load_npy(args.input, "input"))
+    targets = None if args.targets is None else _load_targets(args, net, x.shape[0])
+    if args.mse_against == "targets" and targets is None:
+        raise ConfigError("--mse-against targets needs --targets Y.npy")
+    cfg = config_from_args(args)
+    problem = Problem(net, cfg, x, args.max_mse, targets=targets, against=args.mse_against,
+                      aggregate=args.mse_aggregate)
+    ckpt = out.with_name(out.name + ".opt-checkpoint.h5")
+    log = (lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    with Executor(workers=args.workers, scheduler=args.scheduler) as ex:
+        res = optimize(problem, args.design, population=args.population,
+                       generations=args.generations, seed=args.seed, init_gu=args.init_gu,
+                       init_std=args.init_std, mutation_std=args.mutation_std,
+                       map_fn=ex.map, checkpoint=ckpt,
+                       progress=not args.quiet, log=log)
+    sol_cfg = cfg.with_(design=args.design, g_u=problem.gu_value(args.design, res.g_u))
+    attrs = {"command": " ".join(["refmem"] + list(getattr(args, "argv", []) or [])),
+             "config": sol_cfg, "seed": int(args.seed), "population": int(args.population),
+             "generations": int(args.generations), "init_gu": args.init_gu,
+             "init_std": args.init_std, "mutation_std": args.mutation_std,
+             "mse_against": args.mse_against, "mse_aggregate": args.mse_aggregate,
+             "n_passes": int(res.n_passes), "n_inputs": int(x.shape[0]), "figure": str(png)}
+    write_optimization(out, res, {k: v for k, v in attrs.items() if v is not None},
+                       inputs=_inputs(args), force=args.force)
+    plot_archive(res, png, force=args.force)
+    ckpt.unlink(missing_ok=True)
+    if not res.feasible:
+        print("refmem: warning: " + res.message, file=sys.stderr)
+    if not args.quiet:
+        print(f"{args.design} g_u ({res.g_u.size} genes, method {res.method}): power = "
+              f"{res.power:.6g} G·V², {res.constraint} = {res.mse:.6g} y² (bound {res.max_mse:g}), "
+              f"feasible = {res.feasible}")
+        print(f"wrote {out} and {png}")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="refmem", description="Noisy memristor-crossbar networks: "
@@ -691,6 +742,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("optimize", help="the cheapest g_u (scalar, per layer or per column) whose "
+                       "analytic MSE meets a bound: Eq. (45), GA + KKT baseline")
+    s.add_argument("model", metavar="MODEL.h5")
+    s.add_argument("--input", required=True, metavar="X.npy", help="the fixed evaluation batch")
+    s.add_argument("--targets", metavar="Y.npy", help="ground truth (B, outputs) or (B,)")
+    s.add_argument("--max-mse", type=float, required=True, metavar="NU", help="the bound ν")
+    s.add_argument("--mse-against", choices=["reference", "targets"], default="reference",
+                   help="MSE against the noiseless network (default) or the targets")
+    s.add_argument("--mse-aggregate", choices=["mean", "max"], default="mean",
+                   help="over inputs, of the per-input MSE (mean over outputs)")
+    add_crossbar_options(s)
+    s.add_argument("--population", type=int, default=100)
+    s.add_argument("--generations", type=int, default=20, help="N_gen per GA stage")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--init-gu", type=float, help="centre of the first GA population "
+                   "(default: the scalar g_u meeting the bound, by bisection)")
+    s.add_argument("--init-std", type=float, help="std of the initial population "
+                   "(default 0.1 (g_u_init - g_min))")
+    s.add_argument("--mutation-std", type=float, help="initial std of the GA's Gaussian mutation, "
+                   "decaying linearly to 0 (default 0.1 (g_max - g_min), theory §12)")
+    s.add_argument("--workers", type=int, help="local worker processes (default: the available CPUs; 1 = serial)")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="Dask distributed scheduler address")
+    s.add_argument("-o", "--output", required=True, metavar="OUT.h5",
+                   help="result file; the archive figure goes to OUT.png")
+    add_force_option(s)
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_optimize)
 
     add_golden_commands(sub)
     return p
