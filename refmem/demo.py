@@ -15,6 +15,9 @@ Result set layout (``demo.h5``)::
     /analytic/mse          (S,)    MSE averaged over outputs and images (spec §9)
     /analytic/mse_max      (S,)    mean over images of the max over outputs
     /analytic/power        (S,)    expected power per inference, mean over images (spec §11)
+    /analytic/accuracy     (S,)    accuracy predicted from the Gaussian output moments
+                                   (refmem.accuracy, theory §21), mean over images
+    /analytic/accuracy_error_bound (S,)  its 99 % integration-error bound
     /montecarlo/mse, mse_se            (S,)
     /montecarlo/accuracy, accuracy_se  (S,)
     /montecarlo/power, power_se        (S,)
@@ -96,6 +99,7 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     from .modelfile import load_model
     from .moments import propagate
     from .montecarlo import monte_carlo
+    from .accuracy import predicted_accuracy
 
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,13 +121,15 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
     ref_acc = float(np.mean(np.argmax(net.forward(x), axis=1) == y))
     log(f"model {model_path.name}: noiseless accuracy on {len(y)} MNIST-5k test images = "
         f"{ref_acc:.4f}")
-    keys = ("an_mse", "an_mse_max", "an_power", "mc_mse", "mc_mse_se", "mc_acc", "mc_acc_se",
+    keys = ("an_mse", "an_mse_max", "an_power", "an_acc", "an_acc_err", "mc_mse", "mc_mse_se", "mc_acc", "mc_acc_se",
             "mc_power", "mc_power_se")
     res = {k: np.zeros(sig.size) for k in keys}
     for i, s in enumerate(sig):
         t0 = time.perf_counter()
         mapped = map_network(net, base.with_(sigma=float(s)))
-        an = propagate(mapped, x)
+        an = propagate(mapped, x, cov=True)
+        pred = predicted_accuracy(an.mean, an.cov, y, seed=seed, n_points=1024)   # theory §21
+        res["an_acc"][i], res["an_acc_err"][i] = pred.mean, pred.error_bound
         mc = monte_carlo(mapped, x, n=int(n_mc), seed=seed, labels=y, progress=progress)
         res["an_mse"][i] = an.mse.mean()
         res["an_mse_max"][i] = an.mse_max.mean()
@@ -150,6 +156,8 @@ def run_demo(output_dir, *, sigmas=DEFAULT_SIGMAS, n_images=200, n_mc=200, seed=
         f["analytic/mse"] = res["an_mse"]
         f["analytic/mse_max"] = res["an_mse_max"]
         f["analytic/power"] = res["an_power"]
+        f["analytic/accuracy"] = res["an_acc"]
+        f["analytic/accuracy_error_bound"] = res["an_acc_err"]
         f["montecarlo/mse"] = res["mc_mse"]
         f["montecarlo/mse_se"] = res["mc_mse_se"]
         f["montecarlo/accuracy"] = res["mc_acc"]
@@ -182,6 +190,7 @@ def _plot(path, sig, res, ref_acc, n_images, n_mc):
     a1.grid(True, which="both", alpha=0.3)
     a2.errorbar(sig, res["mc_acc"], yerr=2 * res["mc_acc_se"], fmt="o-", color="C1", ms=4,
                 capsize=3, label="Monte-Carlo ±2 SE")
+    a2.plot(sig, res["an_acc"], "-", color="C0", label="predicted from the moments (theory §21)")
     a2.axhline(ref_acc, color="k", ls="--", lw=1, label="noiseless")
     a2.set_xlabel("device noise σ")
     a2.set_ylabel(f"accuracy ({n_images} MNIST-5k test images)")
