@@ -149,6 +149,9 @@ class _LayerSampler:
         per_col = 8 * self.R1 * 8          # bytes per column of the static arrays
         self.cache_all = ml.scheme != "UL" or per_col * self.J <= _CACHE_LIMIT
         self._static = self._build(None) if self.cache_all else None
+        # observer of every draw (refmem.validate's tangent pass, theory §23): called as
+        # on_draw(static, Gp, Gm, dw) after each draw; it draws nothing and changes nothing
+        self.on_draw = None
 
     # static (noise-free) arrays in device layout: (cols, R1), bias row last
     def _build(self, cols):
@@ -211,6 +214,8 @@ class _LayerSampler:
             e = delta * np.rint((st.w + u) / delta) - u - st.w            # spec §14
             e = np.where(st.tap, e, 0.0)
             dw = e if dw is None else dw + e
+        if self.on_draw is not None:
+            self.on_draw(st, Gp, Gm, dw)
         return Gp, Gm, dw
 
     # ------------------------------------------------------------------ forward

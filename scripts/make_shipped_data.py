@@ -22,6 +22,10 @@ Outputs:
   (``mnist5k_split(seed=0)``) with the preprocessing ``pixels/255``; ``example_labels.npy``:
   their labels, int64 (20,). Identical to rows ``[::50]`` of ``refmem prepare mnist5k
   --preprocessing pixels/255``.
+- ``fashion_mnist_test100.npz`` (only when the Debian package ``dataset-fashion-mnist`` is
+  found, ``--fashion-root``): ``images`` uint8 (100, 28, 28), ``labels`` uint8 (100,),
+  ``index`` int64 (100,): the first 10 images of every class, in the t10k file's order,
+  grouped by class (rows 10c … 10c+9 are class c); ``index`` is the row in the t10k file.
 
 The ``.npz`` archives are written with fixed zip timestamps and maximal deflate compression,
 so re-running the script reproduces the files byte for byte. Every input is validated
@@ -41,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refmem.datasets import apply_preprocessing, mnist5k_split
+from refmem.datasets import FASHION_MNIST_ROOT, apply_preprocessing, load_idx_dataset, mnist5k_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,6 +116,8 @@ def main(argv=None):
     p.add_argument("--source", type=Path, default=Path("/work/shared/data"),
                    help="folder with mnist_5k.csv.gz and the diabetes files")
     p.add_argument("--out", type=Path, default=REPO / "data", help="output folder (default: data/)")
+    p.add_argument("--fashion-root", type=Path, default=FASHION_MNIST_ROOT,
+                   help="Fashion-MNIST IDX folder (Debian package dataset-fashion-mnist)")
     args = p.parse_args(argv)
     src, out = args.source, args.out
     for name in ("mnist_5k.csv.gz", "diabetes_data_raw.csv.gz", "diabetes_target.csv.gz"):
@@ -134,7 +140,17 @@ def main(argv=None):
     write_npy(out / "example_input.npy", x_ex)
     write_npy(out / "example_labels.npy", labels[first].astype(np.int64))
 
-    for name in ("mnist5k.npz", "diabetes.npz", "example_input.npy", "example_labels.npy"):
+    names = ["mnist5k.npz", "diabetes.npz", "example_input.npy", "example_labels.npy"]
+    if args.fashion_root.is_dir():
+        f_images, f_labels = load_idx_dataset(args.fashion_root, "test")
+        index = np.concatenate([np.flatnonzero(f_labels == c)[:10] for c in range(10)])
+        if index.size != 100:
+            fail("fashion-mnist: fewer than 10 test images in some class")
+        write_npz(out / "fashion_mnist_test100.npz",
+                  {"images": f_images[index], "labels": f_labels[index].astype(np.uint8),
+                   "index": index.astype(np.int64)})
+        names.append("fashion_mnist_test100.npz")
+    for name in names:
         data = (out / name).read_bytes()
         print(f"{name:20s} {len(data):9d} bytes  sha256 {hashlib.sha256(data).hexdigest()}")
     return 0
