@@ -561,3 +561,34 @@ register("outputs", "prepare-full-disk", ["prepare", "mnist5k", "--preprocessing
 register("outputs", "mc-full-disk-at-first-checkpoint",
          ["mc", "model.h5", "--input", "x.npy", "-n", "600", "--seed", "1", "-q", "--cov",
           "-o", "big.h5"], mode="fsize", fsize=1024)
+
+# ====================================================================== optimize and validate
+OPT = ["optimize", "model.h5", "--input", "x.npy", "--max-mse", "0.5", "--sigma", "0.01",
+       "--gmax", "100", "--population", "4", "--generations", "1", "--workers", "1", "-q"]
+VAL = ["validate", "model.h5", "--input", "x.npy", "--sigma", "0.01", "--seed", "1", "-q"]
+_OPT_VAL = [
+    ("optimize-population-two", OPT[:-5] + ["--population", "2", "--generations", "1", "-q"],
+     "population"),
+    ("optimize-generations-zero", OPT[:-5] + ["--population", "4", "--generations", "0", "-q"],
+     "generations"),
+    ("optimize-max-mse-missing", [a for a in OPT if a not in ("--max-mse", "0.5")], "max-mse"),
+    ("optimize-gu-given", OPT + ["--gu", "2"], "g_u"),
+    ("optimize-targets-needed", OPT + ["--mse-against", "targets"], "targets"),
+    ("optimize-targets-wrong-shape", OPT + ["--targets", "ximg.npy"], "targets"),
+    ("optimize-model-missing", ["optimize", "nope.h5"] + OPT[2:], "not found"),
+    ("optimize-sigma-negative", [a if a != "0.01" else "-0.01" for a in OPT], "sigma"),
+    ("validate-no-n", VAL, None),
+    ("validate-n-and-budget", VAL + ["-n", "8", "--budget", "1"], None),
+    ("validate-labels-wrong-length", VAL + ["-n", "8", "--labels", "cov.npy"], "labels"),
+    ("validate-input-wrong-shape", ["validate", "model.h5", "--input", "ximg.npy", "--seed", "1",
+                                    "-n", "8", "-q"], None),
+    ("validate-model-corrupt", ["validate", "x.npy", "--input", "x.npy", "--seed", "1", "-n",
+                                "8", "-q"], None),
+]
+for _id, argv, _match in _OPT_VAL:
+    register("options", _id, argv + ["-o", "out.h5"], None, _match)
+register("outputs", "optimize-o-is-input", OPT + ["-o", "x.npy"], None, "input", needs=("io",))
+register("outputs", "validate-o-is-model", VAL + ["-n", "8", "-o", "model.h5"], None, "input",
+         needs=("io",))
+register("outputs", "optimize-o-not-refmem", OPT + ["-o", "y.npy"], None, "refusing",
+         needs=("io",))
