@@ -184,6 +184,13 @@ def test_math_delimiters_balanced():
     assert not problems, "\n".join(problems)
 
 
+def test_no_pipe_inside_maths_in_tables():
+    # a "|" inside $…$ in a table row would split the cell on GitHub; use \\lvert … \\rvert
+    bad = [k for k, line in prose_lines(guide_text()) if line.startswith("|")
+           and any("|" in m for m in re.findall(r"\$([^$]+)\$", line))]
+    assert not bad, f"'|' inside maths in table rows at lines {bad}"
+
+
 def test_math_macros_allowed():
     text = "\n".join(line for _, line in prose_lines(guide_text()))
     maths = re.findall(r"\$\$(.+?)\$\$", text, flags=re.S)
