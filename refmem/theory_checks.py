@@ -300,6 +300,16 @@ def check_pool(rep, seed, n=200_000):
     rep.ztest("E Z = Aμ", Z.mean(axis=0), mean, Z.std(axis=0, ddof=1) / math.sqrt(n))
     rep.ztest("Cov Z = AΓAᵀ (cross-channel entries included)", _triu(prod.mean(axis=0) * n / (n - 1)),
               _triu(cov), _triu(prod.std(axis=0, ddof=1)) / math.sqrt(n))
+    # batchnorm fusion: K' = K γ/√(v+ε), b' = (b − m)γ/√(v+ε) + β gives the same forward pass
+    from .layers import BatchNorm, Conv2d
+    from .network import Network
+    bn = BatchNorm(rng.uniform(0.5, 2, 3), rng.normal(size=3), rng.normal(size=3),
+                   rng.uniform(0.5, 2, 3))
+    conv = Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 1, 1)
+    net = Network([conv, bn], (2, 4, 4))
+    xb = rng.normal(size=(2, 2, 4, 4))
+    rep.exact("batchnorm fused into the conv before mapping: same forward pass",
+              net.fused().forward(xb), net.forward(xb), rtol=1e-12, atol=1e-12)
     # printed Eqs. (17)–(21): k = i..i+s (s+1 terms) with weight 1/s² on a constant map
     s = 2
     c = np.ones((4, 4))
@@ -347,7 +357,7 @@ def check_relu(rep, seed, n=400_000):
 # ====================================================================== §8.2 ReLU covariance
 @_check("relu-cov", "8.2", "exact covariance of two rectified Gaussians vs sampling; Taylor Eq. (28); PSD")
 def check_relu_cov(rep, seed, n=400_000):
-    from .relu import relu_cov_exact, relu_cov_taylor, relu_moments
+    from .relu import bvn_cdf, relu_cov_exact, relu_cov_taylor, relu_moments
     rng = _rng(seed, 82)
     cases = [((0.3, -0.5), (1.0, 2.0), 0.7), ((0.0, 0.0), (1.0, 1.0), 0.5),
              ((1.0, 2.0), (0.5, 1.5), -0.6), ((-1.0, 0.5), (1.0, 1.0), 0.95),
@@ -364,6 +374,21 @@ def check_relu_cov(rep, seed, n=400_000):
         ex.append(float(relu_cov_exact(m1, s1, m2, s2, rho)))
         ty.append(float(relu_cov_taylor(m1, m2, rho * s1 * s2)))
     rep.ztest("Cov[X₁⁺, X₂⁺] exact bivariate formula, 6 cases", est, ex, se)
+    from scipy.stats import norm
+    closed = []
+    for (m1, m2), (s1, s2), rho in cases:         # theory §8.2 step 5 (truncated moments)
+        a1, a2 = m1 / s1, m2 / s2
+        r1 = math.sqrt(1 - rho * rho)
+        c1, c2 = (a1 - rho * a2) / r1, (a2 - rho * a1) / r1
+        e12 = ((a1 * a2 + rho) * float(bvn_cdf(a1, a2, rho))
+               + a1 * norm.pdf(a2) * norm.cdf(c1) + a2 * norm.pdf(a1) * norm.cdf(c2)
+               + r1 / (2 * math.pi) * math.exp(-(a1 * a1 - 2 * rho * a1 * a2 + a2 * a2)
+                                                 / (2 * r1 * r1)))
+        e1 = norm.pdf(a1) + a1 * norm.cdf(a1)
+        e2 = norm.pdf(a2) + a2 * norm.cdf(a2)
+        closed.append(s1 * s2 * (e12 - e1 * e2))
+    rep.exact("the integral form equals the closed form of step 5 (Φ₂ by bvn_cdf), 6 cases",
+              ex, closed, rtol=1e-9, atol=1e-13)
     rep.evidence("Eq. (28) Taylor covariance 1[μ₁>0]1[μ₂>0]Γ₁₂ (D15)", est, ty, se)
     rho = np.array([-1.0, -0.4, 0.0, 0.5, 1.0])
     arc = (np.sqrt(1 - rho**2) + rho * (np.pi - np.arccos(rho)) - 1) / (2 * np.pi)
@@ -442,6 +467,14 @@ def check_power_fc(rep, seed, n=100_000):
     mc = _mc(mapped, mu[None], n, seed, input_cov=gamma)
     _power_rows(rep, an, mc, "FC")
     blk = mapped.layers[0].block()
+    q = mu * mu + np.diag(gamma)
+    an0 = _moments(map_network(net, cfg.with_(sigma=0.0)), mu[None], input_cov=gamma)
+    rep.exact("O18 memristor power does not depend on σ", an.power_mem, an0.power_mem,
+              rtol=1e-13)
+    rep.exact("O18b σ adds exactly r σ² (Σ_i q_i + 1) per column to each TIA",
+              [an.power_tia_pos[0, 0] - an0.power_tia_pos[0, 0],
+               an.power_tia_neg[0, 0] - an0.power_tia_neg[0, 0]],
+              [cfg.r * 0.1**2 * (q.sum() + 1) * J] * 2, rtol=1e-9)
     q = mu * mu + np.diag(gamma)
     printed = q @ (blk.lam * np.abs(blk.W)).sum(axis=1)      # Prop. 5 proof: |G_ij| X_i² (D17)
     rep.evidence("memristor power Σ|G_ij|X_i² of the Prop. 5 proof (D17)", mc.power_mem, printed,
