@@ -263,3 +263,31 @@ def test_quoted_cli_command_runs(cmd, tmp_path):
         argv[0] = sys.executable
     res = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------- the checks can fail
+def test_report_verdicts(capsys):
+    rep = theory_checks.Report("unit")
+    assert rep.ztest("right", [1.0, 2.0], [1.01, 2.0], [0.01, 0.01]) is True
+    assert rep.ztest("wrong", [1.0, 2.0], [1.2, 2.0], [0.01, 0.01]) is False
+    assert rep.evidence("printed, far off", [1.0], [1.5], [0.01]) is True
+    assert rep.evidence("printed, too close to reject", [1.0], [1.05], [0.01]) is False
+    assert rep.exact("exact", [1.0], [1.0 + 1e-9], rtol=1e-12) is False
+    assert not rep.passed
+    assert theory_checks.zstar(1) == pytest.approx(3.8906, abs=1e-4)
+    assert theory_checks.zstar(528) == pytest.approx(5.2095, abs=1e-3)
+
+
+def test_fc_check_fails_on_a_mutated_covariance(monkeypatch, capsys):
+    # a 10 % error in the analytic covariance (a mutant of Proposition 1) must turn the check red
+    real = theory_checks._moments
+
+    def mutant(mapped, x, **kw):
+        res = real(mapped, x, **kw)
+        res.var = res.var * 1.1
+        if res.cov is not None:
+            res.cov = res.cov * 1.1
+        return res
+    monkeypatch.setattr(theory_checks, "_moments", mutant)
+    assert theory_checks.main(["fc"]) == 1
+    assert "[FAIL] fc: Cov Z" in capsys.readouterr().out
