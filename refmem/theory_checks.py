@@ -569,6 +569,21 @@ def check_mult(rep, seed, n=200_000):
     rep.exact("O21b closed form α²(b_j² + Σ_i W_ij² x_i²)", an.var[0],
               alpha**2 * (b**2 + (x**2) @ W**2), rtol=1e-12)
 
+    # [M]'s experiment on a shipped one-hidden-layer MNIST MLP: noise on layer 0, 1, or both.
+    # With one hidden ReLU and deterministic images the closure is exact (theory §20), so the
+    # analytic per-output MSE is z-tested against Monte-Carlo.
+    from .datasets import shipped_path
+    from .modelfile import load_model
+    mlp = load_model(shipped_path("models/mnist5k_mlp_784-100-10.h5"))
+    xs = np.load(shipped_path("example_input.npy"))[:4]
+    for layers, name in (((0,), "the first layer"), ((1,), "the second layer"),
+                         ("all", "both layers")):
+        mm = map_network(mlp, CrossbarConfig(alpha=alpha, noisy_layers=layers))
+        a_ = _moments(mm, xs)
+        m_ = _mc(mm, xs, 1000, seed + 7)
+        rep.ztest(f"[M] MLP 784-100-10, α={alpha} on {name}: per-output MSE", m_.mse, a_.mse,
+                  m_.mse_se)
+
     def prop(g):
         return alpha * g
     m2 = map_network(net, CrossbarConfig(sigma_fn=prop, g_min=0.0, g_u=1.0, design="layer"))
