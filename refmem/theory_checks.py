@@ -130,7 +130,10 @@ def _triu(M):
 
 
 def _skewed_sampler(mu, gamma):
-    """Non-Gaussian correlated inputs ``μ + C U`` (U centred exponential, C Cᵀ = Γ), theory §19.8."""
+    """Non-Gaussian correlated inputs ``μ + C U`` (U centred exponential, C Cᵀ = Γ).
+
+    Theory §19.8: linear layers must be exact for any input law, so they are tested on one.
+    """
     C = np.linalg.cholesky(gamma)
 
     def sample(rng, m):
@@ -166,7 +169,8 @@ def _moments(mapped, x, **kw):
 
 
 # ====================================================================== §3 mapping
-@_check("mapping", "3", "crossbar mapping: g⁺ − g⁻ = λW, g in [g_min, g_u], noiseless crossbar / (rλ) = Wᵀx + b")
+@_check("mapping", "3", "crossbar mapping: g⁺ − g⁻ = λW, g in [g_min, g_u], "
+                        "noiseless crossbar / (rλ) = Wᵀx + b")
 def check_mapping(rep, seed):
     from .config import CrossbarConfig
     from .mapping import map_network
@@ -179,7 +183,8 @@ def check_mapping(rep, seed):
         W, b = net.layers[0].weight.T, net.layers[0].bias
         rep.exact(f"[{design}] g⁺ − g⁻ = λ_j W_ij (Eqs. (5)–(6), g_min cancels)",
                   blk.gp - blk.gm, blk.lam * W, rtol=1e-12)
-        rep.claim(f"[{design}] every target conductance in [g_min, g_u] (bias row in the scope of w^u)",
+        rep.claim(f"[{design}] every target conductance in [g_min, g_u] "
+                  "(bias row in the scope of w^u)",
                   ml.check_conductances())
         x = rng.normal(size=(3, 6))
         # loop oracle: currents of the two arrays, TIA gain r, digital rescale 1/(rλ)
@@ -202,7 +207,8 @@ def check_mapping(rep, seed):
 
 
 # ====================================================================== §4 FC
-@_check("fc", "4", "Proposition 1 (FC): mean and full covariance vs device-level MC, non-Gaussian input")
+@_check("fc", "4", "Proposition 1 (FC): mean and full covariance vs device-level MC, "
+                   "non-Gaussian input")
 def check_fc(rep, seed, n=200_000):
     from .config import CrossbarConfig
     from .mapping import map_network
@@ -298,7 +304,8 @@ def check_pool(rep, seed, n=200_000):
     Zc = Z - Z.mean(axis=0)
     prod = Zc[:, :, None] * Zc[:, None, :]
     rep.ztest("E Z = Aμ", Z.mean(axis=0), mean, Z.std(axis=0, ddof=1) / math.sqrt(n))
-    rep.ztest("Cov Z = AΓAᵀ (cross-channel entries included)", _triu(prod.mean(axis=0) * n / (n - 1)),
+    rep.ztest("Cov Z = AΓAᵀ (cross-channel entries included)",
+              _triu(prod.mean(axis=0) * n / (n - 1)),
               _triu(cov), _triu(prod.std(axis=0, ddof=1)) / math.sqrt(n))
     # batchnorm fusion: K' = K γ/√(v+ε), b' = (b − m)γ/√(v+ε) + β gives the same forward pass
     from .layers import BatchNorm, Conv2d
@@ -314,9 +321,9 @@ def check_pool(rep, seed, n=200_000):
     s = 2
     c = np.ones((4, 4))
     val = sum(c[k, l] for k in range(0, 0 + s + 1) for l in range(0, 0 + s + 1)) / s**2
+    one = pool_moments(np.ones(16), None, (1, 4, 4), 2)[0][0]
     rep.claim(f"EVIDENCE printed window (s+1 terms per axis, 1/s²) maps a constant 1 to {val:.2f}, "
-              f"not 1 (D13); pool_moments gives {pool_moments(np.ones(16), None, (1, 4, 4), 2)[0][0]:.2f}",
-              val != 1.0 and pool_moments(np.ones(16), None, (1, 4, 4), 2)[0][0] == 1.0)
+              f"not 1 (D13); pool_moments gives {one:.2f}", val != 1.0 and one == 1.0)
 
 
 # ====================================================================== §8.1 ReLU
@@ -355,7 +362,8 @@ def check_relu(rep, seed, n=400_000):
 
 
 # ====================================================================== §8.2 ReLU covariance
-@_check("relu-cov", "8.2", "exact covariance of two rectified Gaussians vs sampling; Taylor Eq. (28); PSD")
+@_check("relu-cov", "8.2", "exact covariance of two rectified Gaussians vs sampling; "
+                          "Taylor Eq. (28); PSD")
 def check_relu_cov(rep, seed, n=400_000):
     from .relu import bvn_cdf, relu_cov_exact, relu_cov_taylor, relu_moments
     rng = _rng(seed, 82)
@@ -398,12 +406,14 @@ def check_relu_cov(rep, seed, n=400_000):
     _, Ct = relu_moments(np.array([0.5, 0.5]), G.copy(), mode="taylor")
     _, Ce = relu_moments(np.array([0.5, 0.5]), G.copy(), mode="exact")
     et, ee = np.linalg.eigvalsh(Ct)[0], np.linalg.eigvalsh(Ce)[0]
-    rep.claim(f"EVIDENCE Prop. 4 diagonal + Eq. (28) off-diagonal at μ=(0.5,0.5), ρ=0.999 is not PSD: "
+    rep.claim("EVIDENCE Prop. 4 diagonal + Eq. (28) off-diagonal at μ=(0.5,0.5), ρ=0.999 is "
+              "not PSD: "
               f"min eigenvalue {et:.3f}; exact rule {ee:.2e} >= 0 (D15)", et < 0 <= ee + 1e-15)
 
 
 # ====================================================================== §9 MSE
-@_check("mse", "9", "Eq. (7): MSE = Var + (E − z)² vs MC on a Dense–ReLU–Dense net where it is exact")
+@_check("mse", "9", "Eq. (7): MSE = Var + (E − z)² vs MC on a Dense–ReLU–Dense net "
+                    "where it is exact")
 def check_mse(rep, seed, n=100_000):
     from .config import CrossbarConfig
     from .layers import Dense, ReLU
@@ -420,7 +430,8 @@ def check_mse(rep, seed, n=100_000):
     rep.ztest("per-output MSE_j = Γ_jj + (μ_j − z_j)² (deterministic input: the ReLU input is "
               "exactly Gaussian, so this is exact)", mc.mse, an.mse, mc.mse_se)
     rep.info(f"share of the squared bias (μ − z)² in the MSE: "
-             f"{float(np.sum(an.bias**2) / np.sum(an.mse)):.3f} (the ReLU shifts the mean at r = 1)")
+             f"{float(np.sum(an.bias**2) / np.sum(an.mse)):.3f} "
+             "(the ReLU shifts the mean at r = 1)")
     rep.evidence("MSE without the bias term (variance only)", mc.mse, an.var, mc.mse_se)
 
 
@@ -524,7 +535,8 @@ def check_power_ul(rep, seed, n=20_000):
 
 
 # ====================================================================== §12 optimisation
-@_check("opt-oracle", "12", "Eq. (45) on one FC layer (scalar design, x >= 0): closed-form g_u*, MSE(g_u*) = ν")
+@_check("opt-oracle", "12", "Eq. (45) on one FC layer (scalar design, x >= 0): "
+                           "closed-form g_u*, MSE(g_u*) = ν")
 def check_opt_oracle(rep, seed):
     from .config import CrossbarConfig
     from .mapping import map_network
@@ -550,7 +562,8 @@ def check_opt_oracle(rep, seed):
 
 
 # ====================================================================== §13 multiplicative
-@_check("mult", "13", "[M] multiplicative noise (1 + αξ)w: moments vs MC; = crossbar with σ(g) = αg, g_min = 0")
+@_check("mult", "13", "[M] multiplicative noise (1 + αξ)w: moments vs MC; "
+                      "= crossbar with σ(g) = αg, g_min = 0")
 def check_mult(rep, seed, n=200_000):
     from .config import CrossbarConfig
     from .mapping import map_network
@@ -619,7 +632,8 @@ def check_quant(rep, seed, n=200_000):
               f"(ratio {ratios[2]:.3f}: most weights round to 0)",
               abs(ratios[6] - 1) < 0.03 and ratios[2] < 0.8)
     d = quant_step(1.0, 8)
-    rep.exact("O22 k=8, max|A| = 1: Δ = 1/127 and the max-abs weight is exact", [d, quantize(1.0, d, 8)],
+    rep.exact("O22 k=8, max|A| = 1: Δ = 1/127 and the max-abs weight is exact",
+              [d, quantize(1.0, d, 8)],
               [1 / 127, 1.0], rtol=1e-15)
 
 
@@ -650,7 +664,8 @@ def check_forward(rep, seed, n=200_000):
 
 
 # ====================================================================== §20 Gaussian closure
-@_check("closure", "20", "Gaussian closure at the ReLU: analytic vs MC MSE, 2-hidden-layer MLP and a small CNN (INFO)")
+@_check("closure", "20", "Gaussian closure at the ReLU: analytic vs MC MSE, "
+                         "2-hidden-layer MLP and a small CNN (INFO)")
 def check_closure(rep, seed, n=1000):
     from .config import CrossbarConfig
     from .datasets import shipped_path

@@ -2,8 +2,9 @@
 """Rewrite citations of the specification into citations of the theory guide.
 
 Every citation of the specification (the word "spec" or "Spec", a space, then ``§N`` or
-``§N.M``) in the code, docstrings, docs and README becomes ``theory §N`` / ``Theory §N.M``: ``docs/theory.md`` numbers its sections §0–§19 exactly like the
-specification, so the rewrite is mechanical (theory §0, Appendix A). A chain such as
+``§N.M``) in the code, docstrings, docs and README becomes ``theory §N`` / ``Theory §N.M``:
+``docs/theory.md`` numbers its sections §0–§19 exactly like the specification, so the rewrite
+is mechanical (see the guide's introduction and Appendix A). A chain such as
 "spec" ``§4/§5`` keeps its bare ``§5``, which the citation test reads as part of the chain.
 
 Not touched (a published contract): the golden files under ``data/golden/`` and the stored
@@ -16,8 +17,8 @@ Usage (from the repository root)::
     python scripts/sweep_citations.py --check   # list what would change; exit 1 if anything
 
 After rewriting, the script sets ``SWEEP_DONE = True`` in ``tests/test_theory_doc.py`` so that
-the test asserting that no specification citation is left becomes active. It also lists, without changing
-them, lines that still point to the unshipped specification file (``equations.md``) so the
+the test asserting that no specification citation is left becomes active. It also lists,
+without changing them, lines that still point to the unshipped specification file (``equations.md``) so the
 prose around them can be edited by hand.
 """
 
@@ -104,7 +105,8 @@ def spec_file_mentions(root: Path = ROOT):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="only list; exit 1 if anything would change")
+    ap.add_argument("--check", action="store_true",
+                    help="only list; exit 1 if anything would change")
     ap.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()

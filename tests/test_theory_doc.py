@@ -10,6 +10,7 @@
     rest marked slow.
 """
 
+import os
 import re
 import shlex
 import subprocess
@@ -161,7 +162,8 @@ def test_sweep_rewrites_and_keeps_golden_tags(tmp_path):
     changed = sweep_citations.sweep(tmp_path)
     assert changed == {"refmem/m.py": 2}
     out = (tmp_path / "refmem" / "m.py").read_text(encoding="utf-8")
-    assert out == src.replace("Spec \u00a7", "Theory \u00a7").replace("spec \u00a7", "theory \u00a7")
+    want = src.replace("Spec \u00a7", "Theory \u00a7").replace("spec \u00a7", "theory \u00a7")
+    assert out == want
     assert (tmp_path / "data" / "golden" / "SUMMARY.md").read_text(encoding="utf-8") == gold
     assert sweep_citations.find_spec_citations(tmp_path) == []
     assert sweep_citations.sweep(tmp_path) == {}            # idempotent
@@ -200,7 +202,8 @@ def test_math_macros_allowed():
     used = set()
     for m in maths:
         used.update(re.findall(r"\\([A-Za-z]+)", m))
-    assert not used - ALLOWED_MACROS, f"macros outside the allowed list: {sorted(used - ALLOWED_MACROS)}"
+    extra = sorted(used - ALLOWED_MACROS)
+    assert not extra, f"macros outside the allowed list: {extra}"
 
 
 # ---------------------------------------------------------------------- (c) commands run
@@ -255,9 +258,7 @@ def test_quoted_cli_command_runs(cmd, tmp_path):
     # run from a scratch directory that sees the checkout's data/ (paths in the guide are
     # relative to the repository root) and the checkout's package
     (tmp_path / "data").symlink_to(ROOT / "data")
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    import os
-    env = {**os.environ, **env}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = shlex.split(cmd)
     if argv[0] == "python":
         argv[0] = sys.executable
