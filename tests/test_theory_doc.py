@@ -45,7 +45,7 @@ cdot cdots ldots dots odot otimes times top le ge ne neq approx sim propto equiv
 to mapsto infty pm mp lceil rceil lfloor rfloor lVert rVert lvert rvert mid
 max min arg exp log sin cos arcsin arccos det tr
 bar hat tilde widehat overline underbrace
-quad qquad varnothing emptyset forall Rightarrow leftarrow ell gg ll gtrsim star varpi
+quad qquad varnothing emptyset forall Rightarrow leftarrow ell gg ll gtrsim star varpi cot
 begin end
 """.split())
 """The macros the guide may use (a short list, so it renders on GitHub and in MathJax/KaTeX)."""
