@@ -3,14 +3,14 @@
 Analytic propagation of means and covariances (Kern et al., MemSE), power, Monte-Carlo
 validation, and the multiplicative-noise / quantization experiments of MohammadiRad &
 Sojodishijani. Equations are numbered as in the project's corrected specification
-(``spec §n``); see the README's equation index.
+(``theory §n``); see the README's equation index.
 
 Public API (stable names):
 
 - :class:`CrossbarConfig` — the one configuration object for crossbar and noise settings.
 - :class:`Network`, :func:`load_model`, :func:`save_model` — explicit-matrix networks and
   the HDF5 model file.
-- :func:`map_network` — the crossbar mapping (spec §3).
+- :func:`map_network` — the crossbar mapping (theory §3).
 - :func:`monte_carlo`, :func:`mc_sample_count` — the device-level Monte-Carlo simulator and
   the sample count of Eq. (46).
 - :class:`MomentsResult`, :class:`MCResult`, :class:`Sweep` — result objects named like the

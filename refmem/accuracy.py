@@ -2,7 +2,7 @@ r"""Classification accuracy predicted from the analytic output moments (theory �
 
 Accuracy is not a moment: for an input ``x`` with label ``y`` it is the probability that the
 noisy network's largest output is the one of class ``y``. Under the Gaussian closure of the
-analytic pass (theory §20, spec §19.7: the outputs are treated as jointly Gaussian,
+analytic pass (theory §20, theory §19.7: the outputs are treated as jointly Gaussian,
 ``Z ~ N(μ, Σ)`` with the moments of :func:`refmem.moments.propagate`),
 
 .. math::

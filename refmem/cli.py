@@ -716,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-cov", metavar="C.npy")
     add_crossbar_options(s, sweep=True)
     s.add_argument("--relu-cov", choices=["exact", "taylor"], default="exact",
-                   help="ReLU covariance: exact bivariate (spec §8.2) or the paper's Taylor Eq. (28)")
+                   help="ReLU covariance: exact bivariate (theory §8.2) or the paper's Taylor Eq. (28)")
     s.add_argument("--per-layer", action="store_true", help="store mean/var after every layer")
     s.add_argument("--cov", action="store_true", help="store the output covariance")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5")

@@ -15,55 +15,55 @@ weight unit.
 Fields and defaults
 -------------------
 sigma : float, default 0
-    Standard deviation of one device's programming noise (constant model, spec §2 A1). The
-    differential pair ``G = G+ - G-`` has variance ``2 sigma²`` (spec §3.2; corrects D1/D6).
+    Standard deviation of one device's programming noise (constant model, theory §2 A1). The
+    differential pair ``G = G+ - G-`` has variance ``2 sigma²`` (theory §3.2; corrects D1/D6).
 sigma_table : (g, sigma) pair of 1-D arrays or None
-    σ(g) by linear interpolation in a table (spec §4 generalised). Evaluating it outside the
+    σ(g) by linear interpolation in a table (theory §4 generalised). Evaluating it outside the
     table's g range is an error. Overrides ``sigma``.
 sigma_fn : callable or None
     σ(g) as a Python callable (vectorised over a NumPy array). Overrides ``sigma``; recorded in
     JSON by name only (a JSON round trip cannot restore it).
 alpha : float, default 0
     MohammadiRad & Sojodishijani's multiplicative noise ``w -> (1 + alpha N(0,1)) w`` on every
-    weight and bias of a noisy layer, i.e. weight-unit variance ``alpha² w²`` (spec §13). It
+    weight and bias of a noisy layer, i.e. weight-unit variance ``alpha² w²`` (theory §13). It
     acts on the weights directly and does not enter power.
 bits : None, int, or sequence of (int or None), default None
-    k-bit uniform quantization (spec §14), one value for every crossbar layer or one per
+    k-bit uniform quantization (theory §14), one value for every crossbar layer or one per
     crossbar layer (None = not quantized). Applied after batchnorm fusion, before noise.
 quant_mode : {"fixed", "dither"}, default "fixed"
     "fixed": the network is programmed with q(W) (one deterministic network; adds no
     variance). "dither": subtractively dithered quantization, whose error is exactly
-    U(-Δ/2, Δ/2) i.i.d., i.e. the Δ²/12 model of spec §14.
+    U(-Δ/2, Δ/2) i.i.d., i.e. the Δ²/12 model of theory §14.
 g_min : float, default 0
     Lowest programmable conductance (every device of a pair sits at ``g_min`` for weight 0).
 g_max : float, default +inf
     Highest programmable conductance; every g_u must satisfy ``g_min < g_u <= g_max``.
 g_u : float, sequence of float, or dict {layer index: array of per-column values}
-    The chosen upper conductance (spec §3.1). A float is broadcast to every column; a sequence
+    The chosen upper conductance (theory §3.1). A float is broadcast to every column; a sequence
     gives one value per crossbar layer (broadcast over its columns); a dict gives one array per
     crossbar layer with one value per column (column design). Default 1.0.
 lam : float or None
     If set, λ = ``lam`` for every column instead of ``g_u`` (then ``g_u = g_min + lam w^u``).
 design : {"scalar", "layer", "column"}, default "scalar"
-    Scope of the max-abs weight ``w^u`` (which always includes the bias row; spec §3.1).
+    Scope of the max-abs weight ``w^u`` (which always includes the bias row; theory §3.1).
 mapping : {"UR", "UL"}, default "UR"
-    Convolution mapping: unfold-repeat (one shared crossbar, spec §5) or unrolled-linear
-    (one Toeplitz crossbar, spec §6).
+    Convolution mapping: unfold-repeat (one shared crossbar, theory §5) or unrolled-linear
+    (one Toeplitz crossbar, theory §6).
 r : float, default 1
     TIA feedback resistance. The digital side rescales by ``1/(r λ)``, so r changes power,
-    never the moments (spec §3.3).
+    never the moments (theory §3.3).
 noisy_layers : "all" or sequence of layer specs, default "all"
     Crossbar layers that receive device noise and alpha noise (MohammadiRad & Sojodishijani's
     "first only / last only / all"). Specs are ints (negative counts from the end) or the
     words "first", "last", "all". Layers whose noise is off stay crossbars (same mapping and
     power, σ = 0).
 bias_on_crossbar : bool, default True
-    The bias is a noisy crossbar row driven by ``x_b = 1`` (spec §2 A4, D5b).
+    The bias is a noisy crossbar row driven by ``x_b = 1`` (theory §2 A4, D5b).
 clip_negative : bool, default False
     Monte-Carlo only: clip realised conductances at 0. This leaves the analytic model
-    (spec §2 A1), which assumes unclipped Gaussian devices.
+    (theory §2 A1), which assumes unclipped Gaussian devices.
 relu_cov : {"exact", "taylor"}, default "exact"
-    ReLU covariance rule of the analytic path (spec §8.2 exact; §8.3 Eq. (28) Taylor).
+    ReLU covariance rule of the analytic path (theory §8.2 exact; §8.3 Eq. (28) Taylor).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class CrossbarConfig:
     # ------------------------------------------------------------------ noise model
     @property
     def sigma_model(self) -> SigmaModel:
-        """The device noise law σ(g) (spec §2 A1, §4 generalised)."""
+        """The device noise law σ(g) (theory §2 A1, §4 generalised)."""
         if self.sigma_table is not None:
             return SigmaModel("table", g=self.sigma_table[0], s=self.sigma_table[1])
         if self.sigma_fn is not None:

@@ -2,7 +2,7 @@
 
 The shipped 784-100-10 MLP (trained by refmem's own trainer on the MNIST-5k training split,
 see ``data/README.md``) is mapped onto noisy crossbars for a sweep of device noise levels σ.
-For every σ the analytic pass (spec §4, §8, §9, §11) predicts the output MSE and the expected
+For every σ the analytic pass (theory §4, §8, §9, §11) predicts the output MSE and the expected
 power, and a device-level Monte-Carlo run measures them, with the classification accuracy.
 The result set ``demo.h5`` and the figure ``demo.png`` (MSE vs σ, analytic against
 Monte-Carlo with error bars; accuracy vs σ) are written atomically.

@@ -1,20 +1,20 @@
 """Layers as explicit matrices, each with its noiseless forward.
 
 Shapes are per sample, without the batch axis: a flat vector ``(n,)`` or an NCHW map
-``(C, H, W)``. Flattening is NCHW (spec §1): element ``(c, h, w)`` has flat index
+``(C, H, W)``. Flattening is NCHW (theory §1): element ``(c, h, w)`` has flat index
 ``c H W + h W + w``; convolution outputs are flattened as ``(c_out, o_h, o_w)``.
 
 Parameters are stored in PyTorch layouts (``Dense.weight`` is ``(out, in)``; ``Conv2d.weight``
 is ``(C_out, C_in, k, k)``). The spec's crossbar matrices are their transposes: ``W`` has one
-row per input and one column per output (spec §1).
+row per input and one column per output (theory §1).
 
-Explicit matrices (spec §5–§7):
+Explicit matrices (theory §5–§7):
 
-- :func:`im2col_index` — the index map ι(p, a) of spec §5 (``-1`` for padding);
+- :func:`im2col_index` — the index map ι(p, a) of theory §5 (``-1`` for padding);
 - :meth:`Conv2d.ur_matrix` — the UR crossbar ``(C_in k², C_out)``;
 - :func:`toeplitz_columns` / :meth:`Conv2d.toeplitz` — the UL crossbar ``W_UL`` ``(C_in H W, C_out E F)``, structural
-  zeros included, padding contributing no rows (spec §6);
-- :meth:`AvgPool2d.matrix` — the pooling matrix ``A`` of spec §7 (Prop. 3, corrected D13).
+  zeros included, padding contributing no rows (theory §6);
+- :meth:`AvgPool2d.matrix` — the pooling matrix ``A`` of theory §7 (Prop. 3, corrected D13).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ def _f64(a):
 
 
 def conv_output_size(n: int, k: int, stride: int, padding: int) -> int:
-    """Output side ``floor((n + 2 pad - k) / stride) + 1`` (spec §5)."""
+    """Output side ``floor((n + 2 pad - k) / stride) + 1`` (theory §5)."""
     return (n + 2 * padding - k) // stride + 1
 
 
 def im2col_index(in_shape, k: int, stride: int, padding: int) -> np.ndarray:
-    """Index map ι(p, a) of spec §5 as an integer array of shape ``(n_pos, C_in k²)``.
+    """Index map ι(p, a) of theory §5 as an integer array of shape ``(n_pos, C_in k²)``.
 
     Entry ``[p, a]`` is the flat (NCHW) index of the input element read by tap
     ``a = c k² + u k + v`` at output position ``p = o_h F + o_w``, i.e. element
@@ -70,12 +70,12 @@ def gather_patches(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def toeplitz_columns(Wur, idx, L, cols, n_pos):
-    """Columns ``cols`` of the UL crossbar ``W_UL`` (spec §6) and the mask of programmed taps.
+    """Columns ``cols`` of the UL crossbar ``W_UL`` (theory §6) and the mask of programmed taps.
 
     Column ``c_o n_pos + p`` holds ``Wur[a, c_o]`` at row ι(p, a) for every tap inside the
     input; padding contributes no rows. Returns ``(W (L, m), tap (L, m) bool)``. Every (row,
     column) pair is hit at most once (taps of one position read distinct inputs), so plain
-    assignment equals the sum of spec §6.
+    assignment equals the sum of theory §6.
     """
     cols = np.asarray(cols)
     co, p = np.divmod(cols, n_pos)
@@ -108,7 +108,7 @@ class Layer:
 
 @dataclass
 class Dense(Layer):
-    """Fully-connected layer ``y = x W + b`` with ``W = weight.T`` (spec §4)."""
+    """Fully-connected layer ``y = x W + b`` with ``W = weight.T`` (theory §4)."""
 
     weight: np.ndarray
     bias: Optional[np.ndarray] = None
@@ -137,7 +137,7 @@ class Dense(Layer):
         return (self.n_out,)
 
     def matrix(self) -> np.ndarray:
-        """The crossbar matrix ``W`` (inputs × outputs), spec §1."""
+        """The crossbar matrix ``W`` (inputs × outputs), theory §1."""
         return self.weight.T
 
     def forward(self, x, in_shape=None):
@@ -205,7 +205,7 @@ class Conv2d(Layer):
         return im2col_index(in_shape, self.k, self.stride, self.padding)
 
     def toeplitz(self, in_shape, columns=None) -> np.ndarray:
-        """UL crossbar ``W_UL`` of spec §6, shape ``(C_in H W, C_out n_pos)`` (no bias row).
+        """UL crossbar ``W_UL`` of theory §6, shape ``(C_in H W, C_out n_pos)`` (no bias row).
 
         Column ``c_o n_pos + p``; padding contributes no rows. ``columns`` (an index array)
         builds only those columns, for streaming a large layer block by block.
@@ -239,7 +239,7 @@ class Conv2d(Layer):
 
 @dataclass
 class AvgPool2d(Layer):
-    """Average pooling, kernel = stride = κ, no padding (spec §7, Prop. 3 corrected D13)."""
+    """Average pooling, kernel = stride = κ, no padding (theory §7, Prop. 3 corrected D13)."""
 
     kernel_size: int
     attrs: dict = field(default_factory=dict)
@@ -259,7 +259,7 @@ class AvgPool2d(Layer):
 
     def matrix(self, in_shape) -> np.ndarray:
         """Pooling matrix ``A`` ``(C E F, C H W)``: ``A[(c,i,j),(c,k,l)] = 1/κ²`` for
-        ``k ∈ [κi, κi+κ-1]``, ``l ∈ [κj, κj+κ-1]`` (spec §7)."""
+        ``k ∈ [κi, κi+κ-1]``, ``l ∈ [κj, κj+κ-1]`` (theory §7)."""
         C, H, W = in_shape
         s = self.kernel_size
         _, E, F = self.output_shape(in_shape)
@@ -283,7 +283,7 @@ class AvgPool2d(Layer):
 
 @dataclass
 class ReLU(Layer):
-    """Rectifier (digital, noiseless; spec §8)."""
+    """Rectifier (digital, noiseless; theory §8)."""
 
     attrs: dict = field(default_factory=dict)
     type = "relu"
@@ -311,7 +311,7 @@ class BatchNorm(Layer):
     """Batch normalisation in inference form, per channel (conv) or per feature (dense).
 
     ``y = gamma (x - running_mean) / sqrt(running_var + eps) + beta``. When a network is
-    mapped to crossbars it is fused into the dense/conv layer directly before it (spec §7).
+    mapped to crossbars it is fused into the dense/conv layer directly before it (theory §7).
     """
 
     gamma: np.ndarray

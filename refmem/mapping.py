@@ -1,8 +1,8 @@
-"""Crossbar mapping (spec §3): weights -> differential conductance pairs.
+"""Crossbar mapping (theory §3): weights -> differential conductance pairs.
 
 Conventions (fixed for the whole project):
 
-- scale ``λ_j = (g_u,j - g_min) / w^u_j``, constant within a column (spec §3.1, D2); ``w^u`` is
+- scale ``λ_j = (g_u,j - g_min) / w^u_j``, constant within a column (theory §3.1, D2); ``w^u`` is
   the max-abs weight over the design scope, bias row included (D3):
 
   ============  ==================================================================
@@ -14,16 +14,16 @@ Conventions (fixed for the whole project):
   ============  ==================================================================
 
 - conductances ``g+ = λ max(w, 0) + g_min``, ``g- = λ max(-w, 0) + g_min`` (Eqs. (5)–(6),
-  spec §3.2), so ``g+ - g- = λ w`` and every device lies in ``[g_min, g_u]``;
+  theory §3.2), so ``g+ - g- = λ w`` and every device lies in ``[g_min, g_u]``;
 - the TIA gain ``r`` is undone digitally by ``1/(r λ)``: ``r`` changes power, never the
-  moments (spec §3.3);
-- UL (spec §6): every Toeplitz entry is a device pair, structural zeros included (programmed
+  moments (theory §3.3);
+- UL (theory §6): every Toeplitz entry is a device pair, structural zeros included (programmed
   at ``g_min`` and noisy); padding contributes no rows;
 - noise in weight units per pair: ``v = (σ²(g+) + σ²(g-)) / λ²`` (device noise, noisy layers
-  only) ``+ α² w²`` (spec §13, noisy layers only) ``+ Δ²/12`` (dithered quantization of the
-  layer's weights, spec §14; structural UL zeros are exact and get none).
+  only) ``+ α² w²`` (theory §13, noisy layers only) ``+ Δ²/12`` (dithered quantization of the
+  layer's weights, theory §14; structural UL zeros are exact and get none).
 
-Quantization (spec §14) is applied after batchnorm fusion and before noise; in ``fixed`` mode
+Quantization (theory §14) is applied after batchnorm fusion and before noise; in ``fixed`` mode
 the programmed weights are ``q(W)`` and ``w^u`` is computed on them.
 """
 
@@ -154,12 +154,12 @@ class MappedLayer:
             ns.vp, ns.vm = sm.var(np.stack([gp, gm]))          # one range check for g⁺ and g⁻
         else:
             ns.vp = ns.vm = np.zeros_like(gp)
-        v = (ns.vp + ns.vm) / lam**2                               # spec §3.2, weight units
+        v = (ns.vp + ns.vm) / lam**2                               # theory §3.2, weight units
         alpha = cfg.alpha if self.noisy else 0.0
         if alpha:
-            v = v + alpha**2 * Wb**2                               # spec §13
+            v = v + alpha**2 * Wb**2                               # theory §13
         if self.dither:
-            v = v + np.where(tap, self.delta**2 / 12.0, 0.0)       # spec §14
+            v = v + np.where(tap, self.delta**2 / 12.0, 0.0)       # theory §14
         ns.v = v
         if self.has_bias_row:
             if self.noisy and not sm.is_zero:
@@ -199,7 +199,7 @@ class MappedLayer:
         return ns
 
     def check_conductances(self):
-        """Assert every target conductance lies in [g_min, g_u] (spec §3.2)."""
+        """Assert every target conductance lies in [g_min, g_u] (theory §3.2)."""
         ns = self.block(with_noise=False)
         g_lo = self.config.g_min
         g_hi = self.g_u[ns.cols]
@@ -373,7 +373,7 @@ def _check_sigma_table_range(config, mapped, col_wu):
 
 
 def map_network(network: Network, config: CrossbarConfig | None = None) -> MappedNetwork:
-    """Map ``network`` onto crossbars under ``config`` (spec §3, §6, §7, §14)."""
+    """Map ``network`` onto crossbars under ``config`` (theory §3, §6, §7, §14)."""
     config = CrossbarConfig() if config is None else config
     ref_fused = network.fused()
     positions = ref_fused.crossbar_positions()

@@ -2,25 +2,25 @@
 
 The simulator draws the *devices*, not the weights: in every realization each memristor of
 each crossbar is programmed once, ``G = g + σ(g) ε`` with ``ε ~ N(0, 1)`` independent for
-``G⁺`` and ``G⁻`` of every pair (spec §2 A1–A4, §19.9), and the whole batch of inputs is run
+``G⁺`` and ``G⁻`` of every pair (theory §2 A1–A4, §19.9), and the whole batch of inputs is run
 through that one programmed network:
 
 - **FC and UL** layers: every crossbar entry has its own pair, UL structural zeros included
-  (programmed at ``g_min`` and noisy, spec §6); a UL layer too large for memory is streamed
+  (programmed at ``g_min`` and noisy, theory §6); a UL layer too large for memory is streamed
   over blocks of columns, one realization at a time;
 - **UR** layers: one ``(C_in k² + 1) × C_out`` crossbar is drawn per realization and reused
-  at every output position (shared device noise, spec §5, A3);
-- the bias is a crossbar row driven by ``x_b = 1`` (spec §2 A4) unless the configuration puts
+  at every output position (shared device noise, theory §5, A3);
+- the bias is a crossbar row driven by ``x_b = 1`` (theory §2 A4) unless the configuration puts
   it in the digital domain;
-- the digital side rescales by ``1/(r λ_j)`` (spec §3.3), so ``r`` cancels from the outputs and
+- the digital side rescales by ``1/(r λ_j)`` (theory §3.3), so ``r`` cancels from the outputs and
   appears only in the TIA power;
-- MohammadiRad & Sojodishijani's multiplicative noise ``w → (1 + α ξ) w`` (spec §13) and
-  subtractively dithered quantization ``q(w + u) − u`` (spec §14) perturb the weights in
+- MohammadiRad & Sojodishijani's multiplicative noise ``w → (1 + α ξ) w`` (theory §13) and
+  subtractively dithered quantization ``q(w + u) − u`` (theory §14) perturb the weights in
   weight units, on top of the device noise; neither enters power;
-- negative conductances are kept (spec §2 A1). ``clip_negative=True`` in the configuration
+- negative conductances are kept (theory §2 A1). ``clip_negative=True`` in the configuration
   clips them at 0, which leaves the analytic model.
 
-Power is sampled per realization and input (spec §11): memristor power ``Σ (G⁺ + G⁻) X²``
+Power is sampled per realization and input (theory §11): memristor power ``Σ (G⁺ + G⁻) X²``
 over every pair (bias rows driven by 1; UR taps driven by the tap-shifted input at every
 position), and TIA power ``r Σ_j (I±_j)²`` of the column currents ``I± = Σ_i G±_ij X_i + G^b±_j``.
 
@@ -70,7 +70,7 @@ _CACHE_LIMIT = 64 * 2**20          # UL static conductance arrays above this are
 
 # ---------------------------------------------------------------------- sample size
 def mc_sample_count(mean, std, p, alpha=0.05, z=None) -> int:
-    """Monte-Carlo iterations for a relative precision ``p`` (spec §10, Eq. (46), corrected D25).
+    """Monte-Carlo iterations for a relative precision ``p`` (theory §10, Eq. (46), corrected D25).
 
     ``n = ceil((z_{α/2} s / (p x̄))²)``, where ``x̄`` and ``s`` are the mean and standard
     deviation of the per-iteration quantity (from a pilot run), ``p`` is a **fraction**
@@ -207,11 +207,11 @@ class _LayerSampler:
         dw = None
         if self.alpha:
             xi = rngs[1].standard_normal(shape)
-            dw = self.alpha * st.w * xi                                   # spec §13
+            dw = self.alpha * st.w * xi                                   # theory §13
         if self.dither:
             delta = self.ml.delta
             u = rngs[2].uniform(-0.5 * delta, 0.5 * delta, shape)
-            e = delta * np.rint((st.w + u) / delta) - u - st.w            # spec §14
+            e = delta * np.rint((st.w + u) / delta) - u - st.w            # theory §14
             e = np.where(st.tap, e, 0.0)
             dw = e if dw is None else dw + e
         if self.on_draw is not None:
@@ -248,7 +248,7 @@ class _LayerSampler:
         if self.bias_row:
             hp = hp + Gp[:, None, :, R]
             hm = hm + Gm[:, None, :, R]
-        y = (hp - hm) / st.lam                                # r cancels (spec §3.3)
+        y = (hp - hm) / st.lam                                # r cancels (theory §3.3)
         if dw is not None:
             y = y + h @ np.swapaxes(dw[..., :R], -1, -2)
             if self.bias_row:
@@ -329,7 +329,7 @@ def monte_carlo(mapped, x, n, seed, *, labels=None, input_cov=None, input_sample
         Random Gaussian inputs ``x + N(0, C)``, redrawn in every realization.
     input_sampler : callable ``(rng, m) -> (m, B, L)``, optional
         Random inputs of any law (e.g. non-Gaussian correlated inputs for testing linear
-        layers, spec §19.8), drawn from the input stream.
+        layers, theory §19.8), drawn from the input stream.
     cov : bool
         Also estimate the full output covariance per input, with standard errors.
     chunk : int, optional

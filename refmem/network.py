@@ -3,7 +3,7 @@
 :class:`Network` holds the layers as stored in a model file (batchnorm and dropout included)
 and computes the noiseless reference forward. :meth:`Network.fused` returns the network that
 is mapped to crossbars: every batchnorm fused into the dense / conv layer directly before it
-(spec §7; a batchnorm anywhere else is an error), dropouts removed (identity at inference).
+(theory §7; a batchnorm anywhere else is an error), dropouts removed (identity at inference).
 Crossbar layers (dense and conv2d) of the fused network are numbered 0, 1, … in order.
 """
 
@@ -117,7 +117,7 @@ class Network:
     def fused(self) -> "Network":
         """The crossbar form: batchnorm fused into the preceding dense/conv, dropout removed.
 
-        Spec §7: ``K' = K γ/sqrt(var+ε)`` per output channel and
+        Theory §7: ``K' = K γ/sqrt(var+ε)`` per output channel and
         ``b' = (b - mean) γ/sqrt(var+ε) + β``. A fused layer always has a bias.
         """
         self.validate()

@@ -1,12 +1,12 @@
-"""Expected read power of one inference (spec §11: Propositions 5–8, Corollaries 1–2, corrected).
+"""Expected read power of one inference (theory §11: Propositions 5–8, Corollaries 1–2, corrected).
 
-Power is written with conductances and currents (spec §11), so it uses the **physical** TIA
+Power is written with conductances and currents (theory §11), so it uses the **physical** TIA
 gain ``r`` (``CrossbarConfig.r``) and the target conductances ``g± = λ max(±w, 0) + g_min``
 (Eqs. (5)–(6)); it never uses the weight-unit variances of the moment formulas:
 
 - memristor power of a pair driven by ``X``: ``E[(G⁺ + G⁻) X²] = (g⁺ + g⁻) q`` with
   ``q = μ² + Γ_ii`` (Prop. 5 corrected, D17) — every pair, including the bias row (driven by
-  ``x_b = 1``, D18/D20) and the UL structural zeros (``2 g_min q_n``, spec §6);
+  ``x_b = 1``, D18/D20) and the UL structural zeros (``2 g_min q_n``, theory §6);
 - TIA power of a column with current ``I± = Σ_i G±_i X_i + G^b± x_b``:
   ``r ((E I±)² + V I±)`` with ``V I± = g±ᵀ Γ g± + Σ_i σ²(g±_i) q_i + σ²(g^b±)`` — the
   **per-device** variance σ²(g±), not the pair variance 2σ² (Prop. 6 corrected, D19);
@@ -14,12 +14,12 @@ gain ``r`` (``CrossbarConfig.r``) and the target conductances ``g± = λ max(±w
   tap-shifted input ``X_ι(p,a)`` (``q = 0`` in the padding); the bias pair by 1 at each of the
   ``n_pos`` positions; the TIA power is summed over positions.
 
-Neither MohammadiRad & Sojodishijani's multiplicative noise α (spec §13) nor the dither of
-spec §14 enters power: both perturb weights in the digital/weight domain of the model, not
+Neither MohammadiRad & Sojodishijani's multiplicative noise α (theory §13) nor the dither of
+theory §14 enters power: both perturb weights in the digital/weight domain of the model, not
 the programmed devices, so ``block().vp/.vm`` (device variances only; zero for a layer whose
 noise is switched off) are used here, never ``block().v``.
 
-All functions take the layer's **input** moments (spec §15, Algorithm 1 corrected): mean
+All functions take the layer's **input** moments (theory §15, Algorithm 1 corrected): mean
 ``mu`` (L,) and covariance ``gamma`` (L, L), a block-diagonal
 :class:`refmem.moments.layout.BlockDiag`, or ``None`` (deterministic input).
 """
@@ -45,7 +45,7 @@ def _q(mu, gamma):
 
 
 def fc_power(blk, mu, gamma, r):
-    r"""Expected power of an FC crossbar (spec §11.1, Corollary 1 corrected, D17–D20).
+    r"""Expected power of an FC crossbar (theory §11.1, Corollary 1 corrected, D17–D20).
 
     Parameters
     ----------
@@ -88,7 +88,7 @@ def _gather(vec, idx):
 def patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
     r"""``Σ_{a,a'} Wm[a,c] Wm[a',c] Γ[ι(p,a), ι(p,a')]`` for every position p and column c.
 
-    The per-position quadratic form of spec §11.2 (``Γ_∅ = 0`` in the padding), computed from
+    The per-position quadratic form of theory §11.2 (``Γ_∅ = 0`` in the padding), computed from
     gathered taps×taps blocks of Γ, streamed over positions. Returns (n_pos, C).
     """
     n_pos, taps = idx.shape
@@ -143,7 +143,7 @@ def patch_gram(gamma, idx):
 
 
 def ur_power(blk, idx, mu, gamma, r):
-    r"""Expected power of a UR convolution crossbar (spec §11.2, Corollary 2 corrected).
+    r"""Expected power of a UR convolution crossbar (theory §11.2, Corollary 2 corrected).
 
     ``blk`` holds the shared crossbar: ``gp, gm, vp, vm`` (C_in k², C_out) and the bias row;
     ``idx`` (n_pos, C_in k²) is ι(p, a) (−1 in the padding).
@@ -247,7 +247,7 @@ def ul_power(ml, mu, gamma, r, blocks=None):
 
 
 def layer_power(ml, mu, gamma, *, blocks=None):
-    """Expected power of one crossbar layer (spec §11) from its input moments.
+    """Expected power of one crossbar layer (theory §11) from its input moments.
 
     ``ml`` is a :class:`refmem.mapping.MappedLayer`; the physical ``r`` of its configuration
     is used. ``blocks`` (UL only): iterable of explicit column blocks; default: the tap form.

@@ -1,14 +1,14 @@
-"""Moments of a rectified Gaussian vector (spec §8): mean, variance and covariance of ReLU(X).
+"""Moments of a rectified Gaussian vector (theory §8): mean, variance and covariance of ReLU(X).
 
-Every function here works on the pre-activation moments of a Gaussian vector ``X`` (spec §2
+Every function here works on the pre-activation moments of a Gaussian vector ``X`` (theory §2
 A6): means ``mu``, standard deviations ``s`` (``s_i = sqrt(Γ_ii)``), correlations ``rho`` and
 the standardised means ``a = mu / s``.
 
-- :func:`relu_mean_var` — Proposition 4 (spec §8.1) in a cancellation-free form, including the
+- :func:`relu_mean_var` — Proposition 4 (theory §8.1) in a cancellation-free form, including the
   deep negative tail (a continued fraction for the Mills ratio replaces the cancelling
   ``E Z² − (E Z)²`` of Eq. (23), corrects D14);
 - :func:`relu_cov_exact` — the exact covariance of two rectified jointly Gaussian variables
-  (spec §8.2, corrects Eq. (28), D15). Each pair takes the cheapest of four exact routes whose
+  (theory §8.2, corrects Eq. (28), D15). Each pair takes the cheapest of four exact routes whose
   proven error bound is below ``EPS_FAST = 1e-10`` relative (theory §8.2 "Fast evaluation"):
   the ρ = 1 formula (Eq. U1), the product ``Γ₁₂Φ(a₁)Φ(a₂)`` when the integral term is provably
   negligible (Eq. P1), the Mehler/Hermite series in ρ with per-unit coefficients and a
@@ -16,12 +16,12 @@ the standardised means ``a = mu / s``.
   the one-dimensional integral over ``t ∈ [0, arcsin ρ]`` (``method="quad"`` forces it; it is
   the reference route);
 - :func:`relu_cov_taylor` — the paper's first-order rule, Eq. (28) with ``f'(μ) = 1[μ > 0]``
-  (spec §8.3; kept for comparison — it is rejected by Monte-Carlo and can be non-PSD);
+  (theory §8.3; kept for comparison — it is rejected by Monte-Carlo and can be non-PSD);
 - :func:`relu_moments` — the matrix form used by the network pass: mean vector and full
   covariance matrix (exact or Taylor off-diagonals, Prop. 4 diagonal); its pair kernels
   :func:`relu_cov_pairs_kernel` / ``_par`` use the routes above (per-unit tables once, then
   O(1)–O(K) work a pair), :func:`relu_cov_pairs_quad_kernel` / ``_par`` the quadrature only;
-- :func:`bvn_cdf` — the bivariate normal cdf ``Φ₂(h, k; ρ)`` (Plackett's integral, spec §8.2),
+- :func:`bvn_cdf` — the bivariate normal cdf ``Φ₂(h, k; ρ)`` (Plackett's integral, theory §8.2),
   a building block for tests and for the closed form.
 
 Accuracy (checked against mpmath at 50 digits in ``tests/test_relu.py``): relative error
@@ -63,7 +63,7 @@ A_LIMIT = 40.0
 smallest subnormal float, so the limit is exact in float64)."""
 
 RTOL_QUAD = 1e-13
-"""Relative tolerance of the adaptive Gauss–Kronrod quadrature (spec §8.2 integral)."""
+"""Relative tolerance of the adaptive Gauss–Kronrod quadrature (theory §8.2 integral)."""
 
 _MAX_PANELS = 256
 _WS_SIZE = 4 * _MAX_PANELS + 23
@@ -118,7 +118,7 @@ def _mills_cf(x):
 def relu_mean_var(mu, var):
     r"""Mean and variance of ``ReLU(X)`` for ``X ~ N(mu, var)`` (elementwise, broadcasting).
 
-    Spec §8.1 (Proposition 4 with γ read as the standard deviation, D7), evaluated without
+    Theory §8.1 (Proposition 4 with γ read as the standard deviation, D7), evaluated without
     cancellation (corrects Eq. (23), D14). With ``s = sqrt(var)``, ``a = mu/s``:
 
     - ``a >= 0``: ``E = s(φ(a) + aΦ(a))``,
@@ -206,7 +206,7 @@ def _ndtr_scalar(x):
 def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
     """One 21-point Gauss–Kronrod panel on [t0, t1]; writes (K21, error estimate, |f| integral).
 
-    ``kind`` 0: integrand ``|ρ − sin t| exp(−(f(sin t) − f_min))`` (covariance, spec §8.2);
+    ``kind`` 0: integrand ``|ρ − sin t| exp(−(f(sin t) − f_min))`` (covariance, theory §8.2);
     ``kind`` 1: ``exp(−(f(sin t) − f_min))`` (Plackett's integral for Φ₂);
     ``kind`` 2: the covariance integrand in ``u = sin t``: ``|ρ − u| exp(−(f(u) − f_min))/sqrt(1 − u²)``
     (no sin/cos; used for |ρ| <= 0.9, where the Jacobian is smooth);
@@ -372,7 +372,7 @@ def _scaled_ndtr_product(rho, a1, a2, s12, logs12):
 
 @numba.njit(cache=True)
 def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total):
-    """``Cov[X₁⁺, X₂⁺] = s₁s₂ C(a₁, a₂, ρ)`` (spec §8.2) for finite a and ρ ∈ [−1, 1].
+    """``Cov[X₁⁺, X₂⁺] = s₁s₂ C(a₁, a₂, ρ)`` (theory §8.2) for finite a and ρ ∈ [−1, 1].
 
     The scale enters inside the exponentials (``exp(−f_min + log s₁s₂)``, log-domain Φ
     products), so a normal-float result is accurate even when ``C`` itself is subnormal.
@@ -446,7 +446,7 @@ def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total):
 
 @numba.njit(cache=True)
 def _relu_cov_scalar(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, ws):
-    """``Cov[X₁⁺, X₂⁺]`` for X Gaussian with means mu, stds s, correlation rho (spec §8.2)."""
+    """``Cov[X₁⁺, X₂⁺]`` for X Gaussian with means mu, stds s, correlation rho (theory §8.2)."""
     if s1 == 0.0 or s2 == 0.0 or rho == 0.0:
         return 0.0                                    # oracle O5
     a1 = mu1 / s1
@@ -489,7 +489,7 @@ def _relu_cov_row(i, mu, s, G, out, rtol, gx, gwk, gwg):
 
 @numba.njit(cache=True)
 def relu_cov_pairs_quad_kernel(mu, s, G, out, rtol, gx, gwk, gwg):
-    """Exact ReLU covariance of every pair i < j by adaptive quadrature only (spec §8.2).
+    """Exact ReLU covariance of every pair i < j by adaptive quadrature only (theory §8.2).
 
     The pre-fast-path kernel, kept as the fallback's oracle and for benchmarks
     (``scripts/bench_relu.py``). ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
@@ -949,7 +949,7 @@ def _relu_cov_vec_fast(mu1, s1, mu2, s2, mnv, rho, rtol, gx, gwk, gwg, out, rout
 
 @numba.njit(cache=True)
 def _bvn_vec(h, k, rho, rtol, gx, gwk, gwg, out):
-    """Φ₂(h, k; ρ) elementwise by Plackett's integral (spec §8.2)."""
+    """Φ₂(h, k; ρ) elementwise by Plackett's integral (theory §8.2)."""
     ws = np.empty(_WS_SIZE)
     for i in range(out.shape[0]):
         r = min(1.0, max(-1.0, rho[i]))
@@ -995,7 +995,7 @@ def unit_mnv(mu, s):
 
 
 def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD, method="auto", return_route=False):
-    r"""Exact ``Cov[X₁⁺, X₂⁺]`` of two rectified jointly Gaussian variables (spec §8.2).
+    r"""Exact ``Cov[X₁⁺, X₂⁺]`` of two rectified jointly Gaussian variables (theory §8.2).
 
     Corrects the first-order rule of Eq. (28) (D15). With ``a_k = mu_k/s_k``::
 
@@ -1048,9 +1048,9 @@ def relu_cov_exact(mu1, s1, mu2, s2, rho, *, rtol=RTOL_QUAD, method="auto", retu
 
 
 def relu_cov_taylor(mu1, mu2, cov12):
-    r"""First-order (Taylor) ReLU covariance, Eq. (28) with ``f'(μ) = 1[μ > 0]`` (spec §8.3).
+    r"""First-order (Taylor) ReLU covariance, Eq. (28) with ``f'(μ) = 1[μ > 0]`` (theory §8.3).
 
-    ``Cov ≈ 1[μ₁ > 0] 1[μ₂ > 0] Γ₁₂``. Rejected by Monte-Carlo (spec §8.3) and, combined with
+    ``Cov ≈ 1[μ₁ > 0] 1[μ₂ > 0] Γ₁₂``. Rejected by Monte-Carlo (theory §8.3) and, combined with
     the exact Prop. 4 diagonal, possibly non-PSD (D15); kept for comparison with the paper.
     """
     mu1, mu2, cov12 = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64)
@@ -1059,7 +1059,7 @@ def relu_cov_taylor(mu1, mu2, cov12):
 
 
 def bvn_cdf(h, k, rho, *, rtol=RTOL_QUAD):
-    r"""Bivariate standard normal cdf ``Φ₂(h, k; ρ) = P(Z₁ ≤ h, Z₂ ≤ k)`` (spec §8.2).
+    r"""Bivariate standard normal cdf ``Φ₂(h, k; ρ) = P(Z₁ ≤ h, Z₂ ≤ k)`` (theory §8.2).
 
     Plackett's integral ``Φ(h)Φ(k) + (1/2π) ∫_0^{arcsin ρ} exp(−(h − k sin t)²/(2cos²t) − k²/2) dt``
     with the same adaptive quadrature as :func:`relu_cov_exact`. Absolute accuracy ~1e-16; for
@@ -1074,15 +1074,15 @@ def bvn_cdf(h, k, rho, *, rtol=RTOL_QUAD):
 
 # ====================================================================== matrix form
 def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
-    r"""Mean vector and covariance matrix of ``ReLU(X)``, ``X ~ N(mu, gamma)`` (spec §8).
+    r"""Mean vector and covariance matrix of ``ReLU(X)``, ``X ~ N(mu, gamma)`` (theory §8).
 
-    Diagonal: Proposition 4 (:func:`relu_mean_var`, spec §8.1). Off-diagonal:
+    Diagonal: Proposition 4 (:func:`relu_mean_var`, theory §8.1). Off-diagonal:
 
-    - ``mode="exact"`` (default): the exact bivariate covariance of every pair (spec §8.2;
+    - ``mode="exact"`` (default): the exact bivariate covariance of every pair (theory §8.2;
       each pair by the cheapest exact route with a proven error bound — ρ = 1 formula,
       product, Mehler series, adaptive quadrature — theory §8.2 "Fast evaluation";
       corrects Eq. (28), D15); the matrix is PSD;
-    - ``mode="taylor"``: Eq. (28), ``1[μ_i > 0] 1[μ_j > 0] Γ_ij`` (spec §8.3).
+    - ``mode="taylor"``: Eq. (28), ``1[μ_i > 0] 1[μ_j > 0] Γ_ij`` (theory §8.3).
 
     Parameters
     ----------
@@ -1122,7 +1122,7 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
         pos = (mu > 0).astype(np.float64)
         if out is not gamma:
             out[...] = gamma
-        out *= pos[:, None]          # gamma is symmetric in the network pass (spec §15)
+        out *= pos[:, None]          # gamma is symmetric in the network pass (theory §15)
         out *= pos[None, :]
     else:
         raise DataError(f"ReLU covariance mode must be 'exact' or 'taylor', got {mode!r}")

@@ -7,7 +7,7 @@ variate built from the analytic machinery:
 
 - **Tangent response.** Write one device draw as a weight-unit perturbation ``ΔW_l`` of every
   crossbar layer ``l`` (``ΔW = ((G⁺ − g⁺) − (G⁻ − g⁻))/λ`` plus the α noise and the dither
-  error, spec §2, §13, §14). Linearising the network at the noiseless programmed point gives
+  error, theory §2, §13, §14). Linearising the network at the noiseless programmed point gives
   the first-order output error ``e = Σ_l J_{L←l} ΔW_l h⁰_l`` where ``h⁰_l`` is layer ``l``'s
   noiseless input and ``J_{L←l}`` the product of the later layers' weights, average-pooling
   matrices and ReLU derivative masks ``D_k = diag(1[z⁰_k > 0])`` (theory §23). Per draw it
@@ -15,9 +15,9 @@ variate built from the analytic machinery:
 - **Closed form.** ``e`` is linear in the zero-mean draws, so ``E e = 0`` and
   ``Cov e = Σ_lin`` follows from the recursion
   ``Σ_{l+1} = W_lᵀ D Σ_l D W_l + N_l(h⁰_l)``, where ``N_l(μ)`` is the layer's noise covariance
-  for a *deterministic* input ``μ`` — the analytic noise terms of spec §4–§6 with Γ = 0
+  for a *deterministic* input ``μ`` — the analytic noise terms of theory §4–§6 with Γ = 0
   (:func:`tangent_moments`). With ``y⁰`` the noiseless programmed output and ``z`` the
-  reference (spec §9), the control variate per input is ``C = mean_j (y⁰_j + e_j − z_j)²`` with
+  reference (theory §9), the control variate per input is ``C = mean_j (y⁰_j + e_j − z_j)²`` with
   the exact expectation ``E C = mean_j ((y⁰_j − z_j)² + (Σ_lin)_jj)``.
 - **Estimator.** With ``Y = mean_j (y_j − z_j)²`` from the same draw,
   ``Ŷ_cv = mean_main [Y − β (C − E C)]``. ``β = Cov(Y, C)/Var C`` is fitted on **separate pilot
@@ -89,15 +89,15 @@ def tangent_moments(mapped, x, *, fixed_mask=False):
 
     The first-order response of the output to the device/weight noise at the noiseless point
     is ``e = Σ_l J_{L←l} ΔW_l h⁰_l``. Its covariance obeys
-    ``Σ ← Wᵀ Σ W + N(h⁰)`` at a crossbar layer (FC, UR, UL: the analytic noise terms of spec §4,
+    ``Σ ← Wᵀ Σ W + N(h⁰)`` at a crossbar layer (FC, UR, UL: the analytic noise terms of theory §4,
     §5 Eqs. (14)–(16), §6 with a deterministic input ``h⁰``, i.e. Γ = 0 in ``q`` and ``Q``),
     ``Σ ← D Σ D`` at a ReLU (``D = diag(1[z⁰ > 0])``, the derivative at the noiseless
-    pre-activation ``z⁰``) and ``Σ ← A Σ Aᵀ`` at an average pooling (spec §7). ``E e = 0``.
+    pre-activation ``z⁰``) and ``Σ ← A Σ Aᵀ`` at an average pooling (theory §7). ``E e = 0``.
 
     ``fixed_mask=True``: the exact error of the network whose ReLUs are frozen to the masks
     ``D`` (a multilinear function of the draws): the noise terms then use the perturbed input's
     second moments, ``q = h⁰² + diag Σ`` and ``Q = Σ + h⁰h⁰ᵀ`` — the exact linear steps of
-    spec §4–§6 (valid for any input law) with the ReLU replaced by ``D``; the mean stays
+    theory §4–§6 (valid for any input law) with the ReLU replaced by ``D``; the mean stays
     ``y⁰`` (each draw is independent of its layer's input).
 
     Returns
@@ -193,8 +193,8 @@ def tangent_variance(mapped, x):
     ``Var e_j = Σ_l Σ_devices v · (∂y_j/∂W_l)²``: with ``g_j = ∂y_j/∂z_l`` (back-propagated
     through the later layers: weights, pooling, ReLU masks at the noiseless point) and the
     noiseless layer input ``h⁰``, a layer contributes
-    ``Σ_c g_j[c]² (Σ_a v[a,c] h⁰_a² + v^b_c)`` (FC, and UL with its (c, p) columns, spec §4, §6)
-    or, with the devices shared by all positions (UR, spec §5),
+    ``Σ_c g_j[c]² (Σ_a v[a,c] h⁰_a² + v^b_c)`` (FC, and UL with its (c, p) columns, theory §4, §6)
+    or, with the devices shared by all positions (UR, theory §5),
     ``Σ_{c,a} v[a,c] (Σ_p g_j[c,p] h⁰_ι(p,a))² + Σ_c v^b_c (Σ_p g_j[c,p])²``.
     The same numbers as the diagonal of :func:`tangent_moments` at the cost of J backward passes.
 

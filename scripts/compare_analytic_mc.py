@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Analytic moments vs device-level Monte-Carlo, side by side, for one model and input batch.
 
-Two comparisons (spec §19):
+Two comparisons (theory §19):
 
 1. **Exact stage** — the first crossbar layer (and the ReLU right after it, if any) with a
    deterministic input: its outputs are exactly Gaussian given Gaussian devices, so the

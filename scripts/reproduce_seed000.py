@@ -15,7 +15,7 @@ Parts (``--parts``, default all):
 ``quant``   Figs 4–5: k = 2..8 bits on the target layers: the exactly quantized network
             (``quant_mode="fixed"``, one deterministic network, whole test split) and the
             Δ²/12 model's prediction (``quant_mode="dither"``: exact for dithered quantization,
-            the ensemble average otherwise; spec §14's caveat) on the subset.
+            the ensemble average otherwise; theory §14's caveat) on the subset.
 ``aware``   The conclusion's claim: 2-layer MLPs retrained with the noise seen in training
             (``refmem.training.MultiplicativeNoise``, recipe A otherwise) at a few α_train,
             against the plain ones, accuracy vs α (target all), common random numbers.
@@ -773,7 +773,7 @@ def plot_pred_vs_mc(groups, out_dir):
     lim = a2.get_xlim()
     a2.plot(lim, lim, "k-", lw=0.8)
     a2.set_xlabel("Monte-Carlo MSE (subset)")
-    a2.set_ylabel("analytic MSE (spec §9, §13)")
+    a2.set_ylabel("analytic MSE (theory §9, §13)")
     for a in (a1, a2):
         a.grid(True, which="both", alpha=0.3)
     fig.suptitle("Analytic prediction vs Monte-Carlo, every (network, target, α) point")

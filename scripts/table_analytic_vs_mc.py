@@ -6,7 +6,7 @@ CNN, ``conv(1→4, 3×3, pad 1) → ReLU → avgpool 2 → conv(4→4, 3×3, pad
 flatten → dense(16→5)``, on four seeded uniform [0, 1] 8×8 inputs, mapped with ``g_min = 0.05``,
 ``g_u = 1``, scalar design, ``r = 1``. The MSE is averaged over inputs and outputs; the MC
 standard error is over realizations (``MCResult.mse_batch_se``). The analytic value carries
-the bias of the Gaussian assumption A6 (spec §19.7), so it is reported as a relative error
+the bias of the Gaussian assumption A6 (theory §19.7), so it is reported as a relative error
 and a z-score, not tested.
 
 Usage: ``python scripts/table_analytic_vs_mc.py [-n 50000] [--seed 0] [-o docs/analytic_vs_mc.md]``
@@ -82,12 +82,12 @@ def main(argv=None):
         "avgpool 2 → flatten → dense(16→5)`, seeded random He-scaled weights; 4 seeded uniform "
         "[0, 1] 8×8 inputs; `g_min = 0.05`, `g_u = 1`, scalar design, `r = 1`; σ is the "
         "per-device standard deviation (conductance units). MSE = mean over inputs and outputs "
-        "of `E[(Z − z)²]` against the noiseless network (spec §9). MC: device-level simulation "
+        "of `E[(Z − z)²]` against the noiseless network (theory §9). MC: device-level simulation "
         f"(`refmem.montecarlo`), n = {args.n} realizations, ± one standard error. "
         "rel. = (analytic − MC)/MC; z = (analytic − MC)/SE.",
         "",
         "The analytic values are biased by the Gaussian assumption at the second ReLU (spec "
-        "A6, §19.7). The exact ReLU covariance (spec §8.2) and the paper's Taylor rule "
+        "A6, §19.7). The exact ReLU covariance (theory §8.2) and the paper's Taylor rule "
         "(Eq. (28), §8.3) differ only in the off-diagonal covariances of the ReLU outputs; the "
         "z-scores of the Taylor column show how far that rule is from the simulated network. "
         "Timings exclude Numba compilation.",

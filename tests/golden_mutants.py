@@ -8,7 +8,7 @@ Used by ``tests/test_golden.py`` to build candidate files for ``refmem check``:
   independent cross-check of ``refmem.moments`` / ``refmem.power``.
 - ``mutant=None, dtype=float32`` — the same in single precision; it must pass the float32
   tier (this is how the tier was sized).
-- ``mutant=<name>`` — one formula replaced by the wrong reading listed in spec §16
+- ``mutant=<name>`` — one formula replaced by the wrong reading listed in theory §16
   (:data:`MUTANTS`); ``refmem check`` must fail every case whose ``detects`` attribute names
   the mutant's discrepancy, by at least 10× the tolerance.
 
@@ -37,13 +37,13 @@ MUTANTS = {
     "power_no_gmin": (("D19", "D22"), "power without the g_min offset of the conductances"),
     "pool_printed_window": (("D13",), "printed pooling window k = i..i+s (s+1 terms) with 1/s²"),
 }
-"""mutant name → (discrepancy ids of spec §16 it reproduces, description). A golden case whose
+"""mutant name → (discrepancy ids of theory §16 it reproduces, description). A golden case whose
 ``detects`` attribute names one of the ids must catch the mutant."""
 
 
 # ---------------------------------------------------------------------- structure
 def _fuse(layers):
-    """Batchnorm folded into the preceding dense/conv (spec §7), dropout removed."""
+    """Batchnorm folded into the preceding dense/conv (theory §7), dropout removed."""
     out = []
     for layer in layers:
         if isinstance(layer, BatchNorm):
@@ -60,7 +60,7 @@ def _fuse(layers):
 
 
 def _iota(shape, k, st, pad):
-    """ι(p, a) by literal loops (spec §5): (n_pos, C k²), -1 in the padding."""
+    """ι(p, a) by literal loops (theory §5): (n_pos, C k²), -1 in the padding."""
     C, H, W = shape
     E, F = (H + 2 * pad - k) // st + 1, (W + 2 * pad - k) // st + 1
     idx = -np.ones((E * F, C * k * k), dtype=np.int64)
@@ -76,7 +76,7 @@ def _iota(shape, k, st, pad):
 
 
 def _toeplitz(taps_by_col, idx, L, n_pos, dtype):
-    """Spread a (taps, C) array onto the (L, C n_pos) Toeplitz layout (spec §6); absent = 0."""
+    """Spread a (taps, C) array onto the (L, C n_pos) Toeplitz layout (theory §6); absent = 0."""
     T = np.zeros((L, taps_by_col.shape[1] * n_pos), dtype=dtype)
     for c in range(taps_by_col.shape[1]):
         for p in range(n_pos):
@@ -87,7 +87,7 @@ def _toeplitz(taps_by_col, idx, L, n_pos, dtype):
 
 
 def _pool_matrix(shape, s, dtype, printed=False):
-    """Average pooling A (spec §7); ``printed``: Eq. (17) as printed (rows i..i+s, 1/s²)."""
+    """Average pooling A (theory §7); ``printed``: Eq. (17) as printed (rows i..i+s, 1/s²)."""
     C, H, W = shape
     E, F = H // s, W // s
     A = np.zeros((C * E * F, C * H * W), dtype=dtype)
@@ -113,7 +113,7 @@ def _quantize(a, delta, bits):
 
 
 def _build(case, dtype):
-    """Fused layers, shapes and the mapped crossbars (spec §3, §6, §14), in ``dtype``."""
+    """Fused layers, shapes and the mapped crossbars (theory §3, §6, §14), in ``dtype``."""
     cfg = case.config
     net = case.network
     layers = _fuse(net.layers)
@@ -161,7 +161,7 @@ def _build(case, dtype):
     bias_on = cfg.bias_on_crossbar
     for xb, kb in zip(xbars, bits):
         xb.W, xb.b, xb.delta = xb.Wref, xb.bref, None
-        if kb is not None:                                             # spec §14
+        if kb is not None:                                             # theory §14
             m = np.abs(xb.Wref).max()
             if xb.bref is not None and bias_on:
                 m = max(m, np.abs(xb.bref).max())
@@ -179,7 +179,7 @@ def _build(case, dtype):
             xb.M = xb.W
             xb.tap = np.ones(xb.W.shape, dtype=bool)
             xb.bcol = xb.b
-        wu = np.abs(xb.M).max(axis=0)                                  # spec §3.1
+        wu = np.abs(xb.M).max(axis=0)                                  # theory §3.1
         if xb.bcol is not None and bias_on:
             wu = np.maximum(wu, np.abs(xb.bcol))
         xb.wu_col = wu
@@ -223,7 +223,7 @@ def _sigma2(cfg, g):
 
 def _conductances(xb, cfg, dtype):
     """g± = λ max(±w, 0) + g_min (Eqs. (5)-(6)), device variances σ²(g±), and the weight-unit
-    pair variance v = (σ²(g+) + σ²(g−))/λ² + α²w² + Δ²/12 (spec §3.2, §13, §14)."""
+    pair variance v = (σ²(g+) + σ²(g−))/λ² + α²w² + Δ²/12 (theory §3.2, §13, §14)."""
     gmin = cfg.g_min
     if xb.scheme == "UR":
         lam_rows = xb.lam[None, :]
@@ -266,7 +266,7 @@ def _conductances(xb, cfg, dtype):
 
 # ---------------------------------------------------------------------- layer moments
 def _crossbar_moments(xb, mu, G, mutant):
-    """Spec §4 (FC), §5 (UR), §6 (UL): output mean and covariance in weight units."""
+    """Theory §4 (FC), §5 (UR), §6 (UL): output mean and covariance in weight units."""
     q = mu * mu + np.diag(G)
     vb = xb.vb
     if vb is not None and mutant == "no_bias_noise":
@@ -316,7 +316,7 @@ _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
 
 
 def _relu(mu, G, exact):
-    """Prop. 4 (spec §8.1, stable variance) and the covariance: exact (spec §8.2, composite
+    """Prop. 4 (theory §8.1, stable variance) and the covariance: exact (theory §8.2, composite
     Gauss–Legendre, 8 panels × 24 nodes) or Taylor Eq. (28)."""
     dt = mu.dtype
     s = np.sqrt(np.maximum(np.diag(G), 0))
@@ -328,7 +328,7 @@ def _relu(mu, G, exact):
     Phi = ndtr(a).astype(dt)
     Phib = ndtr(-a).astype(dt)
     mean = np.where(pos, s * phi + mu * Phi, np.maximum(mu, 0))
-    # stable variance, spec §8.1
+    # stable variance, theory §8.1
     vpos = 1 + (a * a - 1) * Phib - a * phi - (phi - a * Phib) ** 2
     vneg = (a * a + 1) * Phi + a * phi - (phi + a * Phi) ** 2
     var = np.where(pos, s * s * np.where(a >= 0, vpos, vneg), 0)
@@ -360,7 +360,7 @@ def _relu(mu, G, exact):
     return mean, C
 
 
-# ---------------------------------------------------------------------- power (spec §11)
+# ---------------------------------------------------------------------- power (theory §11)
 def _power(xb, mu, G, r, gmin, mutant):
     """Expected memristor and TIA power of one crossbar from its input moments."""
     q = mu * mu + np.diag(G)
@@ -398,7 +398,7 @@ def _power(xb, mu, G, r, gmin, mutant):
 
 # ---------------------------------------------------------------------- the network
 def _reference(steps, x):
-    """Noiseless forward of the unquantized fused network (the MSE reference, spec §9)."""
+    """Noiseless forward of the unquantized fused network (the MSE reference, theory §9)."""
     out = []
     for xv in x:
         h = xv.reshape(-1)

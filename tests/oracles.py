@@ -1,11 +1,11 @@
-"""Literal loop restatements of the spec's equations (spec §18 T1 style).
+"""Literal loop restatements of the spec's equations (theory §18 T1 style).
 
 Each function restates one corrected equation as directly as possible — explicit index loops,
 no vectorisation, no refmem imports — and cites its section. The vectorised code in
 ``refmem.moments`` / ``refmem.power`` / ``refmem.relu`` must agree with these to ~1e-12.
 Sizes in the tests are kept tiny: the UR oracle is a 6-index loop.
 
-Conventions (spec §1): ``W[i, j]`` connects input i to output j; conv kernels are
+Conventions (theory §1): ``W[i, j]`` connects input i to output j; conv kernels are
 ``K[c_o, c, u, v]`` with tap index ``a = c k² + u k + v``; NCHW flattening; outputs of a conv
 are flattened as ``(c_o, o_h, o_w)``.
 """
@@ -15,9 +15,9 @@ import math
 import numpy as np
 
 
-# ---------------------------------------------------------------------- mapping (spec §3.2)
+# ---------------------------------------------------------------------- mapping (theory §3.2)
 def conductances(W, lam, g_min):
-    """g± = λ_j max(±W_ij, 0) + g_min (Eqs. (5)–(6), spec §3.2), element by element."""
+    """g± = λ_j max(±W_ij, 0) + g_min (Eqs. (5)–(6), theory §3.2), element by element."""
     L, J = W.shape
     gp = np.empty((L, J))
     gm = np.empty((L, J))
@@ -36,7 +36,7 @@ def bias_conductances(b, lam, g_min):
 
 
 def pair_variance(W, lam, g_min, sigma_fn, alpha=0.0, dither_var=0.0, mask=None):
-    """Weight-unit pair variance v_ij = (σ²(g⁺) + σ²(g⁻))/λ_j² + α² W_ij² + Δ²/12 (spec §3.2, §13, §14).
+    """Weight-unit pair variance v_ij = (σ²(g⁺) + σ²(g⁻))/λ_j² + α² W_ij² + Δ²/12 (theory §3.2, §13, §14).
 
     ``mask`` (bool, like W): entries that are programmed weights (dither applies only there).
     """
@@ -59,9 +59,9 @@ def bias_variance(b, lam, g_min, sigma_fn, alpha=0.0, dither_var=0.0):
                      + alpha ** 2 * b[j] ** 2 + dither_var for j in range(len(b))])
 
 
-# ---------------------------------------------------------------------- FC (spec §4)
+# ---------------------------------------------------------------------- FC (theory §4)
 def fc_moments(W, b, v, vb, mu, Gam):
-    """Proposition 1 corrected (spec §4), term by term.
+    """Proposition 1 corrected (theory §4), term by term.
 
     E Z_j = Σ_i W_ij μ_i + b_j;
     Cov[Z_j, Z_j'] = Σ_i Σ_i' W_ij W_i'j' Γ_ii' + δ_jj' (v^b_j + Σ_i v_ij (μ_i² + Γ_ii)).
@@ -87,7 +87,7 @@ def fc_moments(W, b, v, vb, mu, Gam):
     return mean, cov
 
 
-# ---------------------------------------------------------------------- conv index map (spec §5)
+# ---------------------------------------------------------------------- conv index map (theory §5)
 def iota(in_shape, k, stride, pad, oh, ow, c, u, v):
     """ι(p, a) = (c, st·o_h + u − pad, st·o_w + v − pad) as a flat NCHW index, or None (padding)."""
     C, H, W = in_shape
@@ -103,7 +103,7 @@ def out_side(n, k, stride, pad):
 
 
 def ur_moments(K, b, v, vb, stride, pad, in_shape, mu, Gam):
-    """Proposition 2 corrected (spec §5) as the literal 6-index sums (D8, D9).
+    """Proposition 2 corrected (theory §5) as the literal 6-index sums (D8, D9).
 
     ``v[c_o, c, u, v']`` and ``vb[c_o]`` are weight-unit pair variances of the shared crossbar.
     Cov[Z_(c_o,p), Z_(c_o',p')] = Σ_(c,u,v) Σ_(c',u',v') K[c_o,c,u,v] K[c_o',c',u',v'] Γ[ι(p,a), ι(p',a')]
@@ -156,7 +156,7 @@ def ur_moments(K, b, v, vb, stride, pad, in_shape, mu, Gam):
 
 
 def toeplitz(K, stride, pad, in_shape):
-    """W_UL (spec §6): (W_UL)[n, (c_o, p)] = Σ_a w_(c_o)[a] 1[ι(p, a) = n], by loops; also the tap mask."""
+    """W_UL (theory §6): (W_UL)[n, (c_o, p)] = Σ_a w_(c_o)[a] 1[ι(p, a) = n], by loops; also the tap mask."""
     Co, Ci, k, _ = K.shape
     C, H, W = in_shape
     E, F = out_side(H, k, stride, pad), out_side(W, k, stride, pad)
@@ -177,9 +177,9 @@ def toeplitz(K, stride, pad, in_shape):
     return T, mask
 
 
-# ---------------------------------------------------------------------- pooling (spec §7)
+# ---------------------------------------------------------------------- pooling (theory §7)
 def avgpool_moments(mu, Gam, in_shape, kappa):
-    """Proposition 3 corrected (spec §7, D13): A[(c,i,j),(c,k,l)] = κ⁻², k ∈ [κi, κi+κ−1]; AΓAᵀ by loops."""
+    """Proposition 3 corrected (theory §7, D13): A[(c,i,j),(c,k,l)] = κ⁻², k ∈ [κi, κi+κ−1]; AΓAᵀ by loops."""
     C, H, W = in_shape
     E, F = H // kappa, W // kappa
     L = C * H * W
@@ -203,7 +203,7 @@ def avgpool_moments(mu, Gam, in_shape, kappa):
     return mean, cov
 
 
-# ---------------------------------------------------------------------- ReLU (spec §8)
+# ---------------------------------------------------------------------- ReLU (theory §8)
 def _phi(a):
     return math.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
 
@@ -213,7 +213,7 @@ def _Phi(a):
 
 
 def relu_mean_var_naive(mu, var):
-    """Proposition 4 (spec §8.1) in the paper's own form E Z² − (E Z)² (moderate a only)."""
+    """Proposition 4 (theory §8.1) in the paper's own form E Z² − (E Z)² (moderate a only)."""
     if var == 0:
         return max(mu, 0.0), 0.0
     s = math.sqrt(var)
@@ -224,7 +224,7 @@ def relu_mean_var_naive(mu, var):
 
 
 def relu_taylor_moments(mu, Gam):
-    """Eq. (28) (spec §8.3): off-diagonal 1[μ_i > 0] 1[μ_j > 0] Γ_ij; Prop. 4 diagonal."""
+    """Eq. (28) (theory §8.3): off-diagonal 1[μ_i > 0] 1[μ_j > 0] Γ_ij; Prop. 4 diagonal."""
     d = len(mu)
     mean = np.zeros(d)
     cov = np.zeros((d, d))
@@ -236,9 +236,9 @@ def relu_taylor_moments(mu, Gam):
     return mean, cov
 
 
-# ---------------------------------------------------------------------- power (spec §11)
+# ---------------------------------------------------------------------- power (theory §11)
 def fc_power(gp, gm, gbp, gbm, vp, vm, vbp, vbm, mu, Gam, r):
-    """Spec §11.1 / Corollary 1 corrected: Σ_j [Σ_i (g⁺+g⁻)_ij q_i + (g^b⁺+g^b⁻)_j + P_TIA⁺_j + P_TIA⁻_j].
+    """Theory §11.1 / Corollary 1 corrected: Σ_j [Σ_i (g⁺+g⁻)_ij q_i + (g^b⁺+g^b⁻)_j + P_TIA⁺_j + P_TIA⁻_j].
 
     P_TIA±_j = r ((Σ_i g±_ij μ_i + g^b±_j)² + Σ_i Σ_i' g±_ij g±_i'j Γ_ii' + Σ_i σ²(g±_ij) q_i + σ²(g^b±_j)).
     ``vp, vm`` are per-device variances σ²(g±). Returns (mem, tia_pos, tia_neg).
@@ -266,7 +266,7 @@ def fc_power(gp, gm, gbp, gbm, vp, vm, vbp, vbm, mu, Gam, r):
 
 
 def ur_power(gp, gm, gbp, gbm, vp, vm, vbp, vbm, stride, pad, in_shape, k, mu, Gam, r):
-    """Spec §11.2 / Corollary 2 corrected, by loops over (c_o, p, a).
+    """Theory §11.2 / Corollary 2 corrected, by loops over (c_o, p, a).
 
     ``gp[c_o, c, u, v]`` etc. are the shared crossbar's conductances and per-device variances.
     Memristors: Σ_(c_o,a) (g⁺+g⁻) Σ_p q_ι(p,a) + n_pos Σ_(c_o) (g^b⁺+g^b⁻) (tap-shifted input, D21/D22);
@@ -329,7 +329,7 @@ def legacy_power_q(mu, gamma):
 
 
 def legacy_power_fc_power(blk, mu, gamma, r):
-    r"""Expected power of an FC crossbar (spec §11.1, Corollary 1 corrected, D17–D20).
+    r"""Expected power of an FC crossbar (theory §11.1, Corollary 1 corrected, D17–D20).
 
     Parameters
     ----------
@@ -372,7 +372,7 @@ def legacy_power_gather(vec, idx):
 def legacy_power_patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
     r"""``Σ_{a,a'} Wm[a,c] Wm[a',c] Γ[ι(p,a), ι(p,a')]`` for every position p and column c.
 
-    The per-position quadratic form of spec §11.2 (``Γ_∅ = 0`` in the padding), computed from
+    The per-position quadratic form of theory §11.2 (``Γ_∅ = 0`` in the padding), computed from
     gathered taps×taps blocks of Γ, streamed over positions. Returns (n_pos, C).
     """
     n_pos, taps = idx.shape
@@ -389,7 +389,7 @@ def legacy_power_patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
 
 
 def legacy_power_ur_power(blk, idx, mu, gamma, r):
-    r"""Expected power of a UR convolution crossbar (spec §11.2, Corollary 2 corrected).
+    r"""Expected power of a UR convolution crossbar (theory §11.2, Corollary 2 corrected).
 
     ``blk`` holds the shared crossbar: ``gp, gm, vp, vm`` (C_in k², C_out) and the bias row;
     ``idx`` (n_pos, C_in k²) is ι(p, a) (−1 in the padding).
@@ -421,7 +421,7 @@ def legacy_power_ur_power(blk, idx, mu, gamma, r):
 
 
 def legacy_power_ul_power(ml, mu, gamma, r, blocks):
-    r"""Expected power of a UL (Toeplitz) convolution crossbar (spec §11.1 with W = W_UL, §6).
+    r"""Expected power of a UL (Toeplitz) convolution crossbar (theory §11.1 with W = W_UL, §6).
 
     Every Toeplitz entry is a pair, structural zeros at ``g_min`` included. The terms linear in
     the inputs (memristor power, mean currents, device-variance term) are summed over explicit
@@ -466,7 +466,7 @@ def legacy_power_ul_power(ml, mu, gamma, r, blocks):
 
 
 def legacy_power_layer_power(ml, mu, gamma, *, blocks=None):
-    """Expected power of one crossbar layer (spec §11) from its input moments.
+    """Expected power of one crossbar layer (theory §11) from its input moments.
 
     ``ml`` is a :class:`refmem.mapping.MappedLayer`; the physical ``r`` of its configuration
     is used. ``blocks`` (UL only): iterable of column blocks; default: the whole layer at once.
@@ -489,7 +489,7 @@ legacy_CHUNK_BYTES = 128 * 2**20
 
 # ====================================================================== small helpers
 def legacy_symmetrize(G, block=2048):
-    """``G ← (G + Gᵀ)/2`` in place, blockwise (no full temporary; spec §15)."""
+    """``G ← (G + Gᵀ)/2`` in place, blockwise (no full temporary; theory §15)."""
     n = G.shape[0]
     for i0 in range(0, n, block):
         i1 = min(n, i0 + block)
@@ -504,13 +504,13 @@ def legacy_symmetrize(G, block=2048):
 
 
 def legacy_q(mu, gamma):
-    """Raw second moments ``q_i = μ_i² + Γ_ii`` (spec §1)."""
+    """Raw second moments ``q_i = μ_i² + Γ_ii`` (theory §1)."""
     return mu * mu if gamma is None else mu * mu + np.diagonal(gamma)
 
 
-# ====================================================================== FC (spec §4)
+# ====================================================================== FC (theory §4)
 def legacy_dense_moments(W, b, v, vb, mu, gamma):
-    r"""Output moments of a noisy FC crossbar (spec §4, Proposition 1 corrected).
+    r"""Output moments of a noisy FC crossbar (theory §4, Proposition 1 corrected).
 
     Corrects Eq. (10) (``2σ²`` on every input term, D6; ``Γ_ii`` for the printed ``γ_i²``,
     D7) and generalises it to per-pair variances::
@@ -523,7 +523,7 @@ def legacy_dense_moments(W, b, v, vb, mu, gamma):
     Parameters
     ----------
     W : ndarray (L, J)
-        Weights, row i = input, column j = output (spec §1).
+        Weights, row i = input, column j = output (theory §1).
     b : ndarray (J,) or None
         Bias (None: no bias).
     v : ndarray (L, J)
@@ -554,13 +554,13 @@ def legacy_dense_moments(W, b, v, vb, mu, gamma):
     return mean, cov
 
 
-# ====================================================================== conv (spec §5, §6)
+# ====================================================================== conv (theory §5, §6)
 def legacy_safe_index(idx, L):
     return np.where(idx < 0, L, idx)
 
 
 def legacy_conv_mean(Wur, b, idx, mu):
-    r"""Mean of a convolution output (spec §5/§6): ``w_{c_o}ᵀ P_p μ + b_{c_o}``, flattened (c_o, p).
+    r"""Mean of a convolution output (theory §5/§6): ``w_{c_o}ᵀ P_p μ + b_{c_o}``, flattened (c_o, p).
 
     ``Wur`` (C_in k², C_out) is the UR matrix; ``idx`` (n_pos, C_in k²) the index map ι(p, a)
     (−1 in the zero padding). Identical for UR and UL (``W_ULᵀμ + b ⊗ 1``).
@@ -634,7 +634,7 @@ def legacy_conv_cols_s1(src, K, pad, in_shape, *, from_rows=False):
 
 
 def legacy_conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=legacy_CHUNK_BYTES):
-    r"""Signal term of a convolution's output covariance: ``W_ULᵀ Γ W_UL`` (spec §5, §6).
+    r"""Signal term of a convolution's output covariance: ``W_ULᵀ Γ W_UL`` (theory §5, §6).
 
     ``Σ_{a,a'} w_{c_o}[a] w_{c_o'}[a'] Γ_ι(p,a),ι(p',a')`` — the "double convolution" of Γ,
     computed as two streamed convolution passes (``T = W_ULᵀΓ``, then ``W_ULᵀTᵀ``, using Γ = Γᵀ);
@@ -661,7 +661,7 @@ def legacy_geometry(ml):
 
 @numba.njit(cache=False)
 def legacy_ur_shared_noise_kernel(mu, G, has_g, idx, v, vb, out):
-    r"""UR shared-device noise term (spec §5, corrected Eqs. (14)–(16), D9).
+    r"""UR shared-device noise term (theory §5, corrected Eqs. (14)–(16), D9).
 
     ``out[c, p, p'] = Σ_a v[a, c] (Γ + μμᵀ)[ι(p,a), ι(p',a)] + vb[c]`` for every pair of
     positions p, p' of the same output channel c — the **same** tap a at both positions
@@ -691,7 +691,7 @@ def legacy_ur_shared_noise_kernel(mu, G, has_g, idx, v, vb, out):
 
 
 def legacy_ur_noise(v, vb, idx, mu, gamma):
-    """Per-channel shared noise blocks (C_out, n_pos, n_pos) of a UR layer (spec §5)."""
+    """Per-channel shared noise blocks (C_out, n_pos, n_pos) of a UR layer (theory §5)."""
     n_pos = idx.shape[0]
     C = v.shape[1]
     out = np.empty((C, n_pos, n_pos))
@@ -704,7 +704,7 @@ def legacy_ur_noise(v, vb, idx, mu, gamma):
 
 
 def legacy_ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None):
-    r"""Output moments of a UR convolution (unfold-repeat, spec §5, Proposition 2 corrected).
+    r"""Output moments of a UR convolution (unfold-repeat, theory §5, Proposition 2 corrected).
 
     One crossbar ``(C_in k² [+1]) × C_out`` reused at every position, so all positions of a
     channel share the device noise (A3)::
@@ -745,7 +745,7 @@ def legacy_ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None):
 
 
 def legacy_ul_noise(blocks, mu, gamma, n_cols):
-    """Diagonal noise of a UL layer: ``Σ_n v[n, j] q_n + v^b_j`` over **all** L inputs (spec §6)."""
+    """Diagonal noise of a UL layer: ``Σ_n v[n, j] q_n + v^b_j`` over **all** L inputs (theory §6)."""
     q = legacy_q(mu, gamma)
     noise = np.empty(n_cols)
     for blk in blocks:
@@ -757,9 +757,9 @@ def legacy_ul_noise(blocks, mu, gamma, n_cols):
 
 
 def legacy_ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None):
-    r"""Output moments of a UL convolution (unrolled-linear Toeplitz crossbar, spec §6).
+    r"""Output moments of a UL convolution (unrolled-linear Toeplitz crossbar, theory §6).
 
-    FC (spec §4) with ``W = W_UL``: ``E Z = W_ULᵀμ + b ⊗ 1``,
+    FC (theory §4) with ``W = W_UL``: ``E Z = W_ULᵀμ + b ⊗ 1``,
     ``Cov Z = W_ULᵀ Γ W_UL + diag(noise)``. Every Toeplitz entry is a pair — structural zeros
     at ``g_min`` are noisy — so ``noise_j = Σ_{n=1}^{L} v_{nj} q_n + v^b_j`` sums over all inputs
     (D12; :func:`legacy_ul_noise`). Each column has its own devices: no shared noise between
@@ -774,9 +774,9 @@ def legacy_ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None):
     return mean, cov
 
 
-# ====================================================================== pooling (spec §7)
+# ====================================================================== pooling (theory §7)
 def legacy_pool_moments(mu, gamma, in_shape, kappa):
-    r"""Average pooling, kernel = stride = κ, no padding (spec §7, Proposition 3 corrected).
+    r"""Average pooling, kernel = stride = κ, no padding (theory §7, Proposition 3 corrected).
 
     ``E Z = Aμ`` and ``Cov Z = AΓAᵀ`` exactly, cross-channel entries included, with
     ``A_(c,i,j),(c,k,l) = κ⁻²`` for ``k ∈ [κi, κi+κ−1]``, ``l ∈ [κj, κj+κ−1]`` (κ terms per axis,
@@ -808,12 +808,12 @@ class legacy_MomentsResult:
     Attributes
     ----------
     mean, var, mse, reference, bias : ndarray (B, J)
-        Output mean and variance, per-output MSE ``var + (mean − reference)²`` (spec §9),
+        Output mean and variance, per-output MSE ``var + (mean − reference)²`` (theory §9),
         the reference output (unquantized noiseless network) and ``bias = mean − reference``.
     cov : ndarray (B, J, J) or None
         Full output covariance (only when requested).
     power : ndarray (B,)
-        Expected total power per inference (spec §11).
+        Expected total power per inference (theory §11).
     power_layers, power_mem, power_tia_pos, power_tia_neg : ndarray (B, n_crossbar)
         Per crossbar layer: total, memristors (bias rows included), TIA of the positive and
         negative arrays.
@@ -989,12 +989,12 @@ def legacy_crossbar_step(prep, pos, st):
 
 
 def legacy_propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress=False):
-    r"""Analytic output moments, MSE and power of ``mapped`` for a batch ``x`` (spec §15).
+    r"""Analytic output moments, MSE and power of ``mapped`` for a batch ``x`` (theory §15).
 
-    Algorithm 1 as corrected in spec §15 (D16): for every sample, every layer's power and
+    Algorithm 1 as corrected in theory §15 (D16): for every sample, every layer's power and
     output moments are computed from its **input** moments ``(μ, Γ)``; Γ is symmetrised after
     every linear layer; the ReLU covariance rule is ``mapped.config.relu_cov`` (``exact``,
-    spec §8.2, default; or ``taylor``, Eq. (28)). ``r`` enters power only (spec §3.3).
+    theory §8.2, default; or ``taylor``, Eq. (28)). ``r`` enters power only (theory §3.3).
 
     Parameters
     ----------
@@ -1084,7 +1084,7 @@ def legacy_propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, p
 
     ref = mapped.reference(x)
     bias = mean - ref
-    mse = var + bias * bias                                     # spec §9, Eq. (7)
+    mse = var + bias * bias                                     # theory §9, Eq. (7)
     p_layers = p_mem + p_tp + p_tn
     return legacy_MomentsResult(mean=mean, var=var, mse=mse, reference=ref, bias=bias, cov=covs,
                          power=p_layers.sum(axis=1), power_layers=p_layers, power_mem=p_mem,

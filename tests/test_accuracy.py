@@ -126,7 +126,7 @@ def test_agrees_with_scipy_multivariate_normal_cdf(K):
 def test_singular_covariance_agrees_with_direct_sampling():
     # rank-3 output covariance in K = 6: the differences are singular (three constraint rows).
     # Oracle: Z = μ + A ε sampled directly (2e5 draws), argmax counted; band z* SE, z* = 4.5
-    # (family-wise 1e-4 over the 6 inputs, spec §19.3).
+    # (family-wise 1e-4 over the 6 inputs, theory §19.3).
     rng = np.random.default_rng(5)
     K, B, n = 6, 6, 200_000
     A = rng.normal(size=(B, K, 3))
@@ -169,12 +169,12 @@ def test_bad_input_is_a_data_error(args, match):
 
 
 # ------------------------------------------------------------------ against Monte-Carlo
-# Allowance for the Gaussian closure (theory §20, spec §19.7): the analytic outputs are the
+# Allowance for the Gaussian closure (theory §20, theory §19.7): the analytic outputs are the
 # exact first two moments, but the true output law after a ReLU layer is not Gaussian.
 # Measured on 300 test images with n = 400 (seed 1): predicted − MC = −0.14 pp (σ = 0.05),
 # +0.01 pp (α = 0.2), −0.06 pp (σ = 0.1), +0.10 pp (α = 0.5). The allowance is 0.5 pp,
 # about 3× the largest of these; the MC error is covered separately by z* SE (z* = 3.9,
-# family-wise 1e-4 for one comparison, spec §19.3).
+# family-wise 1e-4 for one comparison, theory §19.3).
 CLOSURE_ALLOWANCE = 0.005
 Z_STAR = 3.9
 

@@ -33,9 +33,9 @@ def test_demo_writes_result_set_and_figure(tmp_path):
             assert ds.attrs["units"] is not None and ds.attrs["description"], name
     assert (tmp_path / "d" / "demo.png").stat().st_size > 10_000
     assert out["an_mse"][0] < 1e-20 and out["mc_mse"][0] < 1e-20
-    # network MSE carries the Gaussian-closure bias (spec §19.7): a loose band around MC
+    # network MSE carries the Gaussian-closure bias (theory §19.7): a loose band around MC
     assert abs(out["an_mse"][1] - out["mc_mse"][1]) <= 4 * out["mc_mse_se"][1] + 0.05 * out["mc_mse"][1]
-    # power: the analytic expectation is exact (spec §11)
+    # power: the analytic expectation is exact (theory §11)
     assert abs(out["an_power"][1] - out["mc_power"][1]) <= 5 * out["mc_power_se"][1] + 1e-9
 
 

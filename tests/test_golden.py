@@ -7,7 +7,7 @@
   on the shipped one in ``data/golden/``;
 - an independent NumPy implementation (``tests/golden_mutants.py``) passes the float64 tier,
   and its float32 version passes the float32 tier only;
-- each deliberate formula error of spec §16 (σ² for 2σ² D6, no bias noise D5b, UL zeros
+- each deliberate formula error of theory §16 (σ² for 2σ² D6, no bias noise D5b, UL zeros
   noiseless D12, UR without the shared term D9/D28, Taylor ReLU covariance D15, E[X] and E[X]²
   in memristor power D17/D7, no λ² in conv TIA power D23, no g_min in power D19/D22, printed
   pooling window D13) fails the check by ≥ 10× the float32 tolerance in every case that

@@ -1,7 +1,7 @@
 """Layers as explicit matrices: each noiseless forward against a literal loop restatement.
 
 Oracles are written independently of refmem.layers: plain index loops over the definitions of
-spec §1 (NCHW flattening), §5 (index map ι(p, a), PyTorch cross-correlation), §6 (Toeplitz
+theory §1 (NCHW flattening), §5 (index map ι(p, a), PyTorch cross-correlation), §6 (Toeplitz
 W_UL) and §7 (average pooling, corrected window D13; batchnorm inference form).
 """
 
@@ -35,7 +35,7 @@ def conv_loops(x, K, b, stride, pad):
 
 
 def toeplitz_loops(K, in_shape, stride, pad):
-    """W_UL by loops (spec §6): row = flat input index, column = (c_o, o_h, o_w)."""
+    """W_UL by loops (theory §6): row = flat input index, column = (c_o, o_h, o_w)."""
     C, H, W = in_shape
     Co, Ci, k, _ = K.shape
     E = (H + 2 * pad - k) // stride + 1
@@ -115,7 +115,7 @@ def test_dense_forward_and_matrix_orientation():
     ref = np.array([[sum(Wt[j, i] * x[n, i] for i in range(5)) + b[j] for j in range(3)]
                     for n in range(4)])
     np.testing.assert_allclose(d.forward(x), ref, rtol=1e-13)
-    assert d.matrix().shape == (5, 3)  # spec §1: rows = inputs, columns = outputs
+    assert d.matrix().shape == (5, 3)  # theory §1: rows = inputs, columns = outputs
     np.testing.assert_array_equal(d.matrix()[2, 1], Wt[1, 2])
 
 

@@ -1,4 +1,4 @@
-"""Crossbar mapping invariants (spec §3, oracle O23), designs, λ/g_u options, quantization grid."""
+"""Crossbar mapping invariants (theory §3, oracle O23), designs, λ/g_u options, quantization grid."""
 
 import re
 
@@ -117,7 +117,7 @@ def test_noise_switch_keeps_crossbar_and_sets_sigma_zero():
     assert np.all(b0.v == 0) and np.all(b0.vb == 0)
     assert np.all(b0.gp >= 0.05)                      # still mapped: same conductances/power
     b1 = last.block()
-    # constant σ: pair variance 2σ²/λ² plus α² w² (spec §3.2, §13)
+    # constant σ: pair variance 2σ²/λ² plus α² w² (theory §3.2, §13)
     np.testing.assert_allclose(b1.v, 2 * 0.01 / b1.lam**2 + 0.04 * b1.W**2, rtol=1e-13)
     np.testing.assert_allclose(b1.vb, 2 * 0.01 / b1.lam**2 + 0.04 * b1.b**2, rtol=1e-13)
 

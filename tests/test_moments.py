@@ -1,5 +1,5 @@
-"""Analytic moments (refmem.moments) against literal loop oracles (tests/oracles.py, spec §18 T1)
-and the closed-form oracles O8–O17, O21, O21b of spec §18.
+"""Analytic moments (refmem.moments) against literal loop oracles (tests/oracles.py, theory §18 T1)
+and the closed-form oracles O8–O17, O21, O21b of theory §18.
 
 Expected values are computed here from the spec's equations (loops or closed forms), never
 from refmem's own output. λ is read from the mapping (tested in test_mapping.py); conductances
@@ -86,11 +86,11 @@ def make_inputs(case, rng, B, L):
     return x, Cs, list(Cs)
 
 
-# ====================================================================== FC (spec §4)
+# ====================================================================== FC (theory §4)
 @given(case=noise_case, L=st.integers(1, 5), J=st.integers(1, 4),
        bias=st.sampled_from(["row", "none", "digital"]))
 def test_fc_matches_loop_oracle(case, L, J, bias):
-    """Proposition 1 corrected (spec §4) and power (spec §11.1) vs literal loops."""
+    """Proposition 1 corrected (theory §4) and power (theory §11.1) vs literal loops."""
     rng = np.random.default_rng(case["seed"])
     Wt = rng.normal(size=(J, L))
     b = rng.normal(size=J) if bias != "none" else None
@@ -128,7 +128,7 @@ def test_fc_matches_loop_oracle(case, L, J, bias):
                                atol=1e-12 * (1 + np.max(ref ** 2)))
 
 
-# ====================================================================== conv (spec §5, §6)
+# ====================================================================== conv (theory §5, §6)
 conv_shape = st.fixed_dictionaries({
     "ci": st.integers(1, 2), "co": st.integers(1, 2), "H": st.integers(1, 4),
     "W": st.integers(1, 4), "k": st.integers(1, 3), "stride": st.integers(1, 2),
@@ -151,7 +151,7 @@ def conv_setup(shape, case):
 @given(case=noise_case, shape=conv_shape)
 @settings(max_examples=CONV_EXAMPLES)
 def test_ur_matches_six_index_loops(case, shape):
-    """Proposition 2 corrected (spec §5, D8/D9) and Props 7–8 power (spec §11.2) vs literal loops."""
+    """Proposition 2 corrected (theory §5, D8/D9) and Props 7–8 power (theory §11.2) vs literal loops."""
     rng, net, K, b = conv_setup(shape, case)
     mapped = map_network(net, make_cfg(case, mapping="UR",
                                        bias_on_crossbar=shape["bias"] != "digital"))
@@ -192,7 +192,7 @@ def test_ur_matches_six_index_loops(case, shape):
 @given(case=noise_case, shape=conv_shape)
 @settings(max_examples=CONV_EXAMPLES)
 def test_ul_matches_explicit_toeplitz_fc_loops(case, shape):
-    """UL (spec §6) = FC loops (spec §4, §11.1) with the loop-built Toeplitz matrix; every entry
+    """UL (theory §6) = FC loops (theory §4, §11.1) with the loop-built Toeplitz matrix; every entry
     (structural zeros included) is a noisy, dissipating pair."""
     rng, net, K, b = conv_setup(shape, case)
     try:
@@ -264,7 +264,7 @@ def test_ul_tap_form_equals_explicit_toeplitz_blocks(design, dither):
 @given(seed=st.integers(0, 2**31 - 1), C=st.integers(1, 2), H=st.integers(2, 5),
        W=st.integers(2, 5), kappa=st.integers(1, 3), det=st.booleans())
 def test_pool_matches_loop_oracle(seed, C, H, W, kappa, det):
-    """Proposition 3 corrected (spec §7, D13): E = Aμ, Cov = AΓAᵀ incl. cross-channel entries."""
+    """Proposition 3 corrected (theory §7, D13): E = Aμ, Cov = AΓAᵀ incl. cross-channel entries."""
     assume(H >= kappa and W >= kappa)
     rng = np.random.default_rng(seed)
     L = C * H * W
@@ -281,7 +281,7 @@ def test_pool_matches_loop_oracle(seed, C, H, W, kappa, det):
 
 @given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 6))
 def test_relu_taylor_matches_loop_oracle(seed, d):
-    """Eq. (28) with f'(μ) = 1[μ > 0] (spec §8.3) and the Prop. 4 diagonal."""
+    """Eq. (28) with f'(μ) = 1[μ > 0] (theory §8.3) and the Prop. 4 diagonal."""
     rng = np.random.default_rng(seed)
     G = rand_psd(rng, d) + 0.1 * np.eye(d)
     mu = rng.normal(size=d)
@@ -320,7 +320,7 @@ def test_building_blocks_compose_to_propagate():
         close(res.cov[0], G)
 
 
-# ====================================================================== closed forms (spec §18)
+# ====================================================================== closed forms (theory §18)
 def small_cnn(rng, mapping_bias=True):
     return Network([Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 2, 1), ReLU(),
                     AvgPool2d(1), Flatten(),
@@ -355,7 +355,7 @@ def test_O8_O9_sigma_zero_is_the_deterministic_forward(mapping, relu_cov):
 
 
 def test_O10_fc_deterministic_input():
-    """O10: Cov = diag(2σ²/λ² (1 + ‖x‖²)) with zero off-diagonals; r does not enter (spec §3.3)."""
+    """O10: Cov = diag(2σ²/λ² (1 + ‖x‖²)) with zero off-diagonals; r does not enter (theory §3.3)."""
     rng = np.random.default_rng(4)
     L, J, sigma = 6, 4, 0.07
     net = Network([Dense(rng.normal(size=(J, L)), rng.normal(size=J))], (L,))
@@ -496,7 +496,7 @@ def test_O17_avgpool_of_constant():
 
 def test_O21_O21b_multiplicative_noise():
     """O21: α = 0 is deterministic. O21b: single layer, deterministic x:
-    V Z_j = α² (b_j² + Σ_i W_ij² x_i²) (spec §13; exactly the crossbar model with g_min = 0,
+    V Z_j = α² (b_j² + Σ_i W_ij² x_i²) (theory §13; exactly the crossbar model with g_min = 0,
     σ(g) = αg, where λ cancels)."""
     rng = np.random.default_rng(10)
     L, J = 5, 3
@@ -516,12 +516,12 @@ def test_O21_O21b_multiplicative_noise():
     r2 = propagate(map_network(net, CrossbarConfig(sigma_fn=lambda g: alpha * np.asarray(g),
                                                    design="column")), x, cov=True)
     close(r2.var, want)
-    # α does not enter power (spec §11 / §13)
+    # α does not enter power (theory §11 / §13)
     close(r1.power, r0.power)
 
 
 def test_noisy_layers_and_clean_layers_are_still_crossbars():
-    """A layer with noise off has σ = α = 0 in its moments but keeps its power (spec §11)."""
+    """A layer with noise off has σ = α = 0 in its moments but keeps its power (theory §11)."""
     rng = np.random.default_rng(12)
     net = Network([Dense(rng.normal(size=(4, 3)), rng.normal(size=4)), ReLU(),
                    Dense(rng.normal(size=(2, 4)), rng.normal(size=2))], (3,))

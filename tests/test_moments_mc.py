@@ -1,16 +1,16 @@
 """Analytic moments and power (refmem.moments) against the device-level Monte-Carlo simulator
-(refmem.montecarlo), one proposition at a time (spec §19).
+(refmem.montecarlo), one proposition at a time (theory §19).
 
 Exact stages (linear layers with any input law, ReLU of a Gaussian vector, power) are z-tested
 entry by entry: ``|MC − theory| ≤ z* SE + 1e-12·scale`` with the Bonferroni threshold
 ``z* = Φ⁻¹(1 − α/(2m))``, family-wise α = 1e-4, m the number of simultaneous entries
-(spec §19.2–19.3; ``tests/zstats.py``). Linear-layer tests use correlated **non-Gaussian**
-inputs ``X = μ + L(U − 1)``, U i.i.d. Exp(1) (spec §19.8). σ is chosen so that device noise is
+(theory §19.2–19.3; ``tests/zstats.py``). Linear-layer tests use correlated **non-Gaussian**
+inputs ``X = μ + L(U − 1)``, U i.i.d. Exp(1) (theory §19.8). σ is chosen so that device noise is
 at least 10 % of the output variance (asserted). Whole networks (approximate: the Gaussian
 assumption A6 at every ReLU) are compared with a relative tolerance, not a z-test (§19.7).
 
 The default suite uses n ≈ 1e5 realizations per test; the ``slow`` variants re-run the same
-checks with n = 2e5 (spec §19.4) and under other seeds.
+checks with n = 2e5 (theory §19.4) and under other seeds.
 """
 
 import numpy as np
@@ -138,17 +138,17 @@ def _conv(n, seed, mapping, stride, pad, pool=False):
 
 
 def test_ur_stride_padding_nongaussian():
-    """Prop. 2 corrected (shared devices, same tap at both positions; spec §5)."""
+    """Prop. 2 corrected (shared devices, same tap at both positions; theory §5)."""
     _conv(N_LIGHT, 202, "UR", 2, 1)
 
 
 def test_ul_nongaussian():
-    """Spec §6: UL = FC with the Toeplitz matrix, noisy structural zeros."""
+    """Theory §6: UL = FC with the Toeplitz matrix, noisy structural zeros."""
     _conv(N_LIGHT // 2, 203, "UL", 1, 1)
 
 
 def test_avgpool_after_conv():
-    """Prop. 3 corrected (spec §7): AΓAᵀ incl. cross-channel entries, any input law."""
+    """Prop. 3 corrected (theory §7): AΓAᵀ incl. cross-channel entries, any input law."""
     _conv(N_LIGHT, 204, "UR", 1, 1, pool=True)
 
 
@@ -221,7 +221,7 @@ def test_stage1_conv_relu_pool_exact():
 
 # ====================================================================== noise models, power
 def test_sigma_table_and_alpha():
-    """σ(g) from a table (spec §4 generalised) and α multiplicative noise (spec §13)."""
+    """σ(g) from a table (theory §4 generalised) and α multiplicative noise (theory §13)."""
     net, x, Lfac = dense_setup(401)
     C = Lfac @ Lfac.T
     table = (np.array([0.0, 0.5, 1.0, 2.0]), np.array([0.05, 0.1, 0.2, 0.3]))
@@ -246,7 +246,7 @@ def test_power_every_term_ur_ul_fc_gmin_r():
         mapped = map_network(net, CrossbarConfig(sigma=0.1, mapping=mapping, g_min=0.2, r=2.3))
         an = propagate(mapped, x)
         mc = monte_carlo(mapped, x, N_LIGHT // 2, 402)
-        # power needs only the first two moments of each layer's input (spec §11); layer 0
+        # power needs only the first two moments of each layer's input (theory §11); layer 0
         # sees a deterministic input and layer 1 the ReLU of jointly Gaussian conv outputs
         # (deterministic input, Gaussian devices), whose moments are exact (§8): every term
         # of both layers is exact and z-tested.
@@ -307,7 +307,7 @@ def _network(name, mapping, n, seed, sigma=0.05):
 @pytest.mark.parametrize("name,mapping", [("mlp2", "UR"), ("mlp3", "UR"), ("cnn", "UR"),
                                           ("cnn", "UL")])
 def test_network_mse_within_2_percent(name, mapping):
-    """Spec §19.7: analytic MSE within 2 % of MC at σ = 0.05 (A6 bias), MC SE included."""
+    """Theory §19.7: analytic MSE within 2 % of MC at σ = 0.05 (A6 bias), MC SE included."""
     _network(name, mapping, 8_000 if mapping == "UL" else 20_000, 501)
 
 

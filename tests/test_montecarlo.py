@@ -1,5 +1,5 @@
-"""The device-level Monte-Carlo simulator against closed forms (spec §18) with bands derived
-from the sample size (spec §19), plus its reproducibility contract.
+"""The device-level Monte-Carlo simulator against closed forms (theory §18) with bands derived
+from the sample size (theory §19), plus its reproducibility contract.
 
 Every expected value here is computed in the test from the spec's closed forms, never taken
 from the simulator.
@@ -51,7 +51,7 @@ def test_fixed_quantization_runs_the_programmed_network():
     x = rng.uniform(0, 1, size=(4, 5))
     mapped = map_network(net, CrossbarConfig(bits=3))
     res = monte_carlo(mapped, x, n=3, seed=0)
-    # independent statement of spec §14: Δ = max|[W; b]| / 3, q = Δ round(a/Δ)
+    # independent statement of theory §14: Δ = max|[W; b]| / 3, q = Δ round(a/Δ)
     delta = max(np.abs(W).max(), np.abs(b).max()) / 3
     q = lambda a: delta * np.clip(np.round(a / delta), -3, 3)
     prog = x @ q(W).T + q(b)
@@ -62,7 +62,7 @@ def test_fixed_quantization_runs_the_programmed_network():
 # ---------------------------------------------------------------------- single dense layer
 @pytest.mark.parametrize("design", ["scalar", "layer", "column"])
 def test_dense_variance_closed_form(design):
-    """Spec §4 / O10: Var Z_j = 2σ²/λ_j² (1 + ‖x‖²), Cov_jj' = 0, mean W^T x + b (r cancels)."""
+    """Theory §4 / O10: Var Z_j = 2σ²/λ_j² (1 + ‖x‖²), Cov_jj' = 0, mean W^T x + b (r cancels)."""
     rng = np.random.default_rng(3)
     net, W, b = dense_net(rng, 6, 4)
     x = rng.uniform(-1, 1, size=(2, 6))
@@ -116,7 +116,7 @@ def test_alpha_noise_closed_form():
 
 
 def test_dither_quantization_is_the_delta2_over_12_model():
-    """Spec §14: subtractive dither ⇒ error exactly U(±Δ/2): Var = Δ²/12 (1 + ‖x‖²)."""
+    """Theory §14: subtractive dither ⇒ error exactly U(±Δ/2): Var = Δ²/12 (1 + ‖x‖²)."""
     rng = np.random.default_rng(5)
     net, W, b = dense_net(rng, 5, 3)
     x = rng.uniform(0, 1, size=(2, 5))
@@ -129,7 +129,7 @@ def test_dither_quantization_is_the_delta2_over_12_model():
 
 
 def test_sigma_table_pair_variance():
-    """Spec §3.2: pair variance σ²(g⁺) + σ²(g⁻) with σ(g) by linear interpolation."""
+    """Theory §3.2: pair variance σ²(g⁺) + σ²(g⁻) with σ(g) by linear interpolation."""
     rng = np.random.default_rng(6)
     net, W, b = dense_net(rng, 3, 2)
     x = np.array([[0.0, 0.0, 0.0]])                 # only the bias row is driven
@@ -220,7 +220,7 @@ def test_ur_shares_devices_across_positions():
 
 
 def test_ul_structural_zeros_are_noisy():
-    """O15 / spec §6: UL noise variance is 2σ²/λ²(1 + Σ_n x_n²) over ALL inputs, the same for
+    """O15 / theory §6: UL noise variance is 2σ²/λ²(1 + Σ_n x_n²) over ALL inputs, the same for
     every output of a channel (layer design so λ is common), outputs uncorrelated."""
     rng = np.random.default_rng(10)
     K = rng.normal(size=(1, 1, 2, 2))
@@ -253,7 +253,7 @@ def test_ul_streaming_equals_in_memory(monkeypatch):
 
 # ---------------------------------------------------------------------- power
 def test_power_closed_forms_fc():
-    """O18/O18b, spec §11.1 with deterministic input: E P_mem = Σ(λ|w|+2g_min)x² + bias pairs;
+    """O18/O18b, theory §11.1 with deterministic input: E P_mem = Σ(λ|w|+2g_min)x² + bias pairs;
     E P_TIA± = r Σ_j[(Σ_i g±_ij x_i + g^b±_j)² + σ²(Σ x² + 1)]."""
     rng = np.random.default_rng(12)
     net, W, b = dense_net(rng, 4, 3)
@@ -279,7 +279,7 @@ def test_power_closed_forms_fc():
 
 
 def test_power_closed_forms_ur():
-    """Spec §11.2 with deterministic input, pad 1: taps are driven by the tap-shifted input at
+    """Theory §11.2 with deterministic input, pad 1: taps are driven by the tap-shifted input at
     every position (zeros in the padding); bias pairs count n_pos times."""
     rng = np.random.default_rng(13)
     K = rng.normal(size=(2, 1, 3, 3))
@@ -357,7 +357,7 @@ def test_seed_reproducibility_and_prefix_property():
 
 # ---------------------------------------------------------------------- helpers and errors
 def test_sample_count_eq46():
-    """O19: z = 1.96, s/x̄ = 1, p = 0.01 → n = 38416 (spec §10, p a fraction, ceiling)."""
+    """O19: z = 1.96, s/x̄ = 1, p = 0.01 → n = 38416 (theory §10, p a fraction, ceiling)."""
     assert mc_sample_count(2.0, 2.0, 0.01, z=1.96) == 38416
     assert mc_sample_count(1.0, 0.5, 0.1, z=2.0) == 100
     assert mc_sample_count(1.0, 1.0, 0.01) == math.ceil((1.959963984540054 / 0.01) ** 2)
@@ -441,7 +441,7 @@ def test_sigma_sweep_matches_single_runs_and_scales():
 @pytest.mark.parametrize("sigma", [1e-8, 1e-9])
 def test_variance_and_its_se_survive_a_huge_quantization_bias(sigma):
     """Issue 10 regression: 2-bit fixed quantization (bias ~0.1–1) with σ ≤ 1e-8 (|bias|/sd ≥ 1e6) — the variance and its SE agree with the closed forms Var Z_j = 2σ²/λ² (1 + ‖x‖²)
-    (spec §4, design "layer", λ = (g_u − g_min)/max|[W; b]|) and SE(s²) = Var √(2/n) (Gaussian
+    (theory §4, design "layer", λ = (g_u − g_min)/max|[W; b]|) and SE(s²) = Var √(2/n) (Gaussian
     output), where raw power sums gave an SE of 0 or 27× the variance."""
     rng = np.random.default_rng(21)
     net, W, b = dense_net(rng, 5, 3)

@@ -1,4 +1,4 @@
-"""Network validation, batchnorm fusion (spec §7), the HDF5 model file and the configuration."""
+"""Network validation, batchnorm fusion (theory §7), the HDF5 model file and the configuration."""
 
 import json
 

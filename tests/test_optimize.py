@@ -1,6 +1,6 @@
 """refmem.optimize: Eq. (45) and the reference GA (theory §12, §22).
 
-Oracles: the closed-form scalar optimum of a single FC layer (spec §12 / O20, re-derived here
+Oracles: the closed-form scalar optimum of a single FC layer (theory §12 / O20, re-derived here
 from the analytic pass), a fine grid optimum for a 2-layer net, the closed form of the
 linearised KKT problem and scipy's SLSQP on it, loop restatements of the four MSE aggregates,
 bit-identical seeded runs (also after an interruption and on a Dask LocalCluster).

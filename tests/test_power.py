@@ -1,5 +1,5 @@
-"""Expected power (spec §11, refmem.power via refmem.moments.propagate): closed-form oracles
-O18/O18b of spec §18 and structural properties. The loop restatements of Props 5–8 are checked
+"""Expected power (theory §11, refmem.power via refmem.moments.propagate): closed-form oracles
+O18/O18b of theory §18 and structural properties. The loop restatements of Props 5–8 are checked
 in test_moments.py (FC, UR, UL oracles); expected values here are closed forms computed in the
 test from Eqs. (5)–(6) and the input moments.
 """
@@ -112,7 +112,7 @@ def test_ur_power_closed_forms_with_padding_and_stride():
 
 
 def test_ul_structural_zeros_dissipate():
-    """Spec §6/§11.1: every Toeplitz entry is a pair; structural zeros dissipate 2 g_min q_n."""
+    """Theory §6/§11.1: every Toeplitz entry is a pair; structural zeros dissipate 2 g_min q_n."""
     rng = np.random.default_rng(4)
     net, K, b = conv_case(rng)
     x = rng.normal(size=(1, 2, 4, 5))
@@ -136,7 +136,7 @@ def test_ul_structural_zeros_dissipate():
 
 
 def test_r_scales_tia_only_and_alpha_dither_do_not_enter_power():
-    """r multiplies TIA power only (spec §3.3, §11); α (§13) and dither (§14) never enter power;
+    """r multiplies TIA power only (theory §3.3, §11); α (§13) and dither (§14) never enter power;
     moments do not depend on r."""
     rng = np.random.default_rng(5)
     net = Network([Conv2d(rng.normal(size=(2, 1, 3, 3)), rng.normal(size=2), 1, 1), ReLU(),
@@ -174,7 +174,7 @@ def test_layer_power_api_and_corollary_totals():
 
 
 def test_direct_power_functions_match_the_network_pass():
-    """fc_power (spec §11.1), ur_power (§11.2) and ul_power (§6/§11.1, column blocks) called
+    """fc_power (theory §11.1), ur_power (§11.2) and ul_power (§6/§11.1, column blocks) called
     directly on a layer's input moments equal the powers reported by propagate."""
     from refmem.power import fc_power, ul_power, ur_power
     rng = np.random.default_rng(7)

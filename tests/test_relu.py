@@ -1,4 +1,4 @@
-"""ReLU moments (spec §8): closed-form oracles O1–O7, robustness against an mpmath reference,
+"""ReLU moments (theory §8): closed-form oracles O1–O7, robustness against an mpmath reference,
 PSD of the exact covariance matrix, and the Numba kernels (JIT == Python).
 
 Accuracy requirement (issue "Analytic core"): mean, variance and covariance finite, variance
@@ -8,7 +8,7 @@ with mpmath (≥ 30 significant digits):
 
 - mean/variance: Proposition 4 evaluated at 50 digits (the cancellation of Eq. (23) costs at
   most ~a⁴ ≈ 3e6, i.e. 7 of the 50 digits);
-- covariance: the spec §8.2 one-dimensional integral at 30 digits with Gauss–Legendre panels
+- covariance: the theory §8.2 one-dimensional integral at 30 digits with Gauss–Legendre panels
   graded geometrically toward the peak and both ends (its own error estimate is asserted to be
   ≤ 1e-20 relative), cross-checked on moderate arguments against an independent form,
   ``E[X₁⁺X₂⁺] = ∫ (z + a₁) E[(a₂ + Z₂)⁺ | Z₁ = z] φ(z) dz`` minus the product of the means.
@@ -64,7 +64,7 @@ def mp_mean_var(mu, s, dps=50):
 
 
 def mp_cov_tform(a1, a2, rho, dps=30):
-    """Standardised Cov[X₁⁺, X₂⁺] by the spec §8.2 integral, graded Gauss–Legendre panels."""
+    """Standardised Cov[X₁⁺, X₂⁺] by the theory §8.2 integral, graded Gauss–Legendre panels."""
     with mp.workdps(dps):
         a1, a2, rho = mp.mpf(a1), mp.mpf(a2), mp.mpf(rho)
         if rho == 0:
@@ -185,7 +185,7 @@ def test_O6_bvn_at_origin_and_against_scipy():
 
 
 def test_O7_price_derivative_at_zero_correlation():
-    """O7: ∂Cov/∂Γ₁₂ at Γ₁₂ = 0 equals Φ(a₁)Φ(a₂) (Price's theorem; spec §8.2)."""
+    """O7: ∂Cov/∂Γ₁₂ at Γ₁₂ = 0 equals Φ(a₁)Φ(a₂) (Price's theorem; theory §8.2)."""
     for mu1, s1, mu2, s2 in [(0.3, 1.0, -0.5, 2.0), (1.5, 0.7, 0.2, 1.3), (-2.0, 1.0, -1.0, 0.5)]:
         h = 1e-4
         d = (relu_cov_exact(mu1, s1, mu2, s2, h) - relu_cov_exact(mu1, s1, mu2, s2, -h)) / (
@@ -194,7 +194,7 @@ def test_O7_price_derivative_at_zero_correlation():
 
 
 def test_closed_form_rosenbaum_agrees():
-    """The spec §8.2 closed form (truncated-bivariate moments, Φ₂ from SciPy) equals the integral."""
+    """The theory §8.2 closed form (truncated-bivariate moments, Φ₂ from SciPy) equals the integral."""
     rng = np.random.default_rng(1)
     for _ in range(25):
         a1, a2 = rng.uniform(-2.5, 2.5, size=2)
@@ -327,7 +327,7 @@ def test_bad_inputs():
 
 # ====================================================================== matrix form
 def test_exact_matrix_is_psd_and_taylor_can_fail():
-    """Spec §8.2: the exact covariance matrix is PSD. D15: Prop. 4 diagonal + Eq. (28)
+    """Theory §8.2: the exact covariance matrix is PSD. D15: Prop. 4 diagonal + Eq. (28)
     off-diagonals is not (μ = (0.5, 0.5), Γ₁₂ = 0.999: min eigenvalue −0.446)."""
     rng = np.random.default_rng(2)
     for d in (2, 5, 12):

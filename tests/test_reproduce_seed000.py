@@ -1,9 +1,9 @@
 """scripts/reproduce_seed000.py: its cells against independent paths, and its --quick outputs.
 
 - the paper-protocol Monte-Carlo (perturbed weights, forward pass) agrees with the package's
-  device-level simulator ``refmem.monte_carlo`` in the α model (same law, spec §13);
+  device-level simulator ``refmem.monte_carlo`` in the α model (same law, theory §13);
 - at α = 0 every repeat is the clean network and the prediction is exact (zero covariance);
-- the exactly quantized cell equals the quantizer applied by hand (spec §14 grid);
+- the exactly quantized cell equals the quantizer applied by hand (theory §14 grid);
 - the log–log fit recovers a known power law;
 - ``--quick`` writes the result set, summary and figures (slow: about a minute).
 """
@@ -53,7 +53,7 @@ def test_alpha_zero_is_the_clean_network_and_the_prediction_is_exact(script):
 
 
 def test_paper_protocol_mc_agrees_with_the_device_level_simulator(script):
-    # same law (spec §13: α noise = crossbar with σ(g) = α g, g_min = 0); compare the
+    # same law (theory §13: α noise = crossbar with σ(g) = α g, g_min = 0); compare the
     # accuracy on 200 images: ours from 60 repeats, the package's from 128 realizations
     alpha, layers = 1.0, (0, 1)
     net = load_model(MODEL)

@@ -24,7 +24,7 @@ from refmem import theory_checks
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "theory.md"
 
-SWEEP_DONE = False
+SWEEP_DONE = True
 """Set to True by scripts/sweep_citations.py once specification citations are rewritten."""
 
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -1,4 +1,4 @@
-"""Statistical acceptance bands for Monte-Carlo tests (spec §19.2–19.3).
+"""Statistical acceptance bands for Monte-Carlo tests (theory §19.2–19.3).
 
 A Monte-Carlo estimate passes if ``|est − theory| ≤ z* SE + atol`` with a Bonferroni
 threshold ``z* = Φ⁻¹(1 − α/(2m))`` for ``m`` simultaneous comparisons and family-wise

@@ -2,7 +2,7 @@
 
 A *golden suite* is one HDF5 file (``refmem-golden-v1.h5``, root attributes
 ``format="refmem-golden"``, ``version=1``) holding small, self-contained test cases of the
-corrected specification (``spec §n``). Other implementations of MemSE-style moment
+corrected specification (``theory §n``). Other implementations of MemSE-style moment
 propagation compute every case their own way, write a *candidate* file and run
 ``refmem check GOLDEN --candidate CANDIDATE.h5``. The format and an adapter guide are in
 ``docs/golden.md``; this docstring is the short version.

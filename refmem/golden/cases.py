@@ -32,7 +32,7 @@ TIERS = {
 
 float64: sums here have ≤ ~300 terms, so rounding is ≲ 300·1.1e-16·κ with a cancellation
 factor κ ≲ 10³ (Γ sums, ρ < 0 ReLU covariances) — about 3e-11; the exact ReLU covariance
-(spec §8.2) by 64-point Gauss–Legendre is good to 2e-11·s₁s₂. 1e-9 leaves ≥ 30× headroom.
+(theory §8.2) by 64-point Gauss–Legendre is good to 2e-11·s₁s₂. 1e-9 leaves ≥ 30× headroom.
 float32: ε₃₂ = 6e-8 per operation, the same sums give ≲ 2e-5 relative; an independent
 float32 implementation (``tests/golden_mutants.py``) reaches ≤ 2 % of this tier, and every
 deliberate formula error there still moves a compared quantity by ≥ 10× it (measured ≥ 80×).
@@ -104,13 +104,13 @@ def _rng(cid):
 
 
 def _x(rng, shape, lo=0.1, hi=1.0):
-    """Non-binary deterministic inputs (E X ≠ E X², spec §11)."""
+    """Non-binary deterministic inputs (E X ≠ E X², theory §11)."""
     return rng.uniform(lo, hi, size=(B,) + tuple(shape))
 
 
 def _cov(rng, L, scale=1.0, rank=3, jitter=0.25):
     """A random correlated covariance per input, (B, L, L): low rank (both-sign correlations,
-    |ρ| up to ~0.9) plus a diagonal (spec §19.8 correlated inputs)."""
+    |ρ| up to ~0.9) plus a diagonal (theory §19.8 correlated inputs)."""
     out = np.empty((B, L, L))
     for b in range(B):
         F = rng.normal(size=(L, rank))
@@ -190,7 +190,7 @@ def _c_dense_bn(rng):
                    rng.uniform(0.5, 2.0, 5), 1e-5)
     net = Network([_dense(rng, 5, 6, bias=False), bn], (6,))
     return CaseDef("dense_batchnorm", "FC layer without bias followed by batchnorm: fused before "
-                   "w^u and λ (spec §7); the fusion creates a noisy bias row", net, _x(rng, (6,)),
+                   "w^u and λ (theory §7); the fusion creates a noisy bias row", net, _x(rng, (6,)),
                    CrossbarConfig(sigma=0.05, g_min=0.1, g_u=1.0),
                    detects=("D5b",), features=("batchnorm",))
 
@@ -305,7 +305,7 @@ def _c_conv_bn(rng):
                    rng.uniform(0.5, 2.0, 3), 1e-5)
     net = Network([_conv(rng, 3, 1, 3, 1, 0, bias=False), bn], (1, 5, 5))
     return CaseDef("conv_batchnorm_ur", "UR conv without bias + batchnorm (per-channel fusion, "
-                   "spec §7), layer design", net, _x(rng, (1, 5, 5)),
+                   "theory §7), layer design", net, _x(rng, (1, 5, 5)),
                    CrossbarConfig(sigma=0.05, g_min=0.1, g_u=1.0, design="layer", mapping="UR"),
                    detects=("D5b", "D9", "D23"), features=("batchnorm",))
 
@@ -314,7 +314,7 @@ def _c_conv_bn(rng):
 def _c_alpha(rng):
     net = Network([_dense(rng, 5, 6), ReLU(), _dense(rng, 3, 5)], (6,))
     return CaseDef("alpha_mlp2", "MohammadiRad & Sojodishijani multiplicative noise (1+αN)w, "
-                   "α = 0.25, on both layers, no device noise (spec §13)", net, _x(rng, (6,)),
+                   "α = 0.25, on both layers, no device noise (theory §13)", net, _x(rng, (6,)),
                    CrossbarConfig(alpha=0.25, g_min=0.0, g_u=1.0), features=("alpha",))
 
 
@@ -411,7 +411,7 @@ def build_cases(only=None) -> list:
 # ---------------------------------------------------------------------- evaluation with refmem
 def recompute_case(network, x, config, input_cov=None) -> dict:
     """All compared quantities of one case computed by refmem (``refmem moments --cov
-    --per-layer``): dataset name → float64 array (spec §4–§11, §15)."""
+    --per-layer``): dataset name → float64 array (theory §4–§11, §15)."""
     from ..mapping import map_network
     from ..moments import propagate
 

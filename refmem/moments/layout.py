@@ -2,11 +2,11 @@
 
 A deterministic input makes the first crossbar layer's output covariance block-diagonal:
 across output channels for a UR convolution (every position of a channel shares the same
-devices, no device is shared between channels; spec §5) and diagonal for a UL convolution or
-an FC layer (every column has its own devices; spec §4, §6). A ReLU keeps a zero
+devices, no device is shared between channels; theory §5) and diagonal for a UL convolution or
+an FC layer (every column has its own devices; theory §4, §6). A ReLU keeps a zero
 cross-covariance at zero (two jointly Gaussian variables with zero covariance are
 independent, so are their rectifications; Eq. (28) also gives 0), and average pooling works
-within a channel (spec §7). So until the next crossbar layer mixes the channels the
+within a channel (theory §7). So until the next crossbar layer mixes the channels the
 covariance can be carried as its diagonal blocks: for the 13-conv CNN that is 16 blocks of
 1024² instead of one 16384² matrix (128 MB instead of 2 GB).
 

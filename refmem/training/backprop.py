@@ -13,7 +13,7 @@ Two levels, in the style of a teaching library:
    ``gamma``, ``beta``, ``running_mean``, ``running_var``), so :meth:`to_layer` returns the
    matching :mod:`refmem.layers` object without any re-layout.
 
-Shapes carry the batch axis first: flat ``(B, n)`` or NCHW ``(B, C, H, W)`` (spec §1).
+Shapes carry the batch axis first: flat ``(B, n)`` or NCHW ``(B, C, H, W)`` (theory §1).
 
 Notation: ``dy`` is the upstream gradient, ``dx`` the gradient with respect to the layer
 input, ``dW`` / ``db`` with respect to weight / bias. All arithmetic stays in the dtype of the
@@ -83,7 +83,7 @@ def dense_backward(dy, x, weight, has_bias=True):
 
 # ======================================================================== conv2d
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, idx=None):
-    """2-D cross-correlation by im2col (spec §5) with :func:`refmem.layers.im2col_index`.
+    """2-D cross-correlation by im2col (theory §5) with :func:`refmem.layers.im2col_index`.
 
     Parameters
     ----------
@@ -109,7 +109,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, idx=None):
     F = conv_output_size(in_shape[2], k, stride, padding)
     patches = im2col(x.reshape(B, -1), idx)                        # (B, n_pos, taps)
     n_pos, taps = idx.shape
-    W_ur = weight.reshape(C_out, -1).T                            # (taps, C_out), spec §5
+    W_ur = weight.reshape(C_out, -1).T                            # (taps, C_out), theory §5
     # one 2-D GEMM over all (sample, position) rows: numpy's stacked 3-D matmul does not
     # reach BLAS for these shapes and is 10-300x slower
     y = patches.reshape(B * n_pos, taps) @ W_ur                   # (B n_pos, C_out)
@@ -203,7 +203,7 @@ def conv2d_backward(dy, cache, weight, has_bias=True):
 
 # ======================================================================== avgpool2d
 def avgpool2d_forward(x, kernel_size):
-    """Average pooling, kernel = stride = κ, no padding (spec §7); trailing rows/cols dropped.
+    """Average pooling, kernel = stride = κ, no padding (theory §7); trailing rows/cols dropped.
 
     Returns ``y`` of shape ``(B, C, H // κ, W // κ)``.
     """

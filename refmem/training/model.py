@@ -70,7 +70,7 @@ class Sequential:
             v[...] = a
 
     def crossbar_layers(self) -> list:
-        """Positions of the dense / conv2d layers (crossbar order of spec §3)."""
+        """Positions of the dense / conv2d layers (crossbar order of theory §3)."""
         return [i for i, l in enumerate(self.layers) if isinstance(l, (TDense, TConv2d))]
 
     @property

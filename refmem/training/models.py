@@ -17,7 +17,7 @@ Notes
 Kern et al. do not state the dropout probabilities; ``p_block=0.2`` and
 ``p_classifier=0.5`` are this implementation's choice (both are arguments). Convolutions
 followed by batchnorm have no bias by default (the batchnorm shift makes it redundant; fusion
-at mapping time creates the crossbar bias row, spec §7).
+at mapping time creates the crossbar bias row, theory §7).
 """
 
 from __future__ import annotations

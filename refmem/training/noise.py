@@ -4,9 +4,9 @@ MohammadiRad & Sojodishijani conclude that "a larger network will have better to
 noisy weights only if the noisy weights are taken into account during the training phase"
 (seed 000, Sec. VI). The two noise models of refmem are offered:
 
-:class:`MultiplicativeNoise` (seed 000, spec §13)
+:class:`MultiplicativeNoise` (seed 000, theory §13)
     ``w -> (1 + α ξ) w`` with ``ξ ~ N(0, 1)`` independently for every weight and bias.
-:class:`DeviceNoise` (Kern et al., spec §3–§4)
+:class:`DeviceNoise` (Kern et al., theory §3–§4)
     every weight (and bias row) is a differential pair of devices with noise std σ each, so in
     weight units it receives additive ``N(0, 2σ²/λ²)`` with ``λ = (g_u − g_min)/w^u`` and
     ``w^u`` the max-abs weight (bias included) over the ``scalar`` / ``layer`` / ``column``
@@ -107,13 +107,13 @@ class DeviceNoise(WeightNoise):
     Parameters
     ----------
     sigma : float >= 0
-        Standard deviation of one device (constant model, spec §2 A1); a pair has 2σ².
+        Standard deviation of one device (constant model, theory §2 A1); a pair has 2σ².
     g_u : float or sequence of float
         Upper conductance, one value or one per crossbar layer (``design="layer"`` or
         ``"column"``; with ``"scalar"`` a single value).
     g_min : float, default 0
     design : {"scalar", "layer", "column"}
-        Scope of ``w^u`` (spec §3.1): all crossbar layers together, each layer, or each output
+        Scope of ``w^u`` (theory §3.1): all crossbar layers together, each layer, or each output
         neuron / output channel; the bias is always inside the scope.
     layers : see :class:`MultiplicativeNoise`
     """
