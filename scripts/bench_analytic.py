@@ -211,25 +211,47 @@ def fig6_rows(t_analytic, pilot):
 
 # ---------------------------------------------------------------------- output
 def write_h5(path, record):
-    """The HDF5 result set (one writer: refmem.hdf5io.write_result)."""
-    from refmem.hdf5io import standard_attrs, write_result
-    ds = {}
-    for i, r in enumerate(record["analytic"]):
-        for k in ("first_s", "warm_s", "peak_rss_gb"):
-            ds.setdefault(f"analytic_{k}", []).append(np.nan if r.get(k) is None else r[k])
-    ds = {k: np.asarray(v, dtype=np.float64) for k, v in ds.items()}
-    ds["analytic_config"] = np.array([json.dumps(r["spec"]) for r in record["analytic"]],
-                                     dtype="S")
+    """The HDF5 result set (``kind = "bench_analytic"``, through :func:`refmem.io.write_result`):
+    one row per timed analytic configuration and per Fig. 6 row, the whole record as JSON in
+    the root attribute ``record``."""
+    from refmem.io import write_result
+    rows = record["analytic"]
+    col = {k: np.array([np.nan if r.get(k) is None else r[k] for r in rows], dtype=np.float64)
+           for k in ("first_s", "warm_s", "peak_rss_gb")}
+    per = "per timed analytic configuration (row i of analytic_config)"
+    ds = {
+        "analytic_first_s": (col["first_s"], {
+            "units": "s", "description": "wall time of the first analytic pass (moments and "
+            f"power) in a fresh process, {per}", "equation": "theory §4-§8, §11"}),
+        "analytic_warm_s": (col["warm_s"], {
+            "units": "s", "description": "wall time of a warm analytic pass (the fastest of the "
+            f"later calls; NaN when only one call ran), {per}",
+            "equation": "theory §4-§8, §11"}),
+        "analytic_peak_rss_gb": (col["peak_rss_gb"], {
+            "units": "GiB", "description": f"peak resident memory of the timing process, {per}"}),
+        "analytic_config": (np.array([json.dumps(r["spec"]) for r in rows], dtype="S"), {
+            "units": "1", "description": "JSON of each timed configuration: network, mapping, "
+            "ReLU covariance rule (and inputs, sigma when not the defaults)"}),
+    }
     f6 = record["fig6"]
     if f6:
-        ds["fig6_speedup"] = np.array([r["speedup"] for r in f6])
-        ds["fig6_n"] = np.array([r["n"] for r in f6])
-        ds["fig6_config"] = np.array([json.dumps({k: r[k] for k in ("net", "mapping", "sigma",
-                                                                    "z", "p", "pilot")})
-                                      for r in f6], dtype="S")
-    attrs = standard_attrs(None, command="bench_analytic",
-                           record=json.dumps(record, default=float))
-    write_result(path, ds, attrs)
+        ds["fig6_speedup"] = (np.array([r["speedup"] for r in f6], dtype=np.float64), {
+            "units": "1", "description": "Kern et al. Fig. 6 speed-up n * t_MC / t_analytic "
+            "(n * t_MC extrapolated from the pilot, not run), per row of fig6_config",
+            "equation": "Eq. (46)"})
+        ds["fig6_n"] = (np.array([r["n"] for r in f6]), {
+            "units": "1", "description": "Monte-Carlo sample count for relative error p at "
+            "confidence z from the pilot's mean and standard deviation, per row of fig6_config",
+            "equation": "Eq. (46)"})
+        ds["fig6_config"] = (np.array([json.dumps({k: r[k] for k in ("net", "mapping", "sigma",
+                                                                      "z", "p", "pilot")})
+                                       for r in f6], dtype="S"), {
+            "units": "1", "description": "JSON of each Fig. 6 row: network, mapping, sigma, "
+            "z, p and the pilot's realization count"})
+    attrs = {"command": " ".join(["scripts/bench_analytic.py"] + sys.argv[1:]),
+             "record": json.dumps(record, default=float)}
+    write_result(path, "bench_analytic", ds, attrs=attrs,
+                 allow_nonfinite=("analytic_warm_s",))
 
 
 def fmt(v, nd=1):

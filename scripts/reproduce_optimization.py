@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from refmem.config import CrossbarConfig  # noqa: E402
 from refmem.datasets import apply_preprocessing, load_split  # noqa: E402
 from refmem.executor import Executor, run_grid  # noqa: E402
-from refmem.hdf5io import standard_attrs, write_result  # noqa: E402
+from refmem.io import write_result  # noqa: E402
 from refmem.mapping import map_network  # noqa: E402
 from refmem.modelfile import load_model  # noqa: E402
 from refmem.moments import propagate  # noqa: E402
@@ -55,6 +55,7 @@ from refmem.optimize import (Evaluator, Problem, convert_genome, evaluate, kkt_b
 DIABETES_MODEL = ROOT / "data" / "models" / "diabetes_mlp_10-50-1.h5"
 CNN_MODEL = ROOT / "data" / "models" / "fashion-mnist_cnn13_w8.h5"
 DESIGNS = ("scalar", "layer", "column")
+KIND = "reproduce_optimization"          # the kind of fig7.h5, fig8.h5 and the Fig. 9 files
 
 
 def _log(*a):
@@ -89,6 +90,7 @@ def run_fig7(args):
     out.mkdir(parents=True, exist_ok=True)
     naval = (args.naval, args.naval_model) if args.naval else None
     model, x, y, x_test, y_test, idx = fig7_data(naval, seed=args.seed)
+    model_path = str(DIABETES_MODEL if not naval else naval[1])
     cfg = CrossbarConfig(sigma=0.1, g_min=0.0, g_max=args.gmax)
     floor = float(np.mean((model.forward(x) - y.reshape(len(y), -1)) ** 2))
     factors = [1.05, 1.2, 2.0] if args.quick else [1.02, 1.05, 1.1, 1.2, 1.5, 2.0, 3.0]
@@ -106,18 +108,19 @@ def run_fig7(args):
                 res = optimize(prob, "column", population=pop, generations=gens, seed=args.seed,
                                map_fn=ex.map, checkpoint=path.with_suffix(".ckpt.h5"),
                                progress=not args.quiet, log=_log)
-                attrs = standard_attrs(cfg.with_(design="column", g_u=prob.gu_value("column", res.g_u)),
-                                       command="reproduce_optimization fig7", factor=f,
-                                       floor=floor, seconds=time.time() - t0,
-                                       batch_indices=idx.tolist(), population=pop, generations=gens,
-                                       seed=args.seed, n_passes=res.n_passes)
-                write_optimization(path, res, attrs)
+                attrs = {"config": cfg.with_(design="column",
+                                             g_u=prob.gu_value("column", res.g_u)),
+                         "command": _command(args), "factor": f, "floor": floor,
+                         "seconds": time.time() - t0, "batch_indices": idx.tolist(),
+                         "population": pop, "generations": gens, "seed": args.seed,
+                         "n_passes": res.n_passes}
+                write_optimization(path, res, attrs, inputs={"model": model_path})
                 path.with_suffix(".ckpt.h5").unlink(missing_ok=True)
             rows.append(_fig7_row(path, model, cfg, x_test, y_test))
             r = rows[-1]
             _log(f"  ν = {r['nu']:.6g}: power scalar {r['power'][0]:.6g}, layer {r['power'][1]:.6g}"
                  f" ({r['method'][1]}), column {r['power'][2]:.6g} ({r['method'][2]})")
-    _fig7_collect(out, rows, floor, factors)
+    _fig7_collect(out, rows, floor, factors, _command(args))
 
 
 def _fig7_row(path, model, cfg, x_test, y_test):
@@ -145,22 +148,15 @@ def _fig7_row(path, model, cfg, x_test, y_test):
     return r
 
 
-def _fig7_collect(out, rows, floor, factors):
+def _fig7_collect(out, rows, floor, factors, command=None):
     plt = _plt()
     nu = np.array([r["nu"] for r in rows])
     P = np.array([r["power"] for r in rows])
     M = np.array([r["mse"] for r in rows])
     T = np.array([r["test_mse"] for r in rows])
-    ga = np.array([r["ga_power"] for r in rows])
-    kkt = np.array([r["kkt_power"] for r in rows])
-    meth = np.array([[m.encode() for m in r["method"]] for r in rows])
-    write_result(out.parent / "fig7.h5", {
-        "axes/max_mse": nu, "power": P, "mse_targets_batch": M, "mse_targets_test": T,
-        "power_ga": ga, "power_kkt": kkt, "method": meth,
-        "feasible": np.array([r["feasible"] for r in rows])},
-        standard_attrs(None, figure="Kern et al. Fig. 7", designs=list(DESIGNS),
-                       floor=floor, factors=list(factors),
-                       units_power="[G][V]^2 per inference (mean over the batch)"))
+    write_fig7(out.parent / "fig7.h5", rows, {
+        "figure": "Kern et al. Fig. 7", "designs": list(DESIGNS), "floor": floor,
+        "factors": list(factors), "command": command})
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for j, d in enumerate(DESIGNS):
         ax[0].plot(nu, P[:, j], "o-", label=d)
@@ -249,12 +245,12 @@ def run_fig8(args):
     acc = np.array([float(r["accuracy"]) for r in res.values()])
     se = np.array([float(r["accuracy_se"]) for r in res.values()])
     rho = spearmanr(mse, acc)
-    write_result(Path(args.out) / "fig8.h5", {"mse_batch_max": mse, "accuracy": acc,
-                                             "accuracy_se": se},
-                 standard_attrs(None, figure="Kern et al. Fig. 8", spearman=float(rho.statistic),
-                                spearman_p=float(rho.pvalue), n_sets=n_sets,
-                                eval_indices=ev_idx[:len(x_ev)].tolist(), mc_images=len(x_te),
-                                mc_n=args.mc_n, crossbar=json.dumps(cfg)))
+    write_fig8(Path(args.out) / "fig8.h5", mse, acc, se,
+               {"figure": "Kern et al. Fig. 8", "spearman": float(rho.statistic),
+                "spearman_p": float(rho.pvalue), "n_sets": n_sets,
+                "eval_indices": ev_idx[:len(x_ev)].tolist(), "mc_images": len(x_te),
+                "mc_n": args.mc_n, "crossbar": json.dumps(cfg), "command": _command(args)},
+               inputs={"model": str(args.cnn_model)})
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.errorbar(mse, acc, yerr=se, fmt="o", ms=3)
@@ -325,9 +321,11 @@ def run_fig9(args):
                     if x_check is not None:         # the bound checked on the larger batch
                         chk = Problem(model, cfg, x_check, nu)
                         ds[f"{d}/mse_batch_check"] = np.float64(evaluate(chk, d, r["g_u"]).mse)
-                write_result(path, ds, standard_attrs(cfg, max_mse=nu, seconds=time.time() - t0,
-                                                      n_passes=ev.n_passes, population=pop,
-                                                      generations=gens))
+                write_fig9_point(path, ds, {"config": cfg, "max_mse": nu,
+                                            "seconds": time.time() - t0, "n_passes": ev.n_passes,
+                                            "population": pop, "generations": gens,
+                                            "command": _command(args)},
+                                 inputs={"model": str(args.cnn_model)})
                 path.with_suffix(".ckpt.h5").unlink(missing_ok=True)
             with h5py.File(path) as f:
                 rows.append({d: {k: f[f"{d}/{k}"][()] for k in ("accuracy", "accuracy_se",
@@ -348,6 +346,86 @@ def run_fig9(args):
     fig.tight_layout()
     fig.savefig(Path(args.out) / "fig9.png", dpi=120)
     plt.close(fig)
+
+
+# ============================================================================ output
+_Y2, _PW = "y^2", "g*x^2"          # units of docs/result_format.md
+# name → (units, description, equation)
+FIG7_META = {
+    "axes/max_mse": (_Y2, "bound ν on mse_targets_batch of each row (a multiple of the "
+                     "noiseless batch MSE)", "theory §12, Eq. (45)"),
+    "power": (_PW, "minimized expected read power per inference, mean over the evaluation "
+              "batch (bound ν, design scalar/layer/column)", "theory §11, §22"),
+    "mse_targets_batch": (_Y2, "MSE against the targets reached by that solution, mean over the "
+                          "evaluation batch (ν, design)", "theory §9, Eq. (45)"),
+    "mse_targets_test": (_Y2, "the same solution's MSE against the targets on the test split "
+                         "(ν, design)", "theory §9"),
+    "power_ga": (_PW, "lowest power of a feasible GA individual (ν, design; NaN: none "
+                 "feasible)", "theory §12, §22.4"),
+    "power_kkt": (_PW, "lowest power of a feasible Lagrange/KKT baseline point (ν, design; "
+                  "NaN: none feasible)", "theory §22.3"),
+    "method": ("1", "how the returned solution was produced (ga, kkt, warm-start, …) (ν, "
+               "design)", "theory §22"),
+    "feasible": ("1", "the solution satisfies its bound ν (ν, design)", "Eq. (45)"),
+}
+FIG8_META = {
+    "mse_batch_max": (_Y2, "analytic MSE maximised over the inputs of the class-balanced "
+                      "evaluation batch, per random column-wise g_u set", "theory §9, Eq. (7)"),
+    "accuracy": ("1", "Monte-Carlo accuracy on the test subset, per g_u set", "theory §19"),
+    "accuracy_se": ("1", "standard error of accuracy", "theory §19.2"),
+}
+FIG9_META = {
+    "g_u": ("g", "genome of the design's solution (scalar: one g_u; layer: one per crossbar "
+            "layer)", "theory §3, §12"),
+    "mse_batch": (_Y2, "the constrained mse_batch of the solution on the evaluation batch",
+                  "theory §9, Eq. (45)"),
+    "power_batch": (_PW, "expected read power per inference of the solution, mean over the "
+                    "evaluation batch", "theory §11"),
+    "accuracy": ("1", "Monte-Carlo accuracy of the solution on the test subset", "theory §19"),
+    "accuracy_se": ("1", "standard error of accuracy", "theory §19.2"),
+    "power_test": (_PW, "analytic expected read power per inference of the solution, mean "
+                   "over the first --power-images test images", "theory §11"),
+    "method": ("1", "how the solution was produced (bisection, ga, kkt, warm-start)",
+               "theory §22"),
+    "mse_batch_check": (_Y2, "the solution's mse_batch on the larger class-balanced check "
+                        "batch", "theory §9"),
+}
+
+
+def _described(table, values):
+    return {k: (np.asarray(v), dict(zip(("units", "description", "equation"),
+                                        table[k.rsplit("/", 1)[-1] if k not in table else k])))
+            for k, v in values.items()}
+
+
+def _command(args):
+    return " ".join(["scripts/reproduce_optimization.py"] + list(getattr(args, "argv", None)
+                                                                 or sys.argv[1:]))
+
+
+def write_fig7(path, rows, attrs, inputs=()):
+    """``fig7.h5`` (kind :data:`KIND`) from the per-bound rows of :func:`_fig7_row`."""
+    ds = {"axes/max_mse": [r["nu"] for r in rows], "power": [r["power"] for r in rows],
+          "mse_targets_batch": [r["mse"] for r in rows],
+          "mse_targets_test": [r["test_mse"] for r in rows],
+          "power_ga": [r["ga_power"] for r in rows], "power_kkt": [r["kkt_power"] for r in rows],
+          "method": np.array([[m.encode() for m in r["method"]] for r in rows]),
+          "feasible": np.array([r["feasible"] for r in rows], dtype=bool)}
+    return write_result(path, KIND, _described(FIG7_META, ds), attrs=attrs, inputs=inputs,
+                        allow_nonfinite=("power_ga", "power_kkt"))
+
+
+def write_fig8(path, mse, acc, se, attrs, inputs=()):
+    """``fig8.h5`` (kind :data:`KIND`): one entry per random g_u set."""
+    ds = {"mse_batch_max": mse, "accuracy": acc, "accuracy_se": se}
+    return write_result(path, KIND, _described(FIG8_META, ds), attrs=attrs, inputs=inputs)
+
+
+def write_fig9_point(path, ds, attrs, inputs=()):
+    """One Fig. 9 bound (kind :data:`KIND`): ``DESIGN/NAME`` datasets of :data:`FIG9_META`."""
+    return write_result(path, KIND, _described(FIG9_META, ds), attrs=attrs, inputs=inputs,
+                        allow_nonfinite=[k for k in ds if k.endswith(("/mse_batch",
+                                                                      "/power_batch"))])
 
 
 # ============================================================================ CLI
@@ -383,6 +461,7 @@ def main(argv=None):
     p.add_argument("--power-images", type=int, default=20)
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     figs = ["fig7", "fig8", "fig9"] if args.figure == "all" else [args.figure]
     gmax = args.gmax
     for f in figs:

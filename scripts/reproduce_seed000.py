@@ -401,10 +401,103 @@ def any_cell(p, ss):
 
 
 # ============================================================================ results
+_TEST = "the whole test split"
+_SUB = "the class-stratified analytic subset"
+# name inside a group → (units, description, equation); y is the unit of the network output
+# (logits), docs/result_format.md
+SEED000_META = {
+    "axes/alpha": ("1", "multiplicative weight-noise level α of each point, w -> (1 + α ξ) w",
+                   "theory §13"),
+    "axes/bits": ("1", "weight bits k of the target layers at each point", "theory §14"),
+    # noise series: Monte-Carlo as the paper (one realization of every weight per repeat)
+    "mc/accuracy_repeats": ("1", f"accuracy on {_TEST} of each Monte-Carlo repeat (α, repeat)",
+                            "theory §13"),
+    "mc/accuracy_mean": ("1", "mean over the repeats of mc/accuracy_repeats", "theory §13"),
+    "mc/accuracy_std": ("1", "standard deviation over the repeats of mc/accuracy_repeats "
+                        "(ddof 1; the paper's error bar)", "theory §13"),
+    "mc/accuracy_mean_se": ("1", "standard error of mc/accuracy_mean", "theory §19.2"),
+    "mc/mse_batch": ("y^2", f"Monte-Carlo MSE against the noiseless outputs, mean over {_TEST}, "
+                     "the outputs and the repeats", "theory §9, §13"),
+    # noise series: analytic prediction on the subset, and the Monte-Carlo on the same subset
+    "analytic/accuracy": ("1", f"accuracy predicted from the analytic output moments, per input "
+                          f"of {_SUB} (α, input)", "theory §13, §21"),
+    "analytic/accuracy_mean": ("1", f"analytic/accuracy averaged over {_SUB}", "theory §21"),
+    "analytic/accuracy_error_bound": ("1", "numerical error bound of analytic/accuracy_mean",
+                                      "theory §21.3"),
+    "analytic/mse_batch": ("y^2", f"analytic MSE against the noiseless outputs, mean over {_SUB} "
+                           "and the outputs", "theory §9, §13"),
+    "subset/mc_accuracy_mean": ("1", f"Monte-Carlo accuracy on {_SUB}, mean over the repeats",
+                                "theory §13"),
+    "subset/mc_accuracy_mean_se": ("1", "standard error of subset/mc_accuracy_mean",
+                                   "theory §19.2"),
+    "subset/mc_accuracy_per_input": ("1", f"fraction of the repeats in which each input of {_SUB} "
+                                     "is classified correctly (α, input)", "theory §21"),
+    "subset/mc_mse_batch": ("y^2", f"Monte-Carlo MSE against the noiseless outputs on {_SUB}, "
+                            "mean over the inputs, outputs and repeats", "theory §9, §13"),
+    "subset/mc_mse_batch_se": ("y^2", "standard error of subset/mc_mse_batch", "theory §19.2"),
+    # quantization series
+    "fixed/accuracy": ("1", f"accuracy of the exactly quantized network on {_TEST}",
+                       "theory §14"),
+    "fixed/mse_batch": ("y^2", f"MSE of the exactly quantized network against the unquantized "
+                        f"outputs, mean over {_TEST} and the outputs", "theory §9, §14"),
+    "dither_model/accuracy_mean": ("1", f"accuracy predicted by the Δ²/12 (dithered) "
+                                   f"quantization model on {_SUB}", "theory §14, §21"),
+    "dither_model/accuracy_error_bound": ("1", "numerical error bound of "
+                                         "dither_model/accuracy_mean", "theory §21.3"),
+    "dither_model/mse_batch": ("y^2", f"MSE predicted by the Δ²/12 model on {_SUB}",
+                               "theory §9, §14"),
+    "subset/fixed_accuracy": ("1", f"accuracy of the exactly quantized network on {_SUB}",
+                              "theory §14"),
+    "subset/fixed_mse_batch": ("y^2", f"MSE of the exactly quantized network on {_SUB}",
+                               "theory §9, §14"),
+    # noise-aware training, dataset-size proxy, the reasons study
+    "aware/accuracy_repeats": ("1", f"accuracy on {_TEST} of the noise-aware trained network "
+                               "(α, repeat), noise on every layer", "theory §13"),
+    "plain/accuracy_repeats": ("1", f"accuracy on {_TEST} of the plainly trained network "
+                               "(α, repeat), same random numbers", "theory §13"),
+    "aware/clean": ("1", f"noiseless accuracy of the noise-aware trained network on {_TEST}", ""),
+    "plain/clean": ("1", f"noiseless accuracy of the plainly trained network on {_TEST}", ""),
+    "aware/train_seconds": ("s", "wall time of the noise-aware training", ""),
+    "clean": ("1", f"noiseless accuracy of the network on {_TEST}", ""),
+    "train_seconds": ("s", "wall time of the training", ""),
+}
+_TARGET_TEXT = {"first": "the first layer", "second": "the second layer",
+                "third": "the third layer", "all": "every layer"}
+_VARIANT_TEXT = {"paper": "as in the main grid (weights and biases)",
+                 "no_bias_noise": "noise on the weights only",
+                 "relu_output": "the output layer rectified too (their Eq. (1c))"}
+
+
+def seed000_meta(name):
+    """``{"units", "description", "equation"}`` of a dataset inside a group of the result set."""
+    if name in SEED000_META:
+        units, desc, eq = SEED000_META[name]
+    elif name.endswith("/accuracy_repeats") and name.split("/")[0] in _TARGET_TEXT:
+        t = name.split("/")[0]
+        units, desc, eq = ("1", f"accuracy on {_TEST} (α, repeat) with noise on "
+                           f"{_TARGET_TEXT[t]}", "theory §13")
+    elif "_" in name and name.rsplit("_", 1)[0] in _VARIANT_TEXT \
+            and name.rsplit("_", 1)[1] in _TARGET_TEXT:
+        v, t = name.rsplit("_", 1)
+        units, desc, eq = ("1", f"accuracy on {_TEST} (α, repeat) with noise on "
+                           f"{_TARGET_TEXT[t]}, {_VARIANT_TEXT[v]}", "theory §13")
+    else:
+        raise KeyError(f"reproduce_seed000: no units/description for dataset {name!r}")
+    return {"units": units, "description": desc, "equation": eq}
+
+
 def write_results(path, datasets, attrs, groups):
-    """The one writer of the result set (switches to refmem.io.write_result once it lands)."""
-    from refmem.hdf5io import standard_attrs, write_result
-    write_result(path, datasets, {**standard_attrs(None), **attrs}, groups)
+    """The one writer of the result set: ``kind = "reproduce_seed000"`` through
+    :func:`refmem.io.write_result`, every dataset described by :func:`seed000_meta` (standard
+    deviations and standard errors may be NaN: one repeat)."""
+    from refmem.io import write_result
+
+    def described(d):
+        return {k: (np.asarray(v), seed000_meta(k)) for k, v in d.items()}
+    gs = {g: described(d) for g, d in groups.items()}
+    nan_ok = [f"{g}/{k}" for g, d in gs.items() for k in d if k.endswith(("_std", "_se"))]
+    write_result(path, "reproduce_seed000", described(datasets), attrs=attrs, groups=gs,
+                 allow_nonfinite=nan_ok)
 
 
 def loglog_fit(alphas, acc, clean):
@@ -456,8 +549,9 @@ def alpha_at(alphas, acc, level):
     return float(10 ** (la + t * (lb - la)))
 
 
-def assemble(S, cells, results, out_dir):
-    """Group the cells into the result set, the summary and the figures."""
+def assemble(S, cells, results, out_dir, command=None):
+    """Group the cells into the result set, the summary and the figures (``command``: the
+    command line, recorded in the result set)."""
     groups, summary = {}, {"noise": {}, "quant": {}, "aware": {}, "proxy": {}}
     # ---- noise (MNIST and Fashion)
     series = {}
@@ -571,7 +665,8 @@ def assemble(S, cells, results, out_dir):
                                      for k, v in S.items()}),
              "noise_model": "w -> (1 + alpha N(0,1)) w on weights and biases of the target layers",
              "monte_carlo": "one realization of all weights per repeat, accuracy on the whole test split",
-             "analytic_subset": "first n/10 test images of every class"}
+             "analytic_subset": "first n/10 test images of every class",
+             "command": command}
     write_results(out_dir / "seed000.h5", {}, attrs, groups)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     (out_dir / "tables.md").write_text(report_tables(summary))
@@ -883,7 +978,9 @@ def main(argv=None):
                       f"({ex.workers if ex.kind != 'dask' else args.scheduler})")
                 results = run_grid(any_cell, cells, out_dir / "grid", executor=ex,
                                    seed=args.seed, progress=not args.no_progress)
-        groups, summary = assemble(S, cells, results, out_dir)
+        command = " ".join(["scripts/reproduce_seed000.py"]
+                           + list(sys.argv[1:] if argv is None else argv))
+        groups, summary = assemble(S, cells, results, out_dir, command)
         figs = []
         for ds in ("mnist5k", "fashion-mnist"):
             for depth in (1, 2):

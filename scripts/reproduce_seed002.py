@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from refmem import CrossbarConfig, map_network  # noqa: E402
 from refmem.datasets import apply_preprocessing, load_split  # noqa: E402
 from refmem.errors import RefmemError  # noqa: E402
-from refmem.hdf5io import standard_attrs, write_result  # noqa: E402
+from refmem.io import write_result  # noqa: E402
 from refmem.modelfile import load_model  # noqa: E402
 from refmem.moments import propagate  # noqa: E402
 from refmem.montecarlo import monte_carlo  # noqa: E402
@@ -276,6 +276,84 @@ def plot_closure(groups, path):
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------- output
+_AN, _MC = "theory §9, Eq. (7)", "theory §19"
+# last name component → (units, description, equation); y is the network output's unit,
+# g the conductance unit (docs/result_format.md)
+SEED002_META = {
+    # Fig. 4 (the diabetes MLP, one entry per (g_u, σ) point)
+    "g_u": ("g", "conductance unit g_u of each Fig. 4 point (scalar design, g_min = 0)",
+            "theory §3"),
+    "sigma": ("g", "device noise standard deviation σ of each point", "theory §2"),
+    "mse_analytic": ("y^2", "analytic MSE against the noiseless output (exact ReLU covariance), "
+                     "mean over the inputs and outputs", _AN),
+    "mse_mc": ("y^2", "plain Monte-Carlo MSE against the noiseless output, mean over the "
+               "inputs and outputs (NaN where no Monte-Carlo ran)", _MC),
+    "mse_mc_se": ("y^2", "Monte-Carlo standard error of mse_mc", "theory §19.2"),
+    "mse_targets_analytic": ("y^2", "analytic MSE against the ground-truth targets, "
+                             "var + (mean - t)^2 averaged over the inputs", "theory §9"),
+    "mse_targets_mc": ("y^2", "Monte-Carlo MSE against the targets from the sampled moments, "
+                       "E(y-z)^2 + 2(z-t)E(y-z) + (z-t)^2 averaged over the inputs", _MC),
+    "mse_targets_mc_se": ("y^2", "upper bound of the standard error of mse_targets_mc (mean "
+                          "over the inputs of the per-input standard errors)", "theory §19.2"),
+    "mse_targets_noiseless": ("y^2", "MSE of the noiseless network against the targets (the "
+                              "floor of Fig. 4b)", "theory §9"),
+    # Fig. 5 (the 13-conv CNN, one entry per σ)
+    "mse_taylor": ("y^2", "analytic MSE with the first-order Taylor ReLU covariance (NaN when "
+                   "skipped or when the Taylor rule is refused)", "theory §8.3, Eq. (28)"),
+    "accuracy_predicted": ("1", "accuracy predicted from the analytic output moments, mean "
+                           "over the images", "theory §21"),
+    "time_analytic": ("s", "wall time of the analytic pass (covariance and per-layer moments)",
+                      ""),
+    "mse_unbiased": ("y^2", "control-variate Monte-Carlo MSE (unbiased), mean over the images "
+                     "(NaN where no Monte-Carlo ran)", "theory §23"),
+    "mse_unbiased_se": ("y^2", "standard error of mse_unbiased", "theory §23"),
+    "bias_rel": ("1", "mse_analytic / mse_unbiased - 1 over the batch: the closure bias",
+                 "theory §20, §23"),
+    "bias_rel_se": ("1", "standard error of bias_rel (delta method)", "theory §23"),
+    "bias_rel_min": ("1", "smallest per-image bias_rel", "theory §20, §23"),
+    "bias_rel_max": ("1", "largest per-image bias_rel", "theory §20, §23"),
+    "variance_reduction": ("1", "plain Monte-Carlo variance per realization / control-variate "
+                           "variance per realization, same draws", "theory §23.2"),
+    "efficiency_gain": ("1", "variance_reduction x (plain wall time / control-variate wall "
+                        "time, pilot and closed form included)", "theory §23.2"),
+    "accuracy_mc": ("1", "Monte-Carlo accuracy, mean over the draws and images", _MC),
+    "accuracy_mc_se": ("1", "standard error of accuracy_mc", "theory §19.2"),
+    # closure groups (per crossbar layer of the width/8 CNN)
+    "position": ("1", "fused-layer index of each crossbar layer (its pre-activation output)",
+                 ""),
+    "rel_err": ("1", "analytic / Monte-Carlo - 1 of the summed squared deviation from the "
+                "noiseless activations, mean over the images (NaN where the Monte-Carlo sum "
+                "is zero)", "theory §20"),
+    "rel_err_se": ("1", "standard error of rel_err", "theory §20, §19.2"),
+    "skew_mean": ("1", "mean over units of the Monte-Carlo skewness of the pre-activation "
+                  "deviation h - h0, mean over the images", "theory §20"),
+    "skew_max": ("1", "largest absolute Monte-Carlo skewness of h - h0 over the units, mean "
+                 "over the images", "theory §20"),
+    "exkurt_mean": ("1", "mean over units of the Monte-Carlo excess kurtosis of h - h0, mean "
+                    "over the images", "theory §20"),
+    "relu_position": ("1", "fused-layer index of the ReLU after each crossbar layer", ""),
+    "relu_rel_err": ("1", "rel_err at the ReLU outputs", "theory §20"),
+}
+
+
+def _described(name, value):
+    units, desc, eq = SEED002_META[name.rsplit("/", 1)[-1]]
+    return (np.asarray(value), {"units": units, "description": desc, "equation": eq})
+
+
+def write_seed002(path, datasets, groups, attrs, inputs=()):
+    """Write the result set (``kind = "reproduce_seed002"``) through
+    :func:`refmem.io.write_result`: every dataset described by :data:`SEED002_META`. NaN is
+    allowed in the Fig. 5 and closure tables (not computed / refused); Fig. 4 must be finite."""
+    ds = {k: _described(k, v) for k, v in datasets.items()}
+    gs = {g: {k: _described(k, v) for k, v in d.items()} for g, d in groups.items()}
+    nan_ok = [k for k in ds if k.startswith("fig5")]
+    nan_ok += [f"{g}/{k}" for g, d in gs.items() for k in d]
+    return write_result(path, "reproduce_seed002", ds, attrs=attrs, groups=gs, inputs=inputs,
+                        allow_nonfinite=nan_ok)
+
+
 # ---------------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -339,13 +417,14 @@ def main(argv=None):
             for k, v in d.items():
                 datasets[f"fig5_w1/{mp}/{k}"] = v
         attrs["fig5_w1"] = json.dumps(m5f)
-    flat = {}
-    for k, v in datasets.items():
-        flat[k] = v
-    a = standard_attrs(None, command="reproduce_seed002", quick=bool(args.quick),
-                       seconds=round(time.perf_counter() - t_start, 1))
-    a.update(attrs)
-    write_result(out / "seed002.h5", flat, a, groups)
+    a = {"command": " ".join(["scripts/reproduce_seed002.py"]
+                             + list(sys.argv[1:] if argv is None else argv)),
+         "quick": bool(args.quick), "seconds": round(time.perf_counter() - t_start, 1), **attrs}
+    used = {"model_fig4": "diabetes_mlp_10-50-1.h5", "model_fig5_w8": "fashion-mnist_cnn13_w8.h5",
+            "model_fig5_w1": "fashion-mnist_cnn13_w1.h5"}
+    inputs = {role: str(MODELS / name) for role, name in used.items()
+              if any(k.startswith(role[6:] + "/") for k in datasets)}
+    write_seed002(out / "seed002.h5", datasets, groups, a, inputs)
     log(f"wrote {out / 'seed002.h5'} in {time.perf_counter() - t_start:.0f} s")
     return 0
 

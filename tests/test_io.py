@@ -447,29 +447,6 @@ def test_cli_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     assert sorted(q.name for q in tmp_path.iterdir()) == ["m.h5", "x.npy"]
 
 
-def test_deprecated_hdf5io_still_writes_through_the_one_writer(tmp_path):
-    import warnings
-
-    from refmem import hdf5io
-    attrs = hdf5io.standard_attrs(None, command="optimize", note="x")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        hdf5io.write_result(tmp_path / "o.h5", {"g_u": np.array([1.0, np.nan]),
-                                                "mse_batch": np.ones(1)}, attrs,
-                            {"layers/00": {"w": np.ones(2)}})
-    r = rio.read_result(tmp_path / "o.h5")
-    assert r.kind == "optimize" and r.meta["g_u"]["units"] == "unspecified"
-    assert r.meta["mse_batch"]["units"] == "y^2"
-    with hdf5io.atomic_h5(tmp_path / "a.h5") as f:
-        f.attrs["command"] = "legacy"
-        f["x"] = np.ones(3)
-    assert rio.file_kind(tmp_path / "a.h5") == "legacy"
-    with pytest.raises(DataError, match="not a refmem 'other'"):
-        with hdf5io.atomic_h5(tmp_path / "a.h5", "other") as f:
-            f["x"] = np.ones(3)
-    assert _leftovers(tmp_path) == []
-
-
 def test_prepare_replaces_only_its_own_files(tmp_path, capsys):
     from refmem.cli import main
     out = tmp_path / "d"
