@@ -288,7 +288,7 @@ SEED002_META = {
     "mse_analytic": ("y^2", "analytic MSE against the noiseless output (exact ReLU covariance), "
                      "mean over the inputs and outputs", _AN),
     "mse_mc": ("y^2", "plain Monte-Carlo MSE against the noiseless output, mean over the "
-               "inputs and outputs (NaN where no Monte-Carlo ran)", _MC),
+               "inputs and outputs (Fig. 5: NaN where no Monte-Carlo ran)", _MC),
     "mse_mc_se": ("y^2", "Monte-Carlo standard error of mse_mc", "theory §19.2"),
     "mse_targets_analytic": ("y^2", "analytic MSE against the ground-truth targets, "
                              "var + (mean - t)^2 averaged over the inputs", "theory §9"),
