@@ -220,10 +220,11 @@ def test_reproduce_optimization_writers(scripts, tmp_path):
         ds.update({f"{d}/g_u": g, f"{d}/mse_batch": np.float64(0.05),
                    f"{d}/power_batch": np.float64(1.0), f"{d}/accuracy": np.float64(0.9),
                    f"{d}/accuracy_se": np.float64(0.01), f"{d}/power_test": np.float64(1.1),
-                   f"{d}/method": np.bytes_("ga")})
+                   f"{d}/method": np.bytes_("ga"), f"{d}/mse_batch_check": np.float64(0.06)})
     mod.write_fig9_point(p9, ds, {"max_mse": 0.05})
     got = _check_described(p9, mod.KIND)
     assert got["layer/g_u"][1]["units"] == "g" and got["scalar/power_test"][1]["units"] == "g*x^2"
+    assert got["layer/mse_batch_check"][1]["units"] == "y^2"
     np.testing.assert_array_equal(got["layer/g_u"][0], [2.0, 4.0])
     # the same kind replaces its own file; a foreign file is not replaced
     mod.write_fig8(p8, np.array([0.3]), np.array([0.7]), np.array([0.01]), {})
