@@ -818,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_optimize)
 
     s = sub.add_parser("validate", help="analytic MSE beside an unbiased control-variate "
-                       "Monte-Carlo MSE with its 95 % CI and the relative bias (theory §23)")
+                       "Monte-Carlo MSE with its 95 %% CI and the relative bias (theory §23)")
     add_model_input_options(s, input_help="inputs (B, *input_shape)")
     s.add_argument("--labels", metavar="Y.npy", help="class labels (B,) for the Monte-Carlo accuracy")
     add_crossbar_options(s)
