@@ -158,6 +158,20 @@ def add_force_option(p: argparse.ArgumentParser):
                    "this command (never a directory, device, symbolic link or an input)")
 
 
+def add_model_input_options(p: argparse.ArgumentParser, *, input_help=None):
+    """The positional ``MODEL.h5`` and the required ``--input X.npy`` batch of every command
+    that evaluates a model on inputs (``input_help``: what the batch is for this command)."""
+    p.add_argument("model", metavar="MODEL.h5")
+    p.add_argument("--input", required=True, metavar="X.npy", help=input_help)
+
+
+def add_executor_options(p: argparse.ArgumentParser, *, workers_help, scheduler_help):
+    """``--workers N`` / ``--scheduler ADDRESS``: the arguments of
+    :class:`refmem.executor.Executor` for a command that evaluates independent items."""
+    p.add_argument("--workers", type=int, help=workers_help)
+    p.add_argument("--scheduler", metavar="ADDRESS", help=scheduler_help)
+
+
 def config_from_args(args, sigma=None, alpha=None, g_u=None) -> CrossbarConfig:
     """The one :class:`CrossbarConfig` of the crossbar options (``sigma``, ``alpha``, ``g_u``:
     the values of one sweep point, overriding the options)."""
@@ -680,8 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("mc", help="device-level Monte-Carlo simulation")
-    s.add_argument("model", metavar="MODEL.h5")
-    s.add_argument("--input", required=True, metavar="X.npy", help="inputs (B, *input_shape), used as given (float64)")
+    add_model_input_options(s, input_help="inputs (B, *input_shape), used as given (float64)")
     s.add_argument("--labels", metavar="Y.npy", help="class labels (B,) for accuracy")
     s.add_argument("--targets", metavar="T.npy", help="ground-truth outputs (B, K): the "
                    "mse_targets* quantities")
@@ -707,8 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_mc)
 
     s = sub.add_parser("moments", help="analytic output moments, MSE and power")
-    s.add_argument("model", metavar="MODEL.h5")
-    s.add_argument("--input", required=True, metavar="X.npy")
+    add_model_input_options(s)
     s.add_argument("--labels", metavar="Y.npy", help="class labels (B,): predicted accuracy "
                    "from the output moments (theory §21)")
     s.add_argument("--targets", metavar="T.npy", help="ground-truth outputs (B, K): the "
@@ -726,8 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("budget", help="per-layer error budget: output MSE with noise in each "
                        "crossbar layer alone, in all but it, and in all; per-layer power")
-    s.add_argument("model", metavar="MODEL.h5")
-    s.add_argument("--input", required=True, metavar="X.npy")
+    add_model_input_options(s)
     s.add_argument("--input-cov", metavar="C.npy")
     add_crossbar_options(s)
     s.add_argument("--relu-cov", choices=["exact", "taylor"], default="exact",
@@ -737,9 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="Monte-Carlo seed (same draws for every configuration)")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5")
     s.add_argument("--plot", metavar="OUT.png", help="bar chart (default: OUT.h5 with .png)")
-    s.add_argument("--workers", type=int, help="worker processes for the 2n+1 configurations "
-                   "(default: the usable CPUs; 1 = in this process)")
-    s.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask distributed scheduler")
+    add_executor_options(s, workers_help="worker processes for the 2n+1 configurations "
+                         "(default: the usable CPUs; 1 = in this process)",
+                         scheduler_help="run on a Dask distributed scheduler")
     add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_budget)
@@ -781,8 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("optimize", help="the cheapest g_u (scalar, per layer or per column) whose "
                        "analytic MSE meets a bound: Eq. (45), GA + KKT baseline")
-    s.add_argument("model", metavar="MODEL.h5")
-    s.add_argument("--input", required=True, metavar="X.npy", help="the fixed evaluation batch")
+    add_model_input_options(s, input_help="the fixed evaluation batch")
     s.add_argument("--targets", metavar="Y.npy", help="ground truth (B, outputs) or (B,)")
     s.add_argument("--max-mse", type=float, required=True, metavar="NU", help="the bound ν")
     s.add_argument("--mse-against", choices=["reference", "targets"], default="reference",
@@ -799,8 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.1 (g_u_init - g_min))")
     s.add_argument("--mutation-std", type=float, help="initial std of the GA's Gaussian mutation, "
                    "decaying linearly to 0 (default 0.1 (g_max - g_min), theory §12)")
-    s.add_argument("--workers", type=int, help="local worker processes (default: the available CPUs; 1 = serial)")
-    s.add_argument("--scheduler", metavar="ADDRESS", help="Dask distributed scheduler address")
+    add_executor_options(s, workers_help="local worker processes (default: the available CPUs; "
+                         "1 = serial)", scheduler_help="Dask distributed scheduler address")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5",
                    help="result file; the archive figure goes to OUT.png")
     add_force_option(s)
@@ -808,9 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_optimize)
 
     s = sub.add_parser("validate", help="analytic MSE beside an unbiased control-variate "
-                       "Monte-Carlo MSE with its 95 % CI and the relative bias (theory §23)")
-    s.add_argument("model", metavar="MODEL.h5")
-    s.add_argument("--input", required=True, metavar="X.npy", help="inputs (B, *input_shape)")
+                       "Monte-Carlo MSE with its 95 %% CI and the relative bias (theory §23)")
+    add_model_input_options(s, input_help="inputs (B, *input_shape)")
     s.add_argument("--labels", metavar="Y.npy", help="class labels (B,) for the Monte-Carlo accuracy")
     add_crossbar_options(s)
     s.add_argument("--relu-cov", choices=["exact", "taylor"], default="exact",

@@ -458,25 +458,40 @@ def check_mc_count(rep, seed, reps=2000):
 
 
 # ====================================================================== §11 power
-def _power_rows(rep, an, mc, what):
+def _power_vs_mc(rep, seed, n, salt, what):
+    """The shared body of the power checks ``power-fc``, ``power-ur``, ``power-ul``.
+
+    Maps a small network (``what="FC"``: one dense layer driven by a correlated Gaussian input;
+    ``"UR"``/``"UL"``: one padded convolution on a fixed image with that conv mapping), z-tests
+    the four power terms of theory §11 (analytic vs device-level MC) and returns
+    ``(net, x, gamma, cfg, mapped, an, mc)`` for the check's own extra lines."""
+    from .config import CrossbarConfig
+    from .mapping import map_network
+    rng = _rng(seed, salt)
+    if what == "FC":
+        L, J = 5, 4
+        net = _dense_net(rng, L, J)
+        x = np.abs(rng.normal(size=L))[None]
+        gamma = _random_cov(rng, L, 0.2)
+    else:
+        net = _conv_net(rng, pad=1)
+        x = np.abs(rng.normal(size=(1, 2, 4, 4)))
+        gamma = None
+    mapping = "UR" if what == "FC" else what                # a dense layer ignores the mapping
+    cfg = CrossbarConfig(sigma=0.1, g_min=0.2, g_u=1.0, design="layer", mapping=mapping, r=2.0)
+    mapped = map_network(net, cfg)
+    an = _moments(mapped, x, input_cov=gamma)
+    mc = _mc(mapped, x, n, seed, input_cov=gamma)
     for k in ("power_mem", "power_tia_pos", "power_tia_neg", "power"):
         rep.ztest(f"{what} {k}", getattr(mc, k), getattr(an, k), getattr(mc, k + "_se"))
+    return net, x, gamma, cfg, mapped, an, mc
 
 
 @_check("power-fc", "11.1", "Propositions 5–6, Corollary 1 (FC power) vs device-level MC")
 def check_power_fc(rep, seed, n=100_000):
-    from .config import CrossbarConfig
     from .mapping import map_network
-    rng = _rng(seed, 111)
-    L, J = 5, 4
-    net = _dense_net(rng, L, J)
-    mu = np.abs(rng.normal(size=L))
-    gamma = _random_cov(rng, L, 0.2)
-    cfg = CrossbarConfig(sigma=0.1, g_min=0.2, g_u=1.0, design="layer", r=2.0)
-    mapped = map_network(net, cfg)
-    an = _moments(mapped, mu[None], input_cov=gamma)
-    mc = _mc(mapped, mu[None], n, seed, input_cov=gamma)
-    _power_rows(rep, an, mc, "FC")
+    net, x, gamma, cfg, mapped, an, mc = _power_vs_mc(rep, seed, n, 111, "FC")
+    mu, J = x[0], net.layers[0].bias.size                   # L = 5 inputs, J = 4 outputs
     blk = mapped.layers[0].block()
     q = mu * mu + np.diag(gamma)
     an0 = _moments(map_network(net, cfg.with_(sigma=0.0)), mu[None], input_cov=gamma)
@@ -496,16 +511,7 @@ def check_power_fc(rep, seed, n=100_000):
 
 @_check("power-ur", "11.2", "Propositions 7–8, Corollary 2 (UR power) vs device-level MC")
 def check_power_ur(rep, seed, n=40_000):
-    from .config import CrossbarConfig
-    from .mapping import map_network
-    rng = _rng(seed, 112)
-    net = _conv_net(rng, pad=1)
-    x = np.abs(rng.normal(size=(1, 2, 4, 4)))
-    cfg = CrossbarConfig(sigma=0.1, g_min=0.2, g_u=1.0, design="layer", mapping="UR", r=2.0)
-    mapped = map_network(net, cfg)
-    an = _moments(mapped, x)
-    mc = _mc(mapped, x, n, seed)
-    _power_rows(rep, an, mc, "UR")
+    _, x, _, cfg, mapped, an, mc = _power_vs_mc(rep, seed, n, 112, "UR")
     ml = mapped.layers[0]
     blk = ml.block()
     q = np.concatenate([x.ravel() ** 2, [0.0]])
@@ -522,16 +528,7 @@ def check_power_ur(rep, seed, n=40_000):
 
 @_check("power-ul", "11.1", "UL power (Toeplitz FC, structural zeros at g_min) vs device-level MC")
 def check_power_ul(rep, seed, n=20_000):
-    from .config import CrossbarConfig
-    from .mapping import map_network
-    rng = _rng(seed, 113)
-    net = _conv_net(rng, pad=1)
-    x = np.abs(rng.normal(size=(1, 2, 4, 4)))
-    cfg = CrossbarConfig(sigma=0.1, g_min=0.2, g_u=1.0, design="layer", mapping="UL", r=2.0)
-    mapped = map_network(net, cfg)
-    an = _moments(mapped, x)
-    mc = _mc(mapped, x, n, seed)
-    _power_rows(rep, an, mc, "UL")
+    _power_vs_mc(rep, seed, n, 113, "UL")
 
 
 # ====================================================================== §12 optimisation

@@ -167,6 +167,22 @@ def test_usage_stays_available_through_help(capsys):
     assert out.startswith("usage: refmem mc") and "--seed" in out
 
 
+def test_every_help_page_renders(capsys):
+    """`refmem --help` and `refmem CMD --help` for every command exit 0 with a usage line
+    (argparse %-formats help texts: a bare '%' in one of them broke the top-level page)."""
+    from refmem.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for argv in [["--help"]] + [[name, "--help"] for name in sub.choices]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0, argv
+        out = capsys.readouterr().out
+        assert out.startswith("usage: refmem"), argv
+        if argv == ["--help"]:
+            assert all(name in out for name in sub.choices), out
+
+
 # ---------------------------------------------------------------------- broken pipe
 def test_info_into_a_closed_pipe_is_quiet(tmp_path):
     """`refmem info … | head`: the reader goes away; no traceback, no error line."""

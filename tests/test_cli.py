@@ -189,8 +189,9 @@ def test_console_script_exit_code(files):
 
 
 def test_mc_precision_equals_mc_n_bit_for_bit(files, capsys):
-    """--precision: pilot, n from Eq. (46) (largest over inputs, whole seed blocks, pilot
-    counted in), recorded; the result equals `refmem mc -n <that n>` bit for bit."""
+    """--precision (``refmem.montecarlo.precision_sample_count``): pilot, n from Eq. (46)
+    (largest over inputs, whole seed blocks, pilot counted in), recorded; the result equals
+    `refmem mc -n <that n>` bit for bit."""
     from refmem import load_model, map_network, mc_sample_count
     from refmem.montecarlo import monte_carlo
     a, b = files / "prec.h5", files / "n.h5"

@@ -624,11 +624,19 @@ def test_ur_noise_kernel_jit_equals_python():
         close(a[co], c[co * n:(co + 1) * n, co * n:(co + 1) * n])
 
 
+@pytest.fixture(params=["direct", "gemm"])
+def conv_path(request, monkeypatch):
+    """Force :func:`refmem.moments.conv_rows` onto its direct (run) kernel or its GEMM paths."""
+    import refmem.moments.conv as conv_mod
+    monkeypatch.setattr(conv_mod, "_DIRECT_MAX_WORK", 10**9 if request.param == "direct" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (1, 0, 2), (1, 2, 3), (3, 1, 2)])
-def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k):
-    """The streamed double convolution (im2col + GEMM, upper triangle mirrored) equals
-    W_ULᵀ Γ W_UL with the explicit Toeplitz matrix, chunked or not, for a dense Γ, a released
-    Γ and a block-diagonal Γ (channel blocks, and diagonal blocks)."""
+def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
+    """The streamed double convolution (direct run kernel, or im2col + GEMM; upper triangle
+    mirrored) equals W_ULᵀ Γ W_UL with the explicit Toeplitz matrix, chunked or not, for a
+    dense Γ, a released Γ and a block-diagonal Γ (channel blocks, and diagonal blocks)."""
     rng = np.random.default_rng(16)
     conv = Conv2d(rng.normal(size=(3, 2, k, k)), None, stride, pad)
     in_shape = (2, 5, 4)
@@ -653,9 +661,10 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k):
 
 
 @pytest.mark.parametrize("c_out", [3, 9, 13])
-def test_conv_rows_paths_equal_explicit_toeplitz(c_out):
-    """conv_rows: direct Numba path (few channels), tall and wide GEMM paths, rows and columns
-    of the source, upper triangle — all equal to the explicit Toeplitz product."""
+def test_conv_rows_paths_equal_explicit_toeplitz(c_out, conv_path):
+    """conv_rows: direct Numba path (runs, four channels at a time plus a remainder), tall
+    and wide GEMM paths, rows and columns of the source, upper triangle — all equal to the
+    explicit Toeplitz product."""
     from refmem.moments import conv_rows
     rng = np.random.default_rng(18)
     conv = Conv2d(rng.normal(size=(c_out, 2, 3, 3)), None, 1, 1)
@@ -674,6 +683,25 @@ def test_conv_rows_paths_equal_explicit_toeplitz(c_out):
     conv_rows(U, Wur, idx, source_cols=True, upper=True, out=got, chunk_bytes=8 * 12 * 18 * 7)
     iu = np.triu_indices(J)
     close(got[iu], want[iu])
+
+
+@pytest.mark.parametrize("in_shape,k,stride,pad", [((3, 7, 6), 3, 1, 1), ((2, 8, 8), 3, 2, 1),
+                                                   ((4, 5, 5), 2, 1, 0), ((1, 4, 9), 5, 1, 2),
+                                                   ((2, 1, 1), 3, 1, 1)])
+def test_tap_runs_cover_the_index_map_exactly(in_shape, k, stride, pad):
+    """Every (position, tap) read of ι is in exactly one run, with consecutive inputs; padded
+    reads are in none; runs are grouped by tap as ``ptr`` says."""
+    from refmem.layers import im2col_index
+    from refmem.moments.conv import tap_runs
+    idx = im2col_index(in_shape, k, stride, pad)
+    runs, ptr = tap_runs(idx)
+    rebuilt = np.full(idx.shape, -1)
+    for a, p0, i0, n in runs:
+        assert n >= 1 and (rebuilt[p0:p0 + n, a] == -1).all()
+        rebuilt[p0:p0 + n, a] = i0 + np.arange(n)
+    np.testing.assert_array_equal(rebuilt, idx)
+    for a in range(idx.shape[1]):
+        assert (runs[ptr[a]:ptr[a + 1], 0] == a).all()
 
 
 def test_symmetrize_blockwise():

@@ -162,6 +162,27 @@ def _check_finite(name, arr, allow):
                         "inputs, weights or g_u too large?); no file written")
 
 
+def _prepare(datasets: dict, prefix: str, allow) -> list:
+    """``(name, array, meta)`` of every dataset of one group that is not ``None``: the schema
+    (or the caller) describes it under its full path ``prefix + name``, and it is finite unless
+    that path is in ``allow``."""
+    items = []
+    for name, value in datasets.items():
+        if value is None:
+            continue
+        arr, meta = _split(value, prefix + name)
+        _check_finite(prefix + name, arr, allow)
+        items.append((name, arr, meta))
+    return items
+
+
+def _fill(g, attrs, items):
+    """Write ``attrs`` and the prepared ``items`` into the HDF5 group (or file) ``g``."""
+    write_attrs(g, attrs)
+    for name, arr, meta in items:
+        _dataset(g, name, arr, meta)
+
+
 def write_result(path, kind: str, datasets: dict, *, attrs=None, groups=None, inputs=(),
                  force=False, allow_nonfinite=()) -> Path:
     """Write a result file atomically (through :func:`refmem.io.atomic.atomic_write`).
@@ -182,27 +203,11 @@ def write_result(path, kind: str, datasets: dict, *, attrs=None, groups=None, in
         error (an overflow), and no file is written.
     """
     allow = set(allow_nonfinite)
-    items = []
-    for name, value in datasets.items():
-        if value is None:
-            continue
-        arr, meta = _split(value, name)
-        _check_finite(name, arr, allow)
-        items.append((name, arr, meta))
+    items = _prepare(datasets, "", allow)
     gitems = []
     for gname, gval in (groups or {}).items():
-        if isinstance(gval, tuple):
-            gdsets, gattrs = gval
-        else:
-            gdsets, gattrs = gval, None
-        sub = []
-        for name, value in gdsets.items():
-            if value is None:
-                continue
-            arr, meta = _split(value, f"{gname}/{name}")
-            _check_finite(f"{gname}/{name}", arr, allow)
-            sub.append((name, arr, meta))
-        gitems.append((gname, sub, gattrs))
+        gdsets, gattrs = gval if isinstance(gval, tuple) else (gval, None)
+        gitems.append((gname, _prepare(gdsets, f"{gname}/", allow), gattrs))
     root = provenance_attrs(inputs)
     root.update({k: v for k, v in (attrs or {}).items() if k not in ("format", "kind")})
     root["format"] = FORMAT
@@ -210,14 +215,9 @@ def write_result(path, kind: str, datasets: dict, *, attrs=None, groups=None, in
     root["kind"] = str(kind)
 
     def build(f):
-        write_attrs(f, {k: root[k] for k in sorted(root)})
-        for name, arr, meta in items:
-            _dataset(f, name, arr, meta)
+        _fill(f, {k: root[k] for k in sorted(root)}, items)
         for gname, sub, gattrs in gitems:
-            g = f.require_group(gname)
-            write_attrs(g, gattrs)
-            for name, arr, meta in sub:
-                _dataset(g, name, arr, meta)
+            _fill(f.require_group(gname), gattrs, sub)
 
     return write_h5(path, kind, build, inputs=inputs, force=force)
 

@@ -23,9 +23,11 @@ __all__ = ["conv_mean", "conv_rows", "conv_signal_cov", "ur_moments", "ul_moment
 CHUNK_BYTES = 64 * 2**20
 """Size of the im2col buffer of one streamed chunk of rows."""
 
-_DIRECT_BELOW = 12
-"""Below this many output channels :func:`conv_rows` convolves directly (Numba) instead of
-im2col + GEMM (measured: a GEMM with 2–8 columns runs at a few % of the BLAS peak)."""
+_DIRECT_MAX_WORK = 16 * 144
+""":func:`conv_rows` convolves directly (Numba, :func:`_conv_rows_runs`) instead of im2col +
+GEMM when ``C_in k² · C_out`` is at most this (measured on 2 cores: the direct kernel is 2–3×
+faster on the 16→16-channel 3×3 layer on 32×32 images, even on 32→16 and slower above; a
+GEMM with so few columns runs at a few % of the BLAS peak)."""
 
 _WIDE_BELOW = 8
 """Below this many output channels the GEMM is taken as (C, taps)(taps, rows): OpenBLAS is
@@ -57,29 +59,79 @@ def _im2col_rows(X, idx, cols):
                 cols[row, a] = X[r, i] if i >= 0 else 0.0
 
 
-@numba.njit(parallel=True, cache=True)
-def _conv_rows_direct(X, idx, Wur, row0, upper, out):
-    """Direct convolution of the rows of ``X`` for few output channels: ``out[r, c n_pos + p] = Σ_a Wur[a, c] X[r, ι(p, a)]`` for ``c ≥ c_lo(r)``
-    (``c_lo = (row0 + r) // n_pos`` with ``upper``, else 0); ``out`` holds the rows of this
-    chunk. No im2col buffer: used below ``_DIRECT_BELOW`` output channels, where a GEMM with
-    so few columns is mostly overhead."""
-    m = X.shape[0]
+def tap_runs(idx):
+    """Contiguous runs of the index map: rows ``(a, p0, i0, n)`` meaning that tap ``a`` at the
+    positions ``p0 … p0+n−1`` reads the inputs ``i0 … i0+n−1`` (padded reads, ι = −1, are left
+    out), sorted by tap; and ``ptr`` (taps + 1,) with the runs of tap ``a`` at
+    ``ptr[a]:ptr[a+1]``. For a stride-1 convolution a run is one output row."""
+    idx = np.asarray(idx, dtype=np.int64)
     n_pos, taps = idx.shape
-    C = Wur.shape[1]
+    ok = idx >= 0
+    cont = np.zeros_like(ok)
+    cont[1:] = ok[1:] & ok[:-1] & (idx[1:] == idx[:-1] + 1)
+    start = ok & ~cont                                     # (n_pos, taps)
+    a, p0 = np.nonzero(start.T)                            # sorted by tap, then position
+    # a run ends at the next position of its tap that does not continue it (or at n_pos)
+    flat_brk = np.flatnonzero(~cont.T)                     # tap-major flat indices a n_pos + p
+    stops = np.union1d(flat_brk, np.arange(1, taps + 1) * n_pos)
+    s0 = a * n_pos + p0
+    end = stops[np.searchsorted(stops, s0, side="right")] - a * n_pos
+    runs = np.stack([a, p0, idx[p0, a], end - p0], axis=1).astype(np.int64)
+    ptr = np.searchsorted(a, np.arange(taps + 1)).astype(np.int64)
+    return runs, ptr
+
+
+@numba.njit(parallel=True, cache=True)
+def _conv_rows_runs(X, runs, ptr, Wur, n_pos, row0, upper, out):
+    """Direct convolution of the rows of ``X`` along the runs of :func:`tap_runs`:
+    ``out[r, c n_pos + p] = Σ_a Wur[a, c] X[r, ι(p, a)]`` for ``c ≥ c_lo(r)``
+    (``c_lo = (row0 + r) // n_pos`` with ``upper``, else 0). Four output channels at a time,
+    each accumulated in a row buffer of its own with the run as the (vectorised) inner loop;
+    parallel over rows r. Used where a GEMM would have too few columns (``_DIRECT_MAX_WORK``)."""
+    m = X.shape[0]
+    taps, C = Wur.shape
     for r in numba.prange(m):
-        acc = np.empty(C)
         c_lo = min(C, (row0 + r) // n_pos) if upper else 0
-        for p in range(n_pos):
-            for c in range(c_lo, C):
-                acc[c] = 0.0
+        x = X[r]
+        acc0 = np.empty(n_pos)
+        acc1 = np.empty(n_pos)
+        acc2 = np.empty(n_pos)
+        acc3 = np.empty(n_pos)
+        c = c_lo
+        while c < C:
+            nb = min(4, C - c)
+            acc0[:] = 0.0
+            acc1[:] = 0.0
+            acc2[:] = 0.0
+            acc3[:] = 0.0
             for a in range(taps):
-                i = idx[p, a]
-                if i >= 0:
-                    x = X[r, i]
-                    for c in range(c_lo, C):
-                        acc[c] += Wur[a, c] * x
-            for c in range(c_lo, C):
-                out[r, c * n_pos + p] = acc[c]
+                w0 = Wur[a, c]
+                w1 = Wur[a, c + 1] if nb > 1 else 0.0
+                w2 = Wur[a, c + 2] if nb > 2 else 0.0
+                w3 = Wur[a, c + 3] if nb > 3 else 0.0
+                for q in range(ptr[a], ptr[a + 1]):
+                    p0 = runs[q, 1]
+                    i0 = runs[q, 2]
+                    n = runs[q, 3]
+                    xs = x[i0:i0 + n]
+                    a0 = acc0[p0:p0 + n]
+                    a1 = acc1[p0:p0 + n]
+                    a2 = acc2[p0:p0 + n]
+                    a3 = acc3[p0:p0 + n]
+                    for t in range(n):
+                        xv = xs[t]
+                        a0[t] += w0 * xv
+                        a1[t] += w1 * xv
+                        a2[t] += w2 * xv
+                        a3[t] += w3 * xv
+            out[r, c * n_pos:(c + 1) * n_pos] = acc0
+            if nb > 1:
+                out[r, (c + 1) * n_pos:(c + 2) * n_pos] = acc1
+            if nb > 2:
+                out[r, (c + 2) * n_pos:(c + 3) * n_pos] = acc2
+            if nb > 3:
+                out[r, (c + 3) * n_pos:(c + 4) * n_pos] = acc3
+            c += nb
 
 
 def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None,
@@ -101,12 +153,14 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
     if out is None:
         out = np.empty((m_tot, J))
     step = int(max(1, min(m_tot, chunk_bytes // (8 * n_pos * max(taps, 1)))))
-    if C < _DIRECT_BELOW:                   # few output channels: direct Numba convolution
+    if taps * C <= _DIRECT_MAX_WORK:        # few channels: direct Numba convolution along runs
         Wc = np.ascontiguousarray(Wur)
+        runs, ptr = tap_runs(idx)
+        step = int(max(1, min(m_tot, chunk_bytes // (8 * max(src.shape[1 - source_cols], 1)))))
         for r0 in range(0, m_tot, step):
             r1 = min(m_tot, r0 + step)
             X = np.ascontiguousarray(src[:, r0:r1].T if source_cols else src[r0:r1])
-            _conv_rows_direct(X, idx, Wc, row0 + r0, upper, out[r0:r1])
+            _conv_rows_runs(X, runs, ptr, Wc, n_pos, row0 + r0, upper, out[r0:r1])
         return out
     cols = np.empty((step * n_pos, taps))
     for r0 in range(0, m_tot, step):
