@@ -120,7 +120,7 @@ def run_fig7(args):
             r = rows[-1]
             _log(f"  ν = {r['nu']:.6g}: power scalar {r['power'][0]:.6g}, layer {r['power'][1]:.6g}"
                  f" ({r['method'][1]}), column {r['power'][2]:.6g} ({r['method'][2]})")
-    _fig7_collect(out, rows, floor, factors, _command(args))
+    _fig7_collect(out, rows, floor, factors, _command(args), force=args.force)
 
 
 def _fig7_row(path, model, cfg, x_test, y_test):
@@ -148,7 +148,7 @@ def _fig7_row(path, model, cfg, x_test, y_test):
     return r
 
 
-def _fig7_collect(out, rows, floor, factors, command=None):
+def _fig7_collect(out, rows, floor, factors, command=None, force=False):
     plt = _plt()
     nu = np.array([r["nu"] for r in rows])
     P = np.array([r["power"] for r in rows])
@@ -156,7 +156,7 @@ def _fig7_collect(out, rows, floor, factors, command=None):
     T = np.array([r["test_mse"] for r in rows])
     write_fig7(out.parent / "fig7.h5", rows, {
         "figure": "Kern et al. Fig. 7", "designs": list(DESIGNS), "floor": floor,
-        "factors": list(factors), "command": command})
+        "factors": list(factors), "command": command}, force=force)
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for j, d in enumerate(DESIGNS):
         ax[0].plot(nu, P[:, j], "o-", label=d)
@@ -250,7 +250,7 @@ def run_fig8(args):
                 "spearman_p": float(rho.pvalue), "n_sets": n_sets,
                 "eval_indices": ev_idx[:len(x_ev)].tolist(), "mc_images": len(x_te),
                 "mc_n": args.mc_n, "crossbar": json.dumps(cfg), "command": _command(args)},
-               inputs={"model": str(args.cnn_model)})
+               inputs={"model": str(args.cnn_model)}, force=args.force)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.errorbar(mse, acc, yerr=se, fmt="o", ms=3)
@@ -325,7 +325,7 @@ def run_fig9(args):
                                             "seconds": time.time() - t0, "n_passes": ev.n_passes,
                                             "population": pop, "generations": gens,
                                             "command": _command(args)},
-                                 inputs={"model": str(args.cnn_model)})
+                                 inputs={"model": str(args.cnn_model)}, force=args.force)
                 path.with_suffix(".ckpt.h5").unlink(missing_ok=True)
             with h5py.File(path) as f:
                 rows.append({d: {k: f[f"{d}/{k}"][()] for k in ("accuracy", "accuracy_se",
@@ -403,7 +403,7 @@ def _command(args):
                                                                  or sys.argv[1:]))
 
 
-def write_fig7(path, rows, attrs, inputs=()):
+def write_fig7(path, rows, attrs, inputs=(), force=False):
     """``fig7.h5`` (kind :data:`KIND`) from the per-bound rows of :func:`_fig7_row`."""
     ds = {"axes/max_mse": [r["nu"] for r in rows], "power": [r["power"] for r in rows],
           "mse_targets_batch": [r["mse"] for r in rows],
@@ -412,20 +412,22 @@ def write_fig7(path, rows, attrs, inputs=()):
           "method": np.array([[m.encode() for m in r["method"]] for r in rows]),
           "feasible": np.array([r["feasible"] for r in rows], dtype=bool)}
     return write_result(path, KIND, _described(FIG7_META, ds), attrs=attrs, inputs=inputs,
-                        allow_nonfinite=("power_ga", "power_kkt"))
+                        allow_nonfinite=("power_ga", "power_kkt"), force=force)
 
 
-def write_fig8(path, mse, acc, se, attrs, inputs=()):
+def write_fig8(path, mse, acc, se, attrs, inputs=(), force=False):
     """``fig8.h5`` (kind :data:`KIND`): one entry per random g_u set."""
     ds = {"mse_batch_max": mse, "accuracy": acc, "accuracy_se": se}
-    return write_result(path, KIND, _described(FIG8_META, ds), attrs=attrs, inputs=inputs)
+    return write_result(path, KIND, _described(FIG8_META, ds), attrs=attrs, inputs=inputs,
+                        force=force)
 
 
-def write_fig9_point(path, ds, attrs, inputs=()):
+def write_fig9_point(path, ds, attrs, inputs=(), force=False):
     """One Fig. 9 bound (kind :data:`KIND`): ``DESIGN/NAME`` datasets of :data:`FIG9_META`."""
     return write_result(path, KIND, _described(FIG9_META, ds), attrs=attrs, inputs=inputs,
                         allow_nonfinite=[k for k in ds if k.endswith(("/mse_batch",
-                                                                      "/power_batch"))])
+                                                                      "/power_batch"))],
+                        force=force)
 
 
 # ============================================================================ CLI
@@ -460,9 +462,22 @@ def main(argv=None):
                    help="Fig. 9: balanced batch on which the solutions' MSE is checked (0: skip)")
     p.add_argument("--power-images", type=int, default=20)
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="replace fig7.h5, fig8.h5 and the Fig. 9 files even if they are not "
+                   "results of this script")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     figs = ["fig7", "fig8", "fig9"] if args.figure == "all" else [args.figure]
+    from refmem.errors import RefmemError
+    from refmem.io import check_output                 # the figure files, before any work
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        for f in figs:
+            if f in ("fig7", "fig8"):
+                check_output(Path(args.out) / f"{f}.h5", KIND, force=args.force)
+    except (RefmemError, OSError) as exc:
+        print(f"reproduce_optimization: error: {exc}", file=sys.stderr)
+        return 2
     gmax = args.gmax
     for f in figs:
         args.gmax = gmax if gmax is not None else (1000.0 if f == "fig7" else 10.0)

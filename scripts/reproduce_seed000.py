@@ -486,7 +486,7 @@ def seed000_meta(name):
     return {"units": units, "description": desc, "equation": eq}
 
 
-def write_results(path, datasets, attrs, groups):
+def write_results(path, datasets, attrs, groups, force=False):
     """The one writer of the result set: ``kind = "reproduce_seed000"`` through
     :func:`refmem.io.write_result`, every dataset described by :func:`seed000_meta` (standard
     deviations and standard errors may be NaN: one repeat)."""
@@ -497,7 +497,7 @@ def write_results(path, datasets, attrs, groups):
     gs = {g: described(d) for g, d in groups.items()}
     nan_ok = [f"{g}/{k}" for g, d in gs.items() for k in d if k.endswith(("_std", "_se"))]
     write_result(path, "reproduce_seed000", described(datasets), attrs=attrs, groups=gs,
-                 allow_nonfinite=nan_ok)
+                 allow_nonfinite=nan_ok, force=force)
 
 
 def loglog_fit(alphas, acc, clean):
@@ -549,7 +549,7 @@ def alpha_at(alphas, acc, level):
     return float(10 ** (la + t * (lb - la)))
 
 
-def assemble(S, cells, results, out_dir, command=None):
+def assemble(S, cells, results, out_dir, command=None, force=False):
     """Group the cells into the result set, the summary and the figures (``command``: the
     command line, recorded in the result set)."""
     groups, summary = {}, {"noise": {}, "quant": {}, "aware": {}, "proxy": {}}
@@ -667,7 +667,7 @@ def assemble(S, cells, results, out_dir, command=None):
              "monte_carlo": "one realization of all weights per repeat, accuracy on the whole test split",
              "analytic_subset": "first n/10 test images of every class",
              "command": command}
-    write_results(out_dir / "seed000.h5", {}, attrs, groups)
+    write_results(out_dir / "seed000.h5", {}, attrs, groups, force=force)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     (out_dir / "tables.md").write_text(report_tables(summary))
     return groups, summary
@@ -953,6 +953,8 @@ def main(argv=None):
     ap.add_argument("--assemble-only", action="store_true",
                     help="compute nothing: build the result set, tables and figures from the "
                          "cells already on disk (complete series only)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace OUT/seed000.h5 even if it is not a result of this script")
     args = ap.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     bad = parts - {"noise", "quant", "reasons", "aware", "fashion"}
@@ -965,6 +967,8 @@ def main(argv=None):
         S = settings(args)
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
+        from refmem.io import check_output             # the result file, before any work
+        check_output(out_dir / "seed000.h5", "reproduce_seed000", force=args.force)
         cells = build_cells(S, parts)
         if args.assemble_only:
             from refmem.executor import load_grid
@@ -980,7 +984,7 @@ def main(argv=None):
                                    seed=args.seed, progress=not args.no_progress)
         command = " ".join(["scripts/reproduce_seed000.py"]
                            + list(sys.argv[1:] if argv is None else argv))
-        groups, summary = assemble(S, cells, results, out_dir, command)
+        groups, summary = assemble(S, cells, results, out_dir, command, force=args.force)
         figs = []
         for ds in ("mnist5k", "fashion-mnist"):
             for depth in (1, 2):

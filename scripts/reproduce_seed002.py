@@ -342,7 +342,7 @@ def _described(name, value):
     return (np.asarray(value), {"units": units, "description": desc, "equation": eq})
 
 
-def write_seed002(path, datasets, groups, attrs, inputs=()):
+def write_seed002(path, datasets, groups, attrs, inputs=(), force=False):
     """Write the result set (``kind = "reproduce_seed002"``) through
     :func:`refmem.io.write_result`: every dataset described by :data:`SEED002_META`. NaN is
     allowed in the Fig. 5 and closure tables (not computed / refused); Fig. 4 must be finite."""
@@ -351,7 +351,7 @@ def write_seed002(path, datasets, groups, attrs, inputs=()):
     nan_ok = [k for k in ds if k.startswith("fig5")]
     nan_ok += [f"{g}/{k}" for g, d in gs.items() for k in d]
     return write_result(path, "reproduce_seed002", ds, attrs=attrs, groups=gs, inputs=inputs,
-                        allow_nonfinite=nan_ok)
+                        allow_nonfinite=nan_ok, force=force)
 
 
 # ---------------------------------------------------------------------- main
@@ -372,9 +372,18 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=2002)
     p.add_argument("--mappings", default="UR,UL", help="conv mappings of Fig. 5 (width/8)")
     p.add_argument("--no-taylor", action="store_true", help="skip the Taylor-rule analytic pass")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT/seed002.h5 even if it is not a result of this script")
     args = p.parse_args(argv)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
+    from refmem.errors import RefmemError
+    from refmem.io import check_output                 # the result file, before any work
+    try:
+        check_output(out / "seed002.h5", "reproduce_seed002", force=args.force)
+    except RefmemError as exc:
+        print(f"reproduce_seed002: error: {exc}", file=sys.stderr)
+        return 2
     figs = set(args.fig.split(","))
     sig5 = [float(s) for s in args.sigmas.split(",")]
     sig4 = list(np.geomspace(0.002, 0.05, 6))
@@ -424,7 +433,7 @@ def main(argv=None):
             "model_fig5_w1": "fashion-mnist_cnn13_w1.h5"}
     inputs = {role: str(MODELS / name) for role, name in used.items()
               if any(k.startswith(role[6:] + "/") for k in datasets)}
-    write_seed002(out / "seed002.h5", datasets, groups, a, inputs)
+    write_seed002(out / "seed002.h5", datasets, groups, a, inputs, force=args.force)
     log(f"wrote {out / 'seed002.h5'} in {time.perf_counter() - t_start:.0f} s")
     return 0
 
