@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -251,24 +250,16 @@ def _run_cell(task):
 
 
 def _write_cell(path: Path, result: dict):
-    """Write one cell atomically: a temporary file in the same directory, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.stem + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **result)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write one cell atomically through the one writer (:func:`refmem.io.write_npz`, kind
+    ``grid-cell``: a private temporary next to the cell, fsync, rename)."""
+    from .io import write_npz
+    write_npz(path, "grid-cell", result)
 
 
 def _read_cell(path: Path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files if k != "refmem_kind"}
     except (OSError, ValueError) as exc:
         raise DataError(f"unreadable grid cell file {path}: {exc}") from None
 
@@ -287,10 +278,8 @@ def _grid_manifest(out_dir: Path, seed: int, fn):
             raise DataError(f"{out_dir} holds a different grid ({have}); use another directory "
                             f"or remove it to start over")
         return
-    fd, tmp = tempfile.mkstemp(prefix=".grid.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(want, fh)
-    os.replace(tmp, path)
+    from .io import atomic_write
+    atomic_write(path, "grid-manifest", lambda fh: fh.write(json.dumps(want).encode()))
 
 
 def _normalise_cells(cells):
@@ -346,8 +335,8 @@ def run_grid(fn, cells, out_dir, *, executor, seed, progress=False) -> dict:
     cell_dir = out_dir / "cells"
     cell_dir.mkdir(parents=True, exist_ok=True)
     _grid_manifest(out_dir, seed, fn)
-    for stale in cell_dir.glob(".*.tmp"):       # temporaries of a killed run
-        stale.unlink(missing_ok=True)
+    for stale in cell_dir.glob(".*.tmp*"):      # temporaries of a killed run (refmem.io names
+        stale.unlink(missing_ok=True)           # them .CELL.npz.PID-TOKEN.tmp.npz)
 
     todo = []
     for k, p in pairs:

@@ -180,6 +180,11 @@ RUNNER = textwrap.dedent('''
 ''')
 
 
+def _cells(out):
+    """Finished cells of a grid directory (not the writer's hidden temporaries and locks)."""
+    return {p.stem for p in (out / "cells").glob("*.npz") if not p.name.startswith(".")}
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_mid_grid_then_resume(tmp_path, workers):
     (tmp_path / "gridcells.py").write_text(CELL_MODULE)
@@ -196,13 +201,13 @@ def test_kill_9_mid_grid_then_resume(tmp_path, workers):
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
-            if len(list((out / "cells").glob("*.npz"))) >= 3 if (out / "cells").exists() else False:
+            if len(_cells(out)) >= 3 if (out / "cells").exists() else False:
                 break
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)       # the runner and its worker processes
     finally:
         proc.wait(timeout=30)
-    done = {p.stem for p in (out / "cells").glob("*.npz")}
+    done = _cells(out)
     assert 3 <= len(done) < 12
     # resume: exactly the missing cells are computed, once each
     log = tmp_path / "log.txt"
