@@ -660,6 +660,7 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
     close(conv_mean(Wur, None, idx, np.ones(40)), T.T @ np.ones(40))
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("c_out", [3, 9, 13])
 def test_conv_rows_paths_equal_explicit_toeplitz(c_out, conv_path):
     """conv_rows: direct Numba path (runs, four channels at a time plus a remainder), tall
