@@ -90,8 +90,10 @@ def stratified_subset(y, n):
 
 
 @functools.lru_cache(maxsize=16)
-def model(path):
-    return load_model(path)
+def model(name):
+    """A shipped model by its file name in ``data/models`` (cell parameters name models this way,
+    so a grid's fingerprints do not depend on where the checkout lives)."""
+    return load_model(MODELS / name)
 
 
 def arch_name(depth, width):
@@ -303,8 +305,9 @@ def settings(args):
 
 
 def model_path(dataset, depth, width):
+    """The file name (in ``data/models``) of the seed-000 MLP of ``dataset``, ``depth``, ``width``."""
     prefix = "mnist5k" if dataset == "mnist5k" else "fashion-mnist"
-    return str(MODELS / f"{prefix}_mlp_{arch_name(depth, width)}.h5")
+    return f"{prefix}_mlp_{arch_name(depth, width)}.h5"
 
 
 def quant_cells(S, depth):
@@ -368,7 +371,7 @@ def build_cells(S, parts):
         for depth in S["fashion_depths"]:
             for w in S["widths"]:
                 path = model_path("fashion-mnist", depth, w)
-                if not Path(path).exists():
+                if not (MODELS / path).exists():
                     print(f"fashion: {path} missing (train it with scripts/train_seed_networks.py "
                           f"mlp --dataset fashion-mnist); skipped")
                     continue
