@@ -25,6 +25,7 @@ from .moments import (dense_moments, pool_moments, relu_layer_moments, relu_pool
                       symmetrize, ul_moments, ul_noise_taps, ur_moments)
 from .moments.activation import warn_clipped
 from .moments.layout import as_dense, cov_diagonal
+from .moments.workspace import Workspace
 from .power import fc_power, ul_power, ur_power
 
 __all__ = ["propagate", "MomentsResult"]
@@ -70,11 +71,12 @@ class _Prepared:
         return self.ul_cache[pos]
 
 
-def _crossbar_step(prep, pos, mu, cur, layout):
+def _crossbar_step(prep, pos, mu, cur, layout, work=None):
     """Power (from the input moments) then moments of one crossbar layer.
 
     ``cur`` is the one-element list holding the input covariance; the layer function empties
-    it (releases Γ). Returns ``(power, mean, cov)``.
+    it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`.
+    Returns ``(power, mean, cov)``.
     """
     ml = prep.bypos[pos]
     r = ml.config.r
@@ -88,13 +90,14 @@ def _crossbar_step(prep, pos, mu, cur, layout):
         blk = prep.blk[pos]
         pw = ur_power(blk, ml.idx, mu, G, r)
         del G
-        mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout)
+        mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout,
+                               work=work)
     else:
         tb = prep.ul_taps(pos)
         pw = ul_power(ml, mu, G, r, tb)
         noise = ul_noise_taps(tb, mu, G)                 # Σ_n v_nj q_n over all L rows
         del G
-        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout)
+        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work)
     pw.total = pw.mem + pw.tia_pos + pw.tia_neg
     return pw, mean, cov
 
@@ -219,6 +222,7 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                  "var": np.empty((B, int(np.prod(shapes[pos + 1]))))}
            for pos in range(len(layers))} if per_layer else None
     clipped = [0, 0.0, set()]                       # count, most negative, ReLU positions
+    work = Workspace()                              # large buffers, reused across layers and inputs
 
     bar = None
     if progress:
@@ -241,7 +245,7 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                 bar.set_postfix_str(f"input {b}, layer {pos:02d} {layer.type}")
             step = 1
             if pos in prep.bypos:
-                pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout)
+                pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work)
                 cur.append(G)
                 del G
                 k = xb_index[pos]
@@ -250,7 +254,7 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                 nxt = layers[pos + 1] if pos + 1 < len(layers) else None
                 if fuse_relu_pool and isinstance(nxt, AvgPool2d) and rec is None:
                     mu, G, clip = relu_pool_moments(mu, cur, shapes[pos], nxt.kernel_size, mode,
-                                                    clip_negative=clip_negative)
+                                                    clip_negative=clip_negative, work=work)
                     step = 2
                 else:
                     mu, G, clip = relu_layer_moments(mu, cur, mode, clip_negative=clip_negative)
@@ -261,7 +265,7 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                     clipped[1] = min(clipped[1], clip[1])
                     clipped[2].add(pos)
             elif isinstance(layer, AvgPool2d):
-                mu, G = pool_moments(mu, cur, shapes[pos], layer.kernel_size)
+                mu, G = pool_moments(mu, cur, shapes[pos], layer.kernel_size, work=work)
                 cur.append(G)
                 del G
             # Flatten: identity on the flat NCHW vector

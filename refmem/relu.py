@@ -54,6 +54,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .errors import DataError
+from .symmetric import _mirror_block
 
 __all__ = ["relu_mean_var", "relu_cov_exact", "relu_cov_taylor", "relu_moments", "bvn_cdf",
            "A_LIMIT", "RTOL_QUAD"]
@@ -847,14 +848,6 @@ def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, 
                    gwg, ws, cnt)
     for t in range(n):
         out[i, i + 1 + t] = res[t]
-
-
-@numba.njit(cache=True)
-def _mirror_block(out, bi, bj, B):
-    d = out.shape[0]
-    for i in range(bi, min(bi + B, d)):
-        for j in range(max(bj, i + 1), min(bj + B, d)):
-            out[j, i] = out[i, j]
 
 
 @numba.njit(cache=True)

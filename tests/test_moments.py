@@ -710,3 +710,112 @@ def test_symmetrize_blockwise():
     A = rng.normal(size=(7, 7))
     want = 0.5 * (A + A.T)
     np.testing.assert_allclose(symmetrize(A.copy(), block=3), want, rtol=0, atol=1e-15)
+
+
+# ====================================================================== pass machinery
+@pytest.mark.kernel
+@pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (3, 0, 2)])
+def test_conv_cols_equals_explicit_toeplitz(stride, pad, k):
+    """conv_cols (the first pass, row gather + one GEMM per position) is W_ULᵀ X with the
+    explicit Toeplitz matrix; written into a column strip of a larger matrix it fills every
+    entry of the strip (padded-only positions included) and nothing outside it."""
+    from refmem.moments import conv_cols
+    rng = np.random.default_rng(21)
+    conv = Conv2d(rng.normal(size=(5, 2, k, k)), None, stride, pad)
+    in_shape = (2, 4, 5)
+    T = conv.toeplitz(in_shape)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    X = rng.normal(size=(40, 7))
+    close(conv_cols(X, Wur, idx), T.T @ X)
+    big = np.full((T.shape[1], 12), np.nan)
+    conv_cols(X, Wur, idx, out=big[:, 3:10])
+    close(big[:, 3:10], T.T @ X)
+    assert np.isnan(big[:, :3]).all() and np.isnan(big[:, 10:]).all()
+    only_pad = np.full_like(idx, -1)             # a block no tap reads: zeros
+    np.testing.assert_array_equal(conv_cols(X, Wur, only_pad), 0.0)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 130, 200])
+def test_mirror_upper_copies_the_upper_triangle(n):
+    """mirror_upper: the lower triangle becomes the transposed upper one, bit for bit, the
+    upper triangle and the diagonal are untouched (tile edges at 64 included)."""
+    from refmem.symmetric import mirror_upper
+    rng = np.random.default_rng(n)
+    A = rng.normal(size=(n, n))
+    want = np.triu(A) + np.triu(A, 1).T
+    got = mirror_upper(A.copy())
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError):
+        mirror_upper(np.zeros((3, 4)))
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("in_shape,k", [((2, 4, 4), 2), ((3, 5, 7), 2), ((1, 6, 6), 3),
+                                        ((2, 3, 3), 1)])
+def test_dense_pool_kernel_equals_loop_oracle(in_shape, k):
+    """The dense pooling kernel (one pass over Γ, upper triangle, mirrored) equals the loop
+    oracle AΓAᵀ (trailing rows and columns that fill no window dropped), exactly symmetric;
+    a Workspace changes nothing."""
+    from refmem.moments.workspace import Workspace
+    rng = np.random.default_rng(sum(in_shape) + k)
+    L = int(np.prod(in_shape))
+    mu = rng.normal(size=L)
+    G = rand_psd(rng, L)
+    mo, co = O.avgpool_moments(mu, G, in_shape, k)
+    m, c = pool_moments(mu, G.copy(), in_shape, k)
+    close(m, mo)
+    close(c, co)
+    np.testing.assert_array_equal(c, c.T)
+    _, cw = pool_moments(mu, G.copy(), in_shape, k, work=Workspace(min_bytes=0))
+    np.testing.assert_array_equal(cw, c)
+
+
+def test_workspace_reuses_only_free_buffers():
+    """A buffer is handed out again only once no array refers to it; sizes below
+    ``min_bytes`` bypass the pool; zeros() is zero-filled."""
+    from refmem.moments.workspace import Workspace
+    w = Workspace(min_bytes=800)
+    small = w.empty((10,))
+    assert w.nbytes == 0 and small.shape == (10,)
+    a = w.empty((20, 10))
+    a[...] = 1.0
+    b = w.empty((200,))                     # a is alive: a second buffer
+    assert len(w._bufs) == 2 and not np.shares_memory(a, b)
+    view = a[3]                             # a view keeps the buffer in use
+    del a
+    c = w.empty((150,))
+    assert len(w._bufs) == 3 and not np.shares_memory(c, view)
+    del view, c
+    d = w.zeros((12, 10))                   # smallest free buffer that fits, zero-filled
+    assert len(w._bufs) == 3 and d.shape == (12, 10)
+    np.testing.assert_array_equal(d, 0.0)
+    assert w.reused == 8 * 120 and w.allocated == 8 * (200 + 200 + 150)
+
+
+def test_ur_ul_moments_same_numbers_with_a_workspace():
+    """The layer functions give bit-identical results with and without a Workspace, also
+    when the workspace's buffers hold stale values from an earlier call."""
+    from refmem.moments.workspace import Workspace
+    rng = np.random.default_rng(5)
+    conv = Conv2d(rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4), 1, 1)
+    in_shape = (3, 5, 5)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    L = 75
+    mu = rng.normal(size=L)
+    G = rand_psd(rng, L)
+    v = rng.uniform(0.01, 0.1, size=Wur.shape)
+    vb = rng.uniform(0.01, 0.1, size=4)
+    w = Workspace(min_bytes=0)
+    for _ in range(2):
+        m0, c0 = ur_moments(Wur, conv.bias, v, vb, idx, mu, G.copy())
+        m1, c1 = ur_moments(Wur, conv.bias, v, vb, idx, mu, G.copy(), work=w)
+        np.testing.assert_array_equal(m1, m0)
+        np.testing.assert_array_equal(c1, c0)
+        c1[...] = np.nan                    # stale contents must not leak into the next call
+        del c1
+    noise = rng.uniform(size=4 * 25)
+    _, u0 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy())
+    _, u1 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy(), work=w)
+    np.testing.assert_array_equal(u1, u0)
+    assert w.reused > 0

@@ -45,13 +45,14 @@ Package layout (one module per mathematical object): :mod:`~refmem.moments.dense
 
 from ..relu import relu_moments
 from .activation import TaylorNotPSDWarning, relu_layer_moments
-from .conv import (conv_mean, conv_rows, conv_signal_cov, ul_moments, ul_noise, ul_noise_taps,
+from .conv import (conv_cols, conv_mean, conv_rows, conv_signal_cov, ul_moments, ul_noise,
+                   ul_noise_taps,
                    ur_moments, ur_noise, ur_shared_noise_kernel)
 from .dense import dense_moments, raw_second_moments, symmetrize
 from .layout import BlockDiag, as_dense
 from .pool import pool_moments, relu_pool_moments
 
-__all__ = ["propagate", "MomentsResult", "dense_moments", "conv_mean", "conv_rows",
+__all__ = ["propagate", "MomentsResult", "dense_moments", "conv_mean", "conv_cols", "conv_rows",
            "conv_signal_cov", "ur_moments", "ul_moments", "ul_noise", "ul_noise_taps", "ur_noise",
            "pool_moments", "relu_pool_moments", "relu_moments", "relu_layer_moments",
            "layer_power", "ur_shared_noise_kernel", "symmetrize", "raw_second_moments",

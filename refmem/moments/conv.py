@@ -1,10 +1,12 @@
 """Convolution crossbar layers: UR (theory §5) and UL (theory §6), with the streamed signal term.
 
 The signal term of either mapping is the "double convolution" ``W_ULᵀ Γ W_UL`` of the input
-covariance; it is computed without the Toeplitz matrix by two convolution passes over the
-rows of a matrix (:func:`conv_rows`): an im2col gather into a ``(rows · n_pos, C_in k²)``
-buffer (a parallel Numba kernel) followed by one tall BLAS GEMM with the UR matrix. The
-second pass fills only the upper triangle (the output is symmetric) and mirrors it.
+covariance; it is computed without the Toeplitz matrix in two passes that both read rows of
+row-major matrices: :func:`conv_cols` forms ``Uᵀ = W_ULᵀ Γ`` by gathering, per output
+position, the rows of Γ its taps read and multiplying them by the UR matrix (one GEMM per
+position); :func:`conv_rows` then convolves every row of ``Uᵀ`` (``Uᵀ W_UL``; an im2col
+gather plus a tall GEMM, or a direct Numba kernel when the layer has few channels), filling
+only the upper triangle of the symmetric result, which is then mirrored.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import numpy as np
 
 from ..layers import gather_patches
 from ..mapping import ul_column_sums
-from .dense import mirror_upper, raw_second_moments
+from ..symmetric import mirror_upper
+from .dense import raw_second_moments
 from .layout import BlockDiag, take_input
+from .workspace import empty, zeros
 
-__all__ = ["conv_mean", "conv_rows", "conv_signal_cov", "ur_moments", "ul_moments", "ul_noise",
+__all__ = ["conv_mean", "conv_cols", "conv_rows", "conv_signal_cov", "ur_moments", "ul_moments", "ul_noise",
            "ul_noise_taps", "ur_noise", "ur_shared_noise_kernel", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 64 * 2**20
@@ -135,14 +139,15 @@ def _conv_rows_runs(X, runs, ptr, Wur, n_pos, row0, upper, out):
 
 
 def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None,
-              chunk_bytes=CHUNK_BYTES):
+              chunk_bytes=CHUNK_BYTES, work=None):
     r"""Convolve every row of ``src`` (m, L): ``src W_UL`` (m, J), J = C_out n_pos (theory §5).
 
     ``out[r, (c_o, p)] = Σ_a Wur[a, c_o] src[r, ι(p, a)]``. With ``source_cols`` the rows are
     the **columns** of ``src`` (L, m) (copied strip by strip). With ``upper`` only the output
     columns of channels ``c_o ≥ (row0 + r₀) // n_pos`` are written for a chunk starting at row
     r₀ — every entry on or above the diagonal of a symmetric (J, J) result whose row r is
-    ``row0 + r`` (the rest of ``out`` is left untouched).
+    ``row0 + r`` (the rest of ``out`` is left untouched). ``work``: a
+    :class:`~refmem.moments.workspace.Workspace` for the im2col buffer (None: numpy).
     """
     Wur = np.asarray(Wur, dtype=np.float64)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
@@ -162,7 +167,7 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
             X = np.ascontiguousarray(src[:, r0:r1].T if source_cols else src[r0:r1])
             _conv_rows_runs(X, runs, ptr, Wc, n_pos, row0 + r0, upper, out[r0:r1])
         return out
-    cols = np.empty((step * n_pos, taps))
+    cols = empty(work, (step * n_pos, taps))
     for r0 in range(0, m_tot, step):
         r1 = min(m_tot, r0 + step)
         m = r1 - r0
@@ -190,6 +195,41 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
     return out
 
 
+def conv_cols(src, Wur, idx, *, out=None):
+    r"""Convolve along the **row** index of ``src`` (L, m): ``W_ULᵀ src`` (J, m), J = C_out n_pos.
+
+    ``out[(c_o, p), :] = Σ_a Wur[a, c_o] src[ι(p, a), :]`` (theory §5; padded taps read
+    zeros). For a symmetric ``src = Γ`` this is ``(Γ W_UL)ᵀ``, the first pass of
+    :func:`conv_signal_cov`, produced row-major so that the second pass reads rows. Per output
+    position p, the rows of ``src`` its taps read are gathered into a (taps, m) buffer and
+    multiplied by ``Wur[taps]ᵀ`` in one GEMM whose result lands in place (rows ``c_o n_pos + p``).
+    ``out`` may be any (J, m) view with unit column stride (e.g. a column strip of a larger
+    matrix); every entry is written.
+    """
+    Wur = np.asarray(Wur, dtype=np.float64)
+    idx = np.asarray(idx, dtype=np.int64)
+    n_pos, taps = idx.shape
+    C = Wur.shape[1]
+    m = src.shape[1]
+    if out is None:
+        out = np.empty((C * n_pos, m))
+    o3 = out.reshape(C, n_pos, m)
+    assert not o3.flags.owndata and np.may_share_memory(o3, out)   # a view, never a copy
+    WT = np.ascontiguousarray(Wur.T)
+    buf = np.empty((taps, m))
+    for p in range(n_pos):
+        row = idx[p]
+        ok = row >= 0
+        if ok.all():
+            np.take(src, row, axis=0, out=buf, mode="clip")   # unbuffered (ι ≥ 0 here)
+            o3[:, p, :] = WT @ buf
+        elif ok.any():
+            o3[:, p, :] = WT[:, ok] @ src[row[ok]]
+        else:
+            o3[:, p, :] = 0.0
+    return out
+
+
 def _block_taps(idx, s, blk):
     """Taps of ``idx`` reading block ``blk`` of size ``s``: (tap indices, local index map)."""
     inside = (idx >= 0) & (idx // s == blk)
@@ -198,14 +238,14 @@ def _block_taps(idx, s, blk):
     return sel, local
 
 
-def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES):
+def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES, work=None):
     r"""Signal term of a convolution's output covariance: ``W_ULᵀ Γ W_UL`` (theory §5, §6).
 
     ``Σ_{a,a'} w_{c_o}[a] w_{c_o'}[a'] Γ_ι(p,a),ι(p',a')`` — the double convolution of Γ, as
-    two passes of :func:`conv_rows`: ``U = Γ W_UL`` (rows of the symmetric Γ; for a
-    :class:`BlockDiag` Γ one block at a time, each with the taps that read it), then
-    ``W_ULᵀ U`` from the columns of U, upper triangle only, mirrored. The Toeplitz matrix is
-    never formed.
+    two passes over rows: ``Uᵀ = W_ULᵀ Γ`` by :func:`conv_cols` (for a :class:`BlockDiag` Γ
+    one block at a time, each with the taps that read it, into its own column strip), then
+    ``Uᵀ W_UL`` by :func:`conv_rows` on the rows of ``Uᵀ``, upper triangle only, mirrored.
+    The Toeplitz matrix is never formed and no large matrix is transposed.
 
     Parameters
     ----------
@@ -215,7 +255,12 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES):
     gamma : ndarray (L, L), BlockDiag or ``[Γ]``
         Symmetric input covariance; a one-element list releases it after the first pass.
     geometry : ignored
-        Kept for compatibility (the im2col path handles every stride and padding).
+        Kept for compatibility (the index map handles every stride and padding).
+    chunk_bytes : int
+        Size of the im2col buffer of the second pass (:func:`conv_rows`).
+    work : Workspace, optional
+        Where ``Uᵀ``, the result and the im2col buffer come from
+        (:class:`refmem.moments.workspace.Workspace`; None: fresh numpy arrays).
 
     Returns
     -------
@@ -225,20 +270,22 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES):
     L = gamma.shape[0]
     n_pos = idx.shape[0]
     J = Wur.shape[1] * n_pos
+    Ut = empty(work, (J, L))
     if isinstance(gamma, BlockDiag):
-        U = np.zeros((L, J))
         s = gamma.s
         for blk in range(gamma.nb):
             sel, local = _block_taps(idx, s, blk)
+            strip = Ut[:, blk * s:(blk + 1) * s]
             if sel.size:
-                conv_rows(gamma.blocks[blk], Wur[sel], local, out=U[blk * s:(blk + 1) * s],
-                          chunk_bytes=chunk_bytes)
+                conv_cols(gamma.blocks[blk], Wur[sel], local, out=strip)
+            else:
+                strip[...] = 0.0
     else:
-        U = conv_rows(gamma, Wur, idx, chunk_bytes=chunk_bytes)   # Γ W_UL (Γ = Γᵀ)
+        conv_cols(gamma, Wur, idx, out=Ut)            # (Γ W_UL)ᵀ, Γ = Γᵀ
     del gamma
-    cov = np.empty((J, J))
-    conv_rows(U, Wur, idx, source_cols=True, upper=True, out=cov, chunk_bytes=chunk_bytes)
-    del U
+    cov = empty(work, (J, J))
+    conv_rows(Ut, Wur, idx, upper=True, out=cov, chunk_bytes=chunk_bytes, work=work)
+    del Ut
     return mirror_upper(cov)
 
 
@@ -301,7 +348,7 @@ def ur_noise(v, vb, idx, mu, gamma):
     return out
 
 
-def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense"):
+def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense", work=None):
     r"""Output moments of a UR convolution (unfold-repeat, theory §5, Proposition 2 corrected).
 
     One crossbar ``(C_in k² [+1]) × C_out`` reused at every position, so all positions of a
@@ -328,6 +375,8 @@ def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense"):
     layout : {"dense", "blocks"}
         With a deterministic input the output covariance is block-diagonal across channels
         (only the shared-device term); ``"blocks"`` returns it as a :class:`BlockDiag`.
+    work : Workspace, optional
+        Buffers for the large matrices (:class:`refmem.moments.workspace.Workspace`).
 
     Returns
     -------
@@ -342,11 +391,11 @@ def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense"):
         if layout == "blocks":
             return mean, BlockDiag(nz)
         J = mean.shape[0]
-        cov = np.zeros((J, J))
+        cov = zeros(work, (J, J))
     else:
         box = [gamma]
         del gamma
-        cov = conv_signal_cov(Wur, idx, box)
+        cov = conv_signal_cov(Wur, idx, box, work=work)
     for c in range(Wur.shape[1]):
         cov[c * n_pos:(c + 1) * n_pos, c * n_pos:(c + 1) * n_pos] += nz[c]
     return mean, cov
@@ -378,7 +427,7 @@ def ul_noise_taps(tb, mu, gamma):
     return noise
 
 
-def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense"):
+def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense", work=None):
     r"""Output moments of a UL convolution (unrolled-linear Toeplitz crossbar, theory §6).
 
     FC (theory §4) with ``W = W_UL``: ``E Z = W_ULᵀμ + b ⊗ 1``,
@@ -386,7 +435,8 @@ def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense"):
     at ``g_min`` are noisy — so ``noise_j = Σ_{n=1}^{L} v_{nj} q_n + v^b_j`` sums over all inputs
     (D12; :func:`ul_noise`). Each column has its own devices: no shared noise between
     positions. ``gamma`` and ``layout`` as in :func:`ur_moments` (a deterministic input gives a
-    diagonal covariance, laid out as diagonal channel blocks with ``"blocks"``).
+    diagonal covariance, laid out as diagonal channel blocks with ``"blocks"``); ``work`` as
+    in :func:`ur_moments`.
     """
     gamma = take_input(gamma)
     mean = conv_mean(Wur, b, idx, mu)
@@ -396,6 +446,6 @@ def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense"):
         return mean, np.diag(noise)
     box = [gamma]
     del gamma
-    cov = conv_signal_cov(Wur, idx, box)
+    cov = conv_signal_cov(Wur, idx, box, work=work)
     cov[np.diag_indices_from(cov)] += noise
     return mean, cov

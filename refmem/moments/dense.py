@@ -24,20 +24,6 @@ def symmetrize(G, block=2048):
     return G
 
 
-def mirror_upper(G, block=2048):
-    """Copy the upper triangle of ``G`` onto its lower triangle in place, blockwise."""
-    n = G.shape[0]
-    for i0 in range(0, n, block):
-        i1 = min(n, i0 + block)
-        d = G[i0:i1, i0:i1]
-        iu = np.tril_indices(i1 - i0, -1)
-        d[iu] = d.T[iu]
-        for j0 in range(i1, n, block):
-            j1 = min(n, j0 + block)
-            G[j0:j1, i0:i1] = G[i0:i1, j0:j1].T
-    return G
-
-
 def raw_second_moments(mu, gamma):
     """Raw second moments ``q_i = μ_i² + Γ_ii`` (theory §1); any covariance layout."""
     d = cov_diagonal(gamma)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
+from ..symmetric import mirror_upper
 from .dense import symmetrize
 from .layout import BlockDiag, take_input
+from .workspace import empty
 
 __all__ = ["pool_moments", "relu_pool_moments"]
 
@@ -19,7 +22,53 @@ def _pool_rows(M, in_shape, k):
     return R.reshape(C, E, k, F, k, m).mean(axis=(2, 4)).reshape(C * E * F, m)
 
 
-def pool_moments(mu, gamma, in_shape, kappa):
+@numba.njit(cache=True)
+def _pool_cov_row(G, I, C, H, W, k, R, out):
+    """Row ``I`` of the upper triangle of ``A Γ Aᵀ`` (see :func:`_pool_cov_upper`)."""
+    E = H // k
+    F = W // k
+    n = C * E * F
+    L = G.shape[0]
+    c = I // (E * F)
+    e = (I // F) % E
+    f = I % F
+    c_lo = c * H * W                       # the windows J ≥ I read columns from here on
+    for col in range(c_lo, L):
+        R[col] = 0.0
+    for u in range(k):
+        for v in range(k):
+            r = c * H * W + (e * k + u) * W + f * k + v
+            for col in range(c_lo, L):
+                R[col] += G[r, col]
+    inv = 1.0 / (k * k * k * k)
+    for Jo in range(I, n):
+        c2 = Jo // (E * F)
+        e2 = (Jo // F) % E
+        f2 = Jo % F
+        acc = 0.0
+        for u in range(k):
+            base = c2 * H * W + (e2 * k + u) * W + f2 * k
+            for v in range(k):
+                acc += R[base + v]
+        out[I, Jo] = acc * inv
+
+
+@numba.njit(parallel=True, cache=True)
+def _pool_cov_upper(G, C, H, W, k, out):
+    """Upper triangle of ``A Γ Aᵀ`` (theory §7): ``out[I, J] = κ⁻⁴ Σ Γ[r, r']`` over the κ²
+    rows r of window I and the κ² columns r' of window J, for I ≤ J. Per output row: the
+    window's κ² rows of Γ summed once (each entry of Γ read once), then κ² entries per J.
+    Parallel over output rows (rows t and n−1−t per task: equal work per task)."""
+    n = C * (H // k) * (W // k)
+    half = (n + 1) // 2
+    for t in numba.prange(half):
+        R = np.empty(G.shape[0])
+        _pool_cov_row(G, t, C, H, W, k, R, out)
+        if n - 1 - t != t:
+            _pool_cov_row(G, n - 1 - t, C, H, W, k, R, out)
+
+
+def pool_moments(mu, gamma, in_shape, kappa, *, work=None):
     r"""Average pooling, kernel = stride = κ, no padding (theory §7, Proposition 3 corrected).
 
     ``E Z = Aμ`` and ``Cov Z = AΓAᵀ`` exactly, cross-channel entries included, with
@@ -27,7 +76,8 @@ def pool_moments(mu, gamma, in_shape, kappa):
     corrects Eqs. (17)–(21), D13). Computed by block means (no A matrix); trailing rows/columns
     that do not fill a window are dropped, as in the forward pass. A :class:`BlockDiag` Γ with
     channel blocks stays block-diagonal (A acts within a channel); ``gamma`` may be ``[Γ]``
-    (released).
+    (released). A dense Γ is pooled by one Numba pass over it (upper triangle, mirrored);
+    ``work`` (:class:`~refmem.moments.workspace.Workspace`) supplies the result's buffer.
     """
     gamma = take_input(gamma)
     C, H, W = in_shape
@@ -47,13 +97,15 @@ def pool_moments(mu, gamma, in_shape, kappa):
         return mean, BlockDiag(out)
     if isinstance(gamma, BlockDiag):
         gamma = gamma.to_dense()
-    G1 = _pool_rows(gamma, in_shape, k)                 # A Γ      (n_out, L)
+    n_out = mean.shape[0]
+    out = empty(work, (n_out, n_out))
+    _pool_cov_upper(np.ascontiguousarray(gamma, dtype=np.float64), C, H, W, k, out)
     del gamma
-    G2 = _pool_rows(np.ascontiguousarray(G1.T), in_shape, k)   # A (AΓ)ᵀ = A Γ Aᵀ
-    return mean, symmetrize(G2)
+    return mean, mirror_upper(out)
 
 
-def relu_pool_moments(mu, gamma, in_shape, kappa, mode="exact", *, clip_negative=False):
+def relu_pool_moments(mu, gamma, in_shape, kappa, mode="exact", *, clip_negative=False,
+                      work=None):
     r"""ReLU followed by κ×κ average pooling in one step (theory §8 then §7).
 
     Equal to ``pool_moments(*relu_layer_moments(mu, gamma, mode), in_shape, kappa)``
@@ -61,7 +113,7 @@ def relu_pool_moments(mu, gamma, in_shape, kappa, mode="exact", *, clip_negative
     consumed: pass ``[Γ]`` to release it) and pooled from there, and a :class:`BlockDiag`
     input is rectified and pooled one channel block at a time, so the rectified covariance
     never needs a second buffer. Returns ``(mean, cov, clip)`` with ``clip`` as in
-    :func:`refmem.moments.activation.relu_layer_moments`.
+    :func:`refmem.moments.activation.relu_layer_moments`; ``work`` as in :func:`pool_moments`.
     """
     from .activation import relu_layer_moments
 
@@ -86,5 +138,5 @@ def relu_pool_moments(mu, gamma, in_shape, kappa, mode="exact", *, clip_negative
     m, g, clip = relu_layer_moments(mu, box, mode, clip_negative=clip_negative)
     box = [g] if g is not None else None
     del g                                   # pool_moments holds the only reference
-    mean, cov = pool_moments(m, box, in_shape, kappa)
+    mean, cov = pool_moments(m, box, in_shape, kappa, work=work)
     return mean, cov, clip

@@ -1,0 +1,51 @@
+"""Symmetric matrices stored by their upper triangle: the in-place mirror (theory §15).
+
+The analytic pass computes only the upper triangle of each covariance (the signal term of a
+convolution, the exact ReLU covariance) and copies it onto the lower triangle here. A plain
+transposed copy of a GB-sized matrix runs at about 1 GB/s (one cache line per element
+written); this kernel copies 64×64 tiles, which stay in cache, on every core.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["mirror_upper"]
+
+_TILE = 64
+
+
+@numba.njit(cache=True)
+def _mirror_block(out, bi, bj, B):
+    """``out[j, i] = out[i, j]`` for ``i < j`` in the tile of rows ``bi:bi+B``, columns ``bj:bj+B``."""
+    d = out.shape[0]
+    for i in range(bi, min(bi + B, d)):
+        for j in range(max(bj, i + 1), min(bj + B, d)):
+            out[j, i] = out[i, j]
+
+
+@numba.njit(cache=True, parallel=True)
+def _mirror_upper_par(out, B):
+    n = (out.shape[0] + B - 1) // B
+    half = (n + 1) // 2
+    for t in numba.prange(half):       # tile rows t and n−1−t per task: equal work per task
+        for side in range(2):
+            bi = t if side == 0 else n - 1 - t
+            if side == 1 and bi == t:
+                break
+            for bj in range(bi, n):
+                _mirror_block(out, bi * B, bj * B, B)
+
+
+def mirror_upper(G):
+    """Copy the upper triangle of the square matrix ``G`` onto its lower triangle, in place.
+
+    Returns ``G`` (exactly symmetric). Bit-exact: entries are copied, never averaged.
+    """
+    if G.shape[0] != G.shape[1]:
+        raise ValueError(f"mirror_upper needs a square matrix, got {G.shape}")
+    if G.dtype != np.float64 or not G.flags.c_contiguous:
+        raise ValueError("mirror_upper needs a C-contiguous float64 matrix")
+    _mirror_upper_par(G, _TILE)
+    return G
