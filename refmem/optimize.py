@@ -58,8 +58,8 @@ from .errors import ConfigError, DataError
 from .network import Network
 
 __all__ = ["Problem", "Evaluation", "Archive", "Evaluator", "OptimizeResult", "evaluate",
-           "solve_scalar", "kkt_baseline", "kkt_step", "kkt_allocate", "run_ga", "optimize",
-           "deb_order", "convert_genome", "CONSTRAINT_NAMES", "write_optimization",
+           "solve_scalar", "kkt_baseline", "kkt_step", "kkt_linearize", "kkt_apply",
+           "kkt_allocate", "run_ga", "optimize", "deb_order", "convert_genome", "CONSTRAINT_NAMES", "write_optimization",
            "plot_archive"]
 
 AGAINST = ("reference", "targets")
@@ -582,7 +582,7 @@ def kkt_allocate(s, beta, gamma, d, budget, lam_max):
 
 
 def kkt_baseline(ev: "Evaluator", design: str, at, *, iterations=4, rtol=1e-3,
-                 factors=(0.8, 1.25)):
+                 factors=(0.8, 1.25), scale_rtol=1e-10):
     r"""Sequential Lagrange/KKT allocation: :func:`kkt_step` repeated from its own solution.
 
     The first linearisation is at the warm start, which may be far from the optimum (the
@@ -595,7 +595,7 @@ def kkt_baseline(ev: "Evaluator", design: str, at, *, iterations=4, rtol=1e-3,
     """
     best, history, info = None, [], {}
     for _ in range(max(1, int(iterations))):
-        row, info = kkt_step(ev, design, at, factors=factors)
+        row, info = kkt_step(ev, design, at, factors=factors, rtol=scale_rtol)
         history.append(row["power"])
         prev = best
         best = row if best is None else _best_row([best, row])
@@ -608,21 +608,30 @@ def kkt_baseline(ev: "Evaluator", design: str, at, *, iterations=4, rtol=1e-3,
     return best, info
 
 
-def kkt_step(ev: "Evaluator", design: str, at, *, factors=(0.8, 1.25)):
+def kkt_step(ev: "Evaluator", design: str, at, *, factors=(0.8, 1.25), rtol=1e-10):
     r"""One Lagrange/KKT allocation of g_u over the genes of ``design`` (theory §22).
 
-    Linearisation at the genome ``at`` (λ⁰): for every gene k, two probe passes with λ_k
-    scaled by ``factors`` (kind ``kkt-probe``) give the MSE's slope ``s_k`` in
-    ``t_k = 1/λ_k²`` (least squares over the three points: to first order the device-noise
-    MSE is affine in the t_k), the own layer's power as an exact quadratic ``c + β λ + γ λ²``
-    in λ_k (the layer's power depends on its own λ only through its conductances), and the
-    downstream layers' power as affine in t_k (slope ``d_k``, the noise raising their input
-    second moments). :func:`kkt_allocate` solves the separable convex problem with the
-    budget ``ν − M₀``, ``M₀ = MSE(λ⁰) − Σ s_k t⁰_k``; the solution is then scaled uniformly,
-    ``g_u − g_min ← c (g_u − g_min)``, to meet the exact constraint (:func:`_solve_monotone`).
+    :func:`kkt_linearize` at the genome ``at``, then :func:`kkt_apply` to the bound of
+    ``ev.problem``. Returns ``(row, info)``: the archive row of the final point (kind ``kkt``)
+    and a dict with the coefficients and the linear model's prediction.
+    """
+    return kkt_apply(ev, design, kkt_linearize(ev, design, at, factors=factors), rtol=rtol)
 
-    Returns ``(row, info)``: the archive row of the final point (kind ``kkt``) and a dict with
-    the coefficients and the linear model's prediction.
+
+def kkt_linearize(ev: "Evaluator", design: str, at, *, factors=(0.8, 1.25)):
+    r"""The linear model of the MSE and the power around the genome ``at`` (theory §22).
+
+    Linearisation at ``at`` (λ⁰): for every gene k, two probe passes with λ_k scaled by
+    ``factors`` (kind ``kkt-probe``) give the MSE's slope ``s_k`` in ``t_k = 1/λ_k²`` (least
+    squares over the three points: to first order the device-noise MSE is affine in the t_k),
+    the own layer's power as an exact quadratic ``c + β λ + γ λ²`` in λ_k (the layer's power
+    depends on its own λ only through its conductances), and the downstream layers' power as
+    affine in t_k (slope ``d_k``, the noise raising their input second moments), and
+    ``M₀ = MSE(λ⁰) − Σ s_k t⁰_k``. None of these depends on the bound ν, so one linearisation
+    serves every bound of the same network, batch and design (:func:`kkt_apply`).
+
+    Returns a dict with ``s, beta, gamma, d, m0, at, linearization_ok`` and ``base`` (the
+    archive row of ``at``).
     """
     p = ev.problem
     at = p.clip(np.asarray(at, dtype=np.float64))
@@ -665,20 +674,40 @@ def kkt_step(ev: "Evaluator", design: str, at, *, factors=(0.8, 1.25)):
         d[k] = np.dot(tc, down - down.mean()) / np.dot(tc, tc)
     t0 = 1.0 / lam0**2
     m0 = base["mse"] - float(np.sum(s * t0))
-    info = dict(s=s, beta=beta, gamma=gamma, d=d, m0=m0, at=at, linearization_ok=bool(ok))
-    if not ok:
+    return dict(s=s, beta=beta, gamma=gamma, d=d, m0=m0, at=at, linearization_ok=bool(ok),
+                base=base)
+
+
+def kkt_apply(ev: "Evaluator", design: str, lin: dict, *, rtol=1e-10):
+    r"""The KKT allocation of a linear model (:func:`kkt_linearize`) for the bound of ``ev``.
+
+    :func:`kkt_allocate` solves the separable convex problem with the budget ``ν − M₀``; the
+    solution is then scaled uniformly, ``g_u − g_min ← c (g_u − g_min)``, to meet the exact
+    constraint (:func:`_solve_monotone`, relative tolerance ``rtol`` in c). ``lin`` may come
+    from another bound's evaluator of the same problem (its coefficients do not depend on ν).
+
+    Returns ``(row, info)``: the archive row of the final point (kind ``kkt``; the row of the
+    linearisation point when the linearisation failed) and ``lin`` with the allocation.
+    """
+    p = ev.problem
+    info = {k: v for k, v in lin.items() if k != "base"}
+    if not lin["linearization_ok"]:
         info["model_feasible"] = False
-        return base, info
-    lam, feas = kkt_allocate(s, beta, gamma, d, p.max_mse - m0, lam_max)
+        return ev.one(design, lin["at"], "kkt-probe"), info
+    s = lin["s"]
+    w = p.group_wu(design)
+    lam_max = (p.g_max - p.g_min) / w
+    lam, feas = kkt_allocate(s, lin["beta"], lin["gamma"], lin["d"], p.max_mse - lin["m0"],
+                             lam_max)
     raw = p.clip(p.g_min + lam * w)
     info["model_feasible"] = bool(feas)
     info["model_g_u"] = raw
-    info["model_mse"] = m0 + float(np.sum(s / lam**2))
+    info["model_mse"] = lin["m0"] + float(np.sum(s / lam**2))
     # exact constraint: scale (g_u - g_min) uniformly (MSE falls as c grows)
     span = raw - p.g_min
     c_max = float(np.min((p.g_max - p.g_min) / span))
     c, row = _solve_monotone(ev, p, design, lambda c: p.clip(p.g_min + c * span), c_max,
-                             kind="kkt")
+                             kind="kkt", rtol=rtol)
     info["scale"] = c
     return row, info
 

@@ -49,8 +49,9 @@ from refmem.io import write_result  # noqa: E402
 from refmem.mapping import map_network  # noqa: E402
 from refmem.modelfile import load_model  # noqa: E402
 from refmem.moments import propagate  # noqa: E402
-from refmem.optimize import (Evaluator, Problem, convert_genome, evaluate, kkt_baseline,  # noqa: E402
-                             optimize, run_ga, solve_scalar, write_optimization)
+from refmem.optimize import (Evaluator, Problem, convert_genome, evaluate,  # noqa: E402
+                             kkt_apply, kkt_linearize, optimize, run_ga, solve_scalar,
+                             write_optimization)
 
 DIABETES_MODEL = ROOT / "data" / "models" / "diabetes_mlp_10-50-1.h5"
 CNN_MODEL = ROOT / "data" / "models" / "fashion-mnist_cnn13_w8.h5"
@@ -265,87 +266,187 @@ def run_fig8(args):
 
 
 # ============================================================================ Fig. 9
-def run_fig9(args):
-    import h5py
+def _fig9_paths(out, bounds, tag):
+    return {nu: out / f"nu{nu:g}_{tag}.h5" for nu in bounds}
 
+
+def run_fig9(args):
+    """Scalar vs layer-wise optimization of the CNN for several bounds (see the module doc).
+
+    Per bound ν on ``mse_batch`` (evaluation batch ``--fig9-per-class`` images per class):
+    the scalar design by bisection; the layer design by the Lagrange/KKT allocation of one
+    linear model (:func:`refmem.optimize.kkt_linearize` at the scalar solution of the middle
+    bound; its coefficients do not depend on ν), rescaled to meet ν exactly, then a small GA
+    warm-started from it and from the scalar solution. Both solutions are then checked:
+    Monte-Carlo accuracy on the test subset (the same seed for both designs: common random
+    numbers), MSE and power on the larger balanced check batch.
+    """
     out = Path(args.out) / "fig9"
     out.mkdir(parents=True, exist_ok=True)
-    per_class = 1 if args.quick else 2
+    per_class = 1 if args.quick else args.fig9_per_class
     model, x_ev, y_ev, x_te, y_te, ev_idx, te_idx = cnn_data(per_class, args.mc_images,
                                                              seed=args.seed, model_path=args.cnn_model)
     if args.quick:
-        x_ev = x_ev[:2]
+        x_ev, ev_idx = x_ev[:2], ev_idx[:2]
     cfg = CrossbarConfig(sigma=args.sigma, g_min=0.0, g_max=args.gmax, mapping=args.mapping)
-    bounds = [float(v) for v in args.constraints.split(",")]
+    bounds = sorted(float(v) for v in args.constraints.split(","))
     if args.quick:
         bounds = bounds[:1]
+    nu_ref = bounds[len(bounds) // 2]
     pop, gens = (6, 2) if args.quick else (args.fig9_population, args.fig9_generations)
     n_check = 0 if args.quick else args.check_images
     x_check = None
     if n_check:
         _, x_check, _, _, _, _, _ = cnn_data(max(1, n_check // 10), 1, seed=args.seed,
                                              model_path=args.cnn_model)
-    rows = []
+    mut = "spec" if args.mutation_rel is None else f"{args.mutation_rel:g}"
+    tag = (f"img{len(x_ev)}_pop{pop}x{gens}_mut{mut}_ref{nu_ref:g}_sigma{args.sigma:g}_"
+           f"{args.mapping}_gmax{args.gmax:g}")
+    paths = _fig9_paths(out, bounds, tag)
+    noiseless = float(np.mean(np.argmax(model.forward(x_te), axis=1) == y_te))
+    if not all(p.exists() for p in paths.values()):
+        _fig9_optimize(args, model, cfg, x_ev, x_te, y_te, x_check, bounds, nu_ref, pop, gens,
+                       paths, ev_idx, noiseless)
+    for p in paths.values():                     # every bound done: the checkpoints go
+        p.with_suffix(".ckpt.h5").unlink(missing_ok=True)
+    _fig9_collect(args, paths, noiseless, len(x_ev), pop, gens, nu_ref)
+
+
+def _fig9_optimize(args, model, cfg, x_ev, x_te, y_te, x_check, bounds, nu_ref, pop, gens,
+                   paths, ev_idx, noiseless):
+    t0 = time.time()
     with Executor(workers=args.workers) as ex:
-        for i, nu in enumerate(bounds):
-            path = out / (f"nu{nu:g}_img{len(x_ev)}_pop{pop}x{gens}_sigma{args.sigma:g}_"
-                          f"{args.mapping}_gmax{args.gmax:g}.h5")
-            if not path.exists():
-                t0 = time.time()
-                prob = Problem(model, cfg, x_ev, nu)
-                ev = Evaluator(prob, map_fn=ex.map, checkpoint=path.with_suffix(".ckpt.h5"))
-                scal = solve_scalar(ev, rtol=1e-4, max_evals=args.max_bisect)
-                ev.save()
-                start = convert_genome(prob, scal["g_u"], "scalar", "layer")
-                base, _ = kkt_baseline(ev, "layer", start)
-                ev.save()
-                run_ga(ev, "layer", start, population=pop, generations=gens, seed=args.seed,
-                       warm_starts=[start, base["g_u"]])
-                rl = [r for r in ev.archive.rows["layer"] if r["kind"] in ("ga", "kkt", "warm-start")]
-                feas = [r for r in rl if r["feasible"]] or rl
-                best = min(feas, key=lambda r: (r["power"] if r["feasible"] else r["mse"]))
-                sols = {"scalar": scal, "layer": best}
-                ds = {}
-                for d, r in sols.items():
-                    gu = prob.gu_value(d, r["g_u"])
-                    c = cfg.with_(design=d, g_u=gu)
-                    acc, se = _mc_accuracy(model, c, x_te, y_te, args.mc_n, args.seed)
-                    pw = float(propagate(map_network(model, c), x_te[:args.power_images]).power.mean())
-                    ds[f"{d}/g_u"] = r["g_u"]
-                    ds[f"{d}/mse_batch"] = np.float64(r["mse"])
-                    ds[f"{d}/power_batch"] = np.float64(r["power"])
-                    ds[f"{d}/accuracy"] = np.float64(acc)
-                    ds[f"{d}/accuracy_se"] = np.float64(se)
-                    ds[f"{d}/power_test"] = np.float64(pw)
-                    ds[f"{d}/method"] = np.bytes_(r["kind"])
-                    if x_check is not None:         # the bound checked on the larger batch
-                        chk = Problem(model, cfg, x_check, nu)
-                        ds[f"{d}/mse_batch_check"] = np.float64(evaluate(chk, d, r["g_u"]).mse)
-                write_fig9_point(path, ds, {"config": cfg, "max_mse": nu,
-                                            "seconds": time.time() - t0, "n_passes": ev.n_passes,
-                                            "population": pop, "generations": gens,
-                                            "command": _command(args)},
-                                 inputs={"model": str(args.cnn_model)}, force=args.force)
-                path.with_suffix(".ckpt.h5").unlink(missing_ok=True)
-            with h5py.File(path) as f:
-                rows.append({d: {k: f[f"{d}/{k}"][()] for k in ("accuracy", "accuracy_se",
-                                                                 "power_test", "mse_batch")}
-                             for d in ("scalar", "layer")} | {"nu": nu})
-            r = rows[-1]
-            _log(f"  ν = {nu:g}: scalar acc {r['scalar']['accuracy']:.4f} power "
-                 f"{r['scalar']['power_test']:.6g}; layer acc {r['layer']['accuracy']:.4f} power "
-                 f"{r['layer']['power_test']:.6g}")
+        evs, scal = {}, {}
+        for nu in bounds:                        # 1. the scalar design of every bound
+            prob = Problem(model, cfg, x_ev, nu)
+            evs[nu] = Evaluator(prob, map_fn=ex.map, checkpoint=paths[nu].with_suffix(".ckpt.h5"))
+            if paths[nu].exists() and nu != nu_ref:
+                continue
+            scal[nu] = solve_scalar(evs[nu], rtol=args.bisect_rtol, max_evals=args.max_bisect)
+            evs[nu].save()
+            _log(f"  ν = {nu:g}: scalar g_u {scal[nu]['g_u'][0]:.6g}, power "
+                 f"{scal[nu]['power']:.6g} ({evs[nu].n_passes} passes, {time.time() - t0:.0f} s)")
+        ev_ref = evs[nu_ref]                     # 2. one linear model, at ν_ref's scalar point
+        start_ref = convert_genome(ev_ref.problem, scal[nu_ref]["g_u"], "scalar", "layer")
+        lin = kkt_linearize(ev_ref, "layer", start_ref)
+        ev_ref.save()
+        _log(f"  linearized at ν = {nu_ref:g} ({ev_ref.n_passes} passes so far there, "
+             f"{time.time() - t0:.0f} s): s = {np.array2string(lin['s'], precision=3)}")
+        for nu in bounds:                        # 3. per bound: KKT, GA, checks
+            if paths[nu].exists():
+                continue
+            t1 = time.time()
+            ev, prob = evs[nu], evs[nu].problem
+            base, info = kkt_apply(ev, "layer", lin, rtol=args.bisect_rtol)
+            ev.save()
+            start = convert_genome(prob, scal[nu]["g_u"], "scalar", "layer")
+            ev.one("layer", start, "warm-start")
+            m0 = None if args.mutation_rel is None else args.mutation_rel * (base["g_u"] - prob.g_min)
+            run_ga(ev, "layer", base["g_u"], population=pop, generations=gens, seed=args.seed,
+                   warm_starts=[base["g_u"], start], mutation_std=m0)
+            rl = [r for r in ev.archive.rows["layer"] if r["kind"] in ("ga", "kkt", "warm-start")]
+            best = min([r for r in rl if r["feasible"]] or rl,
+                       key=lambda r: (r["power"] if r["feasible"] else r["mse"]))
+            ga_f = [r["power"] for r in rl if r["kind"] == "ga" and r["feasible"]]
+            sols = {"scalar": scal[nu], "layer": best}
+            ds = {}
+            for d, r in sols.items():
+                c = cfg.with_(design=d, g_u=prob.gu_value(d, r["g_u"]))
+                acc, se = _mc_accuracy(model, c, x_te, y_te, args.mc_n, args.seed)
+                ds[f"{d}/g_u"] = r["g_u"]
+                ds[f"{d}/mse_batch"] = np.float64(r["mse"])
+                ds[f"{d}/power_batch"] = np.float64(r["power"])
+                ds[f"{d}/accuracy"] = np.float64(acc)
+                ds[f"{d}/accuracy_se"] = np.float64(se)
+                ds[f"{d}/method"] = np.bytes_(r["kind"])
+                if args.power_images:
+                    ds[f"{d}/power_test"] = np.float64(float(propagate(
+                        map_network(model, c), x_te[:args.power_images]).power.mean()))
+                if x_check is not None:         # the bound checked on the larger batch
+                    e = evaluate(Problem(model, cfg, x_check, nu), d, r["g_u"])
+                    ds[f"{d}/mse_batch_check"] = np.float64(e.mse)
+                    ds[f"{d}/power_check"] = np.float64(e.power)
+            ds["layer/power_kkt"] = np.float64(base["power"])
+            ds["layer/power_ga"] = np.float64(min(ga_f) if ga_f else math.nan)
+            write_fig9_point(paths[nu], ds, {
+                "config": cfg, "max_mse": nu, "seconds": time.time() - t1,
+                "n_passes": ev.n_passes, "population": pop, "generations": gens,
+                "linearized_at": nu_ref, "eval_indices": ev_idx.tolist(),
+                "mc_images": len(x_te), "mc_n": args.mc_n, "noiseless_accuracy": noiseless,
+                "mutation_rel": -1.0 if args.mutation_rel is None else args.mutation_rel,
+                "check_images": 0 if x_check is None else len(x_check),
+                "command": _command(args)}, inputs={"model": str(args.cnn_model)},
+                force=args.force)
+            _log(f"  ν = {nu:g} done in {time.time() - t1:.0f} s: scalar power "
+                 f"{ds['scalar/power_batch']:.6g} acc {ds['scalar/accuracy']:.4f}; layer power "
+                 f"{ds['layer/power_batch']:.6g} ({best['kind']}) acc {ds['layer/accuracy']:.4f}")
+
+
+def _interp_power(acc, power, target):
+    """log-power at ``target`` accuracy, linear in accuracy between the bracketing bounds."""
+    o = np.argsort(acc)
+    a, lp = np.asarray(acc)[o], np.log(np.asarray(power)[o])
+    if not a[0] <= target <= a[-1]:
+        return math.nan
+    return float(np.exp(np.interp(target, a, lp)))
+
+
+def _fig9_collect(args, paths, noiseless, n_img, pop, gens, nu_ref):
+    import h5py
+
+    bounds = sorted(paths)
+    keys = ("accuracy", "accuracy_se", "power_batch", "mse_batch", "power_check",
+            "mse_batch_check")
+    R = {d: {k: [] for k in keys} for d in ("scalar", "layer")}
+    for nu in bounds:
+        with h5py.File(paths[nu], "r") as f:
+            for d in R:
+                for k in keys:
+                    R[d][k].append(float(f[f"{d}/{k}"][()]) if f"{d}/{k}" in f else math.nan)
+    P = "power_check" if np.all(np.isfinite(R["scalar"]["power_check"])) else "power_batch"
+    targets = [0.90, noiseless - 0.005, noiseless - 0.01, noiseless - 0.02]
+    saving = []
+    for t in targets:
+        ps = _interp_power(R["scalar"]["accuracy"], R["scalar"][P], t)
+        pl = _interp_power(R["layer"]["accuracy"], R["layer"][P], t)
+        saving.append(1.0 - pl / ps)
+    ds = {"axes/max_mse": np.array(bounds)}
+    for k in keys:
+        ds[k] = np.array([R["scalar"][k], R["layer"][k]]).T
+    ds["saving_at_accuracy"] = np.array(saving)
+    ds["target_accuracy"] = np.array(targets)
+    write_fig9(Path(args.out) / "fig9.h5", ds, {
+        "figure": "Kern et al. Fig. 9", "designs": ["scalar", "layer"],
+        "noiseless_accuracy": noiseless, "eval_images": n_img, "population": pop,
+        "generations": gens, "linearized_at": nu_ref, "power_used": P,
+        "files": [p.name for p in paths.values()], "command": _command(args)},
+        inputs={"model": str(args.cnn_model)}, force=args.force)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for d in ("scalar", "layer"):
-        ax.errorbar([r[d]["power_test"] for r in rows], [r[d]["accuracy"] for r in rows],
-                    yerr=[r[d]["accuracy_se"] for r in rows], fmt="o-", label=d)
-    ax.set_xlabel("mean power per inference (test subset)")
-    ax.set_ylabel("Monte-Carlo accuracy")
-    ax.legend()
+        ax.errorbar(R[d][P], R[d]["accuracy"], yerr=R[d]["accuracy_se"], fmt="o-", ms=4,
+                    capsize=2, label=f"{d} g_u")
+        for nu, x, y in zip(bounds, R[d][P], R[d]["accuracy"]):
+            if d == "scalar":
+                ax.annotate(f"ν={nu:g}", (x, y), fontsize=7, xytext=(3, -9),
+                            textcoords="offset points")
+    ax.axhline(noiseless, color="k", lw=0.8, ls="--", label="noiseless")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean power per inference" + (" (check batch)" if P == "power_check"
+                                                 else " (evaluation batch)"))
+    ax.set_ylabel("Monte-Carlo accuracy (test subset)")
+    ax.set_title(f"Fig. 9 (width/8 CNN, Fashion-MNIST, {n_img}-image evaluation batch)",
+                 fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(Path(args.out) / "fig9.png", dpi=120)
     plt.close(fig)
+    for i, nu in enumerate(bounds):
+        _log(f"  ν = {nu:g}: " + "; ".join(
+            f"{d} acc {R[d]['accuracy'][i]:.4f} ± {R[d]['accuracy_se'][i]:.4f} power "
+            f"{R[d][P][i]:.6g}" for d in R))
+    _log("  saving of layer-wise at equal accuracy: " + ", ".join(
+        f"{t:.4f}: {s:.3%}" for t, s in zip(targets, saving)))
 
 
 # ============================================================================ output
@@ -389,6 +490,31 @@ FIG9_META = {
                "theory §22"),
     "mse_batch_check": (_Y2, "the solution's mse_batch on the larger class-balanced check "
                         "batch", "theory §9"),
+    "power_check": (_PW, "analytic expected read power per inference of the solution, mean "
+                    "over the larger class-balanced check batch", "theory §11"),
+    "power_kkt": (_PW, "power of the Lagrange/KKT allocation rescaled to meet the bound "
+                  "(evaluation batch)", "theory §22.3"),
+    "power_ga": (_PW, "lowest power of a feasible GA individual (evaluation batch; NaN: none "
+                 "feasible)", "theory §12, §22.4"),
+}
+FIG9_SUMMARY_META = {
+    "axes/max_mse": (_Y2, "bound ν on mse_batch (mean over the evaluation batch, against the "
+                     "noiseless network) of each row", "theory §12, Eq. (45)"),
+    "accuracy": ("1", "Monte-Carlo accuracy on the test subset (ν, design scalar/layer)",
+                 "theory §19"),
+    "accuracy_se": ("1", "standard error of accuracy (ν, design)", "theory §19.2"),
+    "power_batch": (_PW, "power of the solution, mean over the evaluation batch (ν, design)",
+                    "theory §11"),
+    "mse_batch": (_Y2, "the constrained mse_batch reached on the evaluation batch (ν, design)",
+                  "theory §9, Eq. (45)"),
+    "power_check": (_PW, "power of the solution, mean over the check batch (ν, design)",
+                    "theory §11"),
+    "mse_batch_check": (_Y2, "mse_batch of the solution on the check batch (ν, design)",
+                        "theory §9"),
+    "target_accuracy": ("1", "accuracies at which the designs' powers are compared", ""),
+    "saving_at_accuracy": ("1", "1 − P_layer/P_scalar at each target accuracy, log-power "
+                           "interpolated linearly in accuracy between bounds (NaN: outside "
+                           "the range of either design)", "theory §22"),
 }
 
 
@@ -430,6 +556,12 @@ def write_fig9_point(path, ds, attrs, inputs=(), force=False):
                         force=force)
 
 
+def write_fig9(path, ds, attrs, inputs=(), force=False):
+    """``fig9.h5`` (kind :data:`KIND`): one row per bound, columns scalar, layer."""
+    return write_result(path, KIND, _described(FIG9_SUMMARY_META, ds), attrs=attrs,
+                        inputs=inputs, allow_nonfinite=list(ds), force=force)
+
+
 # ============================================================================ CLI
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -454,13 +586,22 @@ def main(argv=None):
     p.add_argument("--mc-n", type=int, default=4)
     p.add_argument("--lam-lo", type=float, default=0.1, help="Fig. 8: smallest λ level")
     p.add_argument("--lam-hi", type=float, default=2.0, help="Fig. 8: largest λ level")
-    p.add_argument("--constraints", default="0.05,0.1,0.2,0.5", help="Fig. 9 bounds on mse_batch")
+    p.add_argument("--constraints", default="0.1,0.3,1", help="Fig. 9 bounds on mse_batch")
     p.add_argument("--max-bisect", type=int, default=15)
-    p.add_argument("--fig9-population", type=int, default=16)
-    p.add_argument("--fig9-generations", type=int, default=20)
+    p.add_argument("--bisect-rtol", type=float, default=1e-4,
+                   help="Fig. 9: relative tolerance of the scalar and KKT-rescaling solves")
+    p.add_argument("--fig9-per-class", type=int, default=2,
+                   help="Fig. 9 evaluation batch: images per class")
+    p.add_argument("--fig9-population", type=int, default=12)
+    p.add_argument("--fig9-generations", type=int, default=3)
+    p.add_argument("--mutation-rel", type=float, default=None,
+                   help="Fig. 9 GA mutation std as a fraction of the KKT genes (default: the "
+                   "spec's 0.1 (g_max - g_min))")
     p.add_argument("--check-images", type=int, default=100,
                    help="Fig. 9: balanced batch on which the solutions' MSE is checked (0: skip)")
-    p.add_argument("--power-images", type=int, default=20)
+    p.add_argument("--power-images", type=int, default=0,
+                   help="Fig. 9: also the power on this many test images (0: the check "
+                   "batch's power only)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--force", action="store_true",
                    help="replace fig7.h5, fig8.h5 and the Fig. 9 files even if they are not "
@@ -473,7 +614,7 @@ def main(argv=None):
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for f in figs:
-            if f in ("fig7", "fig8"):
+            if f in ("fig7", "fig8", "fig9"):
                 check_output(Path(args.out) / f"{f}.h5", KIND, force=args.force)
     except (RefmemError, OSError) as exc:
         print(f"reproduce_optimization: error: {exc}", file=sys.stderr)

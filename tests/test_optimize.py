@@ -21,7 +21,8 @@ from refmem.moments import propagate
 from refmem.network import Network
 from refmem.errors import ConfigError, DataError
 from refmem.optimize import (Evaluator, Problem, convert_genome, deb_order, evaluate,
-                             kkt_allocate, optimize, run_ga, solve_scalar)
+                             kkt_allocate, kkt_apply, kkt_linearize, kkt_step, optimize,
+                             run_ga, solve_scalar)
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -276,6 +277,29 @@ def test_kkt_baseline_beats_scalar_and_meets_bound():
     assert base["mse"] == pytest.approx(p.max_mse, rel=1e-6)
     assert base["power"] < e_scal.power
     assert r.power <= base["power"] and r.feasible
+
+
+def test_kkt_linearization_is_shared_across_bounds():
+    """One linear model (kkt_linearize under bound ν₁) applied to bound ν₂ (kkt_apply) is the
+    same point as kkt_step under ν₂ from the same genome: the coefficients do not depend on ν,
+    and the final rescaling meets ν₂ exactly."""
+    net, x = two_layer()
+    cfg = CrossbarConfig(sigma=0.05, g_max=GMAX)
+    at = np.array([5.0, 20.0])
+    ev1 = Evaluator(Problem(net, cfg, x, NU))
+    lin = kkt_linearize(ev1, "layer", at)
+    assert lin["linearization_ok"]
+    for nu2 in (0.5 * NU, 2 * NU):
+        ev2 = Evaluator(Problem(net, cfg, x, nu2))
+        row_a, info_a = kkt_apply(ev2, "layer", lin)
+        row_b, info_b = kkt_step(Evaluator(Problem(net, cfg, x, nu2)), "layer", at)
+        for k in ("s", "beta", "gamma", "d", "model_g_u"):
+            np.testing.assert_array_equal(info_a[k], info_b[k])
+        np.testing.assert_array_equal(row_a["g_u"], row_b["g_u"])
+        assert row_a["feasible"] and row_a["mse"] == pytest.approx(nu2, rel=1e-6)
+        # the probes were paid once, under ν₁: ev2 computed the rescaling passes only
+        assert ev1.n_passes == 1 + 2 * 2
+        assert {r["kind"] for r in ev2.archive.rows["layer"]} == {"kkt"}
 
 
 def _sigma_fails_high(g):
