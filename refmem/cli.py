@@ -638,7 +638,8 @@ def cmd_optimize(args):
         print("refmem: warning: " + res.message, file=sys.stderr)
     if not args.quiet:
         print(f"{args.design} g_u ({res.g_u.size} genes, method {res.method}): power = "
-              f"{res.power:.6g} G·V², {res.constraint} = {res.mse:.6g} y² (bound {res.max_mse:g}), "
+              f"{res.power:.6g} G·V², constraint_value ({res.constraint}) = {res.mse:.6g} y² "
+              f"(bound {res.max_mse:g}), "
               f"feasible = {res.feasible}")
         print(f"wrote {out} and {png}")
     return 0

@@ -312,6 +312,8 @@ class Archive:
     """Every evaluation, per design, keyed by the genome's bytes (the run's checkpoint)."""
 
     FIELDS = ("g_u", "mse", "power", "power_layers", "feasible", "kind", "generation", "error")
+    """Row keys; :meth:`arrays` names them as in refmem.io.SCHEMA (``mse`` → ``constraint_value``,
+    ``power`` → ``power_batch``, ``power_layers`` → ``power_layers_batch``)."""
 
     def __init__(self):
         self.rows = {d: [] for d in DESIGNS}
@@ -346,9 +348,9 @@ class Archive:
         if not rows:
             return {}
         return {"g_u": np.stack([r["g_u"] for r in rows]),
-                "mse": np.array([r["mse"] for r in rows]),
-                "power": np.array([r["power"] for r in rows]),
-                "power_layers": np.stack([r["power_layers"] for r in rows]),
+                "constraint_value": np.array([r["mse"] for r in rows]),
+                "power_batch": np.array([r["power"] for r in rows]),
+                "power_layers_batch": np.stack([r["power_layers"] for r in rows]),
                 "feasible": np.array([r["feasible"] for r in rows]),
                 "kind": np.array([r["kind"] for r in rows], dtype="S"),
                 "generation": np.array([r["generation"] for r in rows]),
@@ -380,7 +382,8 @@ class Archive:
                 for d in DESIGNS:
                     if d not in f:
                         continue
-                    g = {k: f[d][k][()] for k in cls.FIELDS}
+                    g = {k: f[d][_FILE_NAMES.get(k, k) if _FILE_NAMES.get(k, k) in f[d]
+                                 else k][()] for k in cls.FIELDS}   # (old files: mse, power)
                     for i in range(g["mse"].shape[0]):
                         ev = Evaluation(float(g["mse"][i]), float(g["power"][i]),
                                         g["power_layers"][i], bool(g["feasible"][i]),
@@ -751,7 +754,8 @@ def run_ga(ev: "Evaluator", design, init, *, population=100, generations=20, see
         np.asarray(mutation_std, dtype=np.float64), init.shape)
     if np.any(~np.isfinite(m0)) or np.any(np.asarray(m0) < 0):
         raise ConfigError("mutation_std must be finite and >= 0")
-    rec = {k: np.empty(generations) for k in ("gen_mse", "gen_power", "best_mse", "best_power")}
+    rec = {k: np.empty(generations) for k in ("gen_constraint_value", "gen_power",
+                                              "best_constraint_value", "best_power")}
     rec.update(gen_feasible=np.zeros(generations, bool), best_feasible=np.zeros(generations, bool),
                best_g_u=np.empty((generations, n)))
     running = None
@@ -763,8 +767,9 @@ def run_ga(ev: "Evaluator", design, init, *, population=100, generations=20, see
         order = deb_order(mse, pw, fe)
         b = rows[int(order[0])]
         running = b if running is None else _best_row([running, b])
-        rec["gen_mse"][gen], rec["gen_power"][gen], rec["gen_feasible"][gen] = b["mse"], b["power"], b["feasible"]
-        rec["best_mse"][gen], rec["best_power"][gen] = running["mse"], running["power"]
+        rec["gen_constraint_value"][gen] = b["mse"]
+        rec["gen_power"][gen], rec["gen_feasible"][gen] = b["power"], b["feasible"]
+        rec["best_constraint_value"][gen], rec["best_power"][gen] = running["mse"], running["power"]
         rec["best_feasible"][gen] = running["feasible"]
         rec["best_g_u"][gen] = running["g_u"]
         ev.save()
@@ -918,70 +923,40 @@ def optimize(problem: Problem, design="layer", *, population=100, generations=20
 
 
 # ====================================================================== output
-_PW, _Y2 = "g*x^2", "y^2"
-_META = {
-    # name → (units, description, equation)
-    "g_u": ("g", "g_u of every gene (scalar: 1, layer: one per crossbar layer, column: one per "
-            "output column of every crossbar layer)", "theory §3, §12"),
-    "mse": (_Y2, "the constrained MSE value (see the root attribute 'constraint')",
-            "theory §9, Eq. (45)"),
-    "power": (_PW, "mean over inputs of the expected read power per inference", "theory §11"),
-    "power_layers": (_PW, "the same, per crossbar layer", "theory §11"),
-    "feasible": ("1", "the constraint holds (mse <= the bound ν)", "Eq. (45)"),
-    "kind": ("1", "how the individual was produced (init, ga, baseline, bisection, …)", ""),
-    "generation": ("1", "GA generation of the evaluation (-1 outside the GA)", "theory §12"),
-    "error": ("1", "error text of a failed evaluation (empty when it succeeded)", ""),
-    "gen_mse": (_Y2, "best constraint value of each generation's population", "theory §12"),
-    "gen_power": (_PW, "power of each generation's best individual (Deb's rule)", "theory §12"),
-    "gen_feasible": ("1", "feasibility of each generation's best individual", "theory §12"),
-    "best_mse": (_Y2, "constraint value of the best individual so far", "theory §12"),
-    "best_power": (_PW, "power of the best individual so far", "theory §12"),
-    "best_feasible": ("1", "feasibility of the best individual so far", "theory §12"),
-    "best_g_u": ("g", "genome of the best individual so far, per generation", "theory §12"),
-    "s": (_Y2, "sensitivity ∂MSE/∂(1/λ_k²) of every gene at the linearisation point",
-          "theory §22.2"),
-    "beta": (_PW, "own-layer power coefficient of every gene (power quadratic in λ_k)",
-             "theory §22.2"),
-    "gamma": (_PW, "own-layer power offset of every gene", "theory §22.2"),
-    "d": (_PW, "downstream power slope of every gene (affine in 1/λ_k²)", "theory §22.2"),
-    "m0": (_Y2, "noise-free part of the MSE (the constraint at λ → ∞)", "theory §22.2"),
-    "linearized_at": ("g", "g_u of the last linearisation point", "theory §22.2"),
-    "power_per_step": (_PW, "power of the KKT solution after each re-linearisation",
-                       "theory §22.2"),
-}
-_NONFINITE = ("mse", "power", "power_layers", "gen_mse", "gen_power", "best_mse", "best_power")
-
-
-def _described(values: dict) -> dict:
-    return {k: (np.asarray(v), {"units": _META[k][0], "description": _META[k][1],
-                                "equation": _META[k][2]}) for k, v in values.items()}
+# dataset names of the result file and the checkpoint: refmem.io.SCHEMA describes them
+_FILE_NAMES = {"mse": "constraint_value", "power": "power_batch",
+               "power_layers": "power_layers_batch"}      # archive row key -> dataset name
+_NONFINITE = ("constraint_value", "power_batch", "power_layers_batch", "gen_constraint_value",
+              "gen_power", "best_constraint_value", "best_power")
 
 
 def result_datasets(result: OptimizeResult) -> tuple:
     """``(datasets, groups, attrs)`` of the result file (docs/result_format.md)."""
-    ds = _described({"g_u": result.g_u})
+    ds = {"g_u": result.g_u}
     groups = {}
     for d in DESIGNS:
         arr = result.archive.arrays(d)
         if arr:
-            groups[f"archive/{d}"] = _described(arr)
+            groups[f"archive/{d}"] = arr
         st = result.stages.get(d, {})
         if "ga" in st:
-            groups[f"generations/{d}"] = _described(st["ga"])
+            groups[f"generations/{d}"] = st["ga"]
         if "baseline" in st:
             info = st["baseline"]["info"]
             row = st["baseline"]["row"]
-            groups[f"baseline/{d}"] = _described({
-                "g_u": row["g_u"], "mse": np.float64(row["mse"]), "power": np.float64(row["power"]),
-                "feasible": np.bool_(row["feasible"]), "s": info["s"], "beta": info["beta"],
-                "gamma": info["gamma"], "d": info["d"], "m0": np.float64(info["m0"]),
-                "linearized_at": info["at"], "power_per_step": info["history"]})
+            groups[f"baseline/{d}"] = {
+                "g_u": row["g_u"], "constraint_value": np.float64(row["mse"]),
+                "power_batch": np.float64(row["power"]), "feasible": np.bool_(row["feasible"]),
+                "kkt_sensitivity": info["s"], "kkt_beta": info["beta"],
+                "kkt_gamma": info["gamma"], "kkt_downstream": info["d"],
+                "kkt_m0": np.float64(info["m0"]), "kkt_linearized_at": info["at"],
+                "kkt_power_per_step": info["history"]}
         if st.get("best") is not None:
             b = st["best"]
-            groups[f"best/{d}"] = _described({"g_u": b["g_u"], "mse": np.float64(b["mse"]),
-                                              "power": np.float64(b["power"]),
-                                              "feasible": np.bool_(b["feasible"])})
-    attrs = {"power": float(result.power), "mse": float(result.mse),
+            groups[f"best/{d}"] = {"g_u": b["g_u"], "constraint_value": np.float64(b["mse"]),
+                                   "power_batch": np.float64(b["power"]),
+                                   "feasible": np.bool_(b["feasible"])}
+    attrs = {"power": float(result.power), "constraint_value": float(result.mse),
              "feasible": bool(result.feasible), "design": result.design, "method": result.method,
              "constraint": result.constraint, "max_mse": float(result.max_mse),
              "message": result.message}
@@ -1013,8 +988,9 @@ def plot_archive(result: OptimizeResult, path, *, force=False) -> None:
         a = result.archive.arrays(d)
         if not a:
             continue
-        ok = np.isfinite(a["mse"]) & np.isfinite(a["power"])
-        ax.scatter(a["mse"][ok], a["power"][ok], s=6, alpha=0.4, color=colors[d],
+        cv, pw = a["constraint_value"], a["power_batch"]
+        ok = np.isfinite(cv) & np.isfinite(pw)
+        ax.scatter(cv[ok], pw[ok], s=6, alpha=0.4, color=colors[d],
                    label=f"{d} archive ({int(ok.sum())})")
     ax.axvline(result.max_mse, color="k", ls="--", lw=1, label=f"bound ν = {result.max_mse:g}")
     ax.scatter([result.mse], [result.power], marker="*", s=160, color="red", zorder=5,

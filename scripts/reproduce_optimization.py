@@ -49,8 +49,8 @@ from refmem.io import write_result  # noqa: E402
 from refmem.mapping import map_network  # noqa: E402
 from refmem.modelfile import load_model  # noqa: E402
 from refmem.moments import propagate  # noqa: E402
-from refmem.optimize import (Evaluator, Problem, convert_genome, evaluate,  # noqa: E402
-                             kkt_apply, kkt_linearize, optimize, run_ga, solve_scalar,
+from refmem.optimize import (Evaluator, Problem, _evaluate_task, convert_genome,  # noqa: E402
+                             evaluate, kkt_apply, kkt_linearize, optimize, run_ga, solve_scalar,
                              write_optimization)
 
 DIABETES_MODEL = ROOT / "data" / "models" / "diabetes_mlp_10-50-1.h5"
@@ -134,11 +134,12 @@ def _fig7_row(path, model, cfg, x_test, y_test):
             b = f[f"best/{d}"]
             g = b["g_u"][()]
             r["g_u"][d] = g
-            r["power"].append(float(b["power"][()]))
-            r["mse"].append(float(b["mse"][()]))
+            r["power"].append(float(_opt_ds(b, "power_batch")[()]))
+            r["mse"].append(float(_opt_ds(b, "constraint_value")[()]))
             r["feasible"].append(bool(b["feasible"][()]))
             kinds = [k.decode() for k in f[f"archive/{d}/kind"][()]]
-            a = {k: f[f"archive/{d}/{k}"][()] for k in ("power", "feasible")}
+            a = {"power": _opt_ds(f[f"archive/{d}"], "power_batch")[()],
+                 "feasible": f[f"archive/{d}/feasible"][()]}
             row_kind = kinds[int(np.flatnonzero(np.all(f[f"archive/{d}/g_u"][()] == g, axis=1))[0])]
             r["method"].append(row_kind)
             for kind, key in (("ga", "ga_power"), ("kkt", "kkt_power")):
@@ -147,6 +148,13 @@ def _fig7_row(path, model, cfg, x_test, y_test):
             prob = Problem(model, cfg, x_test, 1.0, targets=y_test, against="targets")
             r["test_mse"].append(evaluate(prob, d, g).mse)
     return r
+
+
+def _opt_ds(group, name):
+    """Dataset ``name`` of an optimize result group; files written before the rename to the
+    schema's names call constraint_value ``mse`` and power_batch ``power``."""
+    old = {"constraint_value": "mse", "power_batch": "power"}[name]
+    return group[name] if name in group else group[old]
 
 
 def _fig7_collect(out, rows, floor, factors, command=None, force=False):
@@ -349,6 +357,11 @@ def _fig9_optimize(args, model, cfg, x_ev, x_te, y_te, x_check, bounds, nu_ref, 
                        key=lambda r: (r["power"] if r["feasible"] else r["mse"]))
             ga_f = [r["power"] for r in rl if r["kind"] == "ga" and r["feasible"]]
             sols = {"scalar": scal[nu], "layer": best}
+            checks = {}
+            if x_check is not None:                # the bound checked on the larger batch
+                chk = Problem(model, cfg, x_check, nu)
+                checks = dict(zip(sols, ex.map(_evaluate_task, [(chk, d, r["g_u"])
+                                                                for d, r in sols.items()])))
             ds = {}
             for d, r in sols.items():
                 c = cfg.with_(design=d, g_u=prob.gu_value(d, r["g_u"]))
@@ -362,10 +375,9 @@ def _fig9_optimize(args, model, cfg, x_ev, x_te, y_te, x_check, bounds, nu_ref, 
                 if args.power_images:
                     ds[f"{d}/power_test"] = np.float64(float(propagate(
                         map_network(model, c), x_te[:args.power_images]).power.mean()))
-                if x_check is not None:         # the bound checked on the larger batch
-                    e = evaluate(Problem(model, cfg, x_check, nu), d, r["g_u"])
-                    ds[f"{d}/mse_batch_check"] = np.float64(e.mse)
-                    ds[f"{d}/power_check"] = np.float64(e.power)
+                if d in checks:
+                    ds[f"{d}/mse_batch_check"] = np.float64(checks[d].mse)
+                    ds[f"{d}/power_check"] = np.float64(checks[d].power)
             ds["layer/power_kkt"] = np.float64(base["power"])
             ds["layer/power_ga"] = np.float64(min(ga_f) if ga_f else math.nan)
             write_fig9_point(paths[nu], ds, {
@@ -551,8 +563,8 @@ def write_fig8(path, mse, acc, se, attrs, inputs=(), force=False):
 def write_fig9_point(path, ds, attrs, inputs=(), force=False):
     """One Fig. 9 bound (kind :data:`KIND`): ``DESIGN/NAME`` datasets of :data:`FIG9_META`."""
     return write_result(path, KIND, _described(FIG9_META, ds), attrs=attrs, inputs=inputs,
-                        allow_nonfinite=[k for k in ds if k.endswith(("/mse_batch",
-                                                                      "/power_batch"))],
+                        allow_nonfinite=[k for k in ds if k.endswith((
+                            "/mse_batch", "/power_batch", "/power_ga", "/power_kkt"))],
                         force=force)
 
 

@@ -189,7 +189,7 @@ def test_infeasible_bound_returns_closest_point_flagged():
     r = optimize(p, "scalar", population=6, generations=2, seed=0)
     assert not r.feasible and "mse_targets_batch" in r.message and "0.5" in r.message
     assert r.g_u[0] == p.g_max                      # MSE falls with g_u: g_max is the closest
-    all_mse = r.archive.arrays("scalar")["mse"]
+    all_mse = r.archive.arrays("scalar")["constraint_value"]
     assert r.mse == all_mse.min() and r.mse > 1.0
     rl = optimize(p, "layer", population=6, generations=2, seed=0)
     assert not rl.feasible and np.all(rl.g_u == p.g_max)     # the layer box's closest corner
@@ -315,7 +315,7 @@ def test_failed_evaluations_are_infeasible_not_fatal():
     a = r.archive.arrays("layer")
     failed = np.array([e.decode().startswith("ValueError") for e in a["error"]])
     assert failed.any() and not a["feasible"][failed].any()
-    assert np.all(np.isinf(a["mse"][failed]))
+    assert np.all(np.isinf(a["constraint_value"][failed]))
     assert r.feasible and np.max(r.g_u) <= 30.0
 
 
@@ -361,10 +361,18 @@ def test_cli_optimize_writes_solution_archive_and_png(tmp_path, capsys):
         g = f["g_u"][()]
         assert g.shape == (2,)
         assert f.attrs["design"] == "layer" and f.attrs["method"] in ("ga", "kkt", "warm-start")
-        assert bool(f.attrs["feasible"]) and f.attrs["mse"] <= NU
+        assert bool(f.attrs["feasible"]) and f.attrs["constraint_value"] <= NU
         assert f.attrs["constraint"] == "mse_batch"
         assert "archive/layer/g_u" in f and "generations/layer/best_power" in f
         assert "baseline/layer/g_u" in f and "config" in f.attrs
+        # the archive's constrained quantity is constraint_value (described by the schema), not
+        # the schema's per-output mse
+        assert "archive/layer/mse" not in f and "archive/layer/power" not in f
+        cv = f["archive/layer/constraint_value"]
+        assert "'constraint'" in cv.attrs["description"] and cv.attrs["units"] == "y^2"
+        assert f["archive/layer/power_batch"].attrs["description"] == "mean over inputs of power"
+        assert f["best/layer/constraint_value"][()] == f.attrs["constraint_value"]
+        assert f["baseline/layer/kkt_sensitivity"].shape == (2,)
         e = evaluate(Problem(net, CrossbarConfig(sigma=0.05, g_max=GMAX), x, NU), "layer", g)
         assert e.power == pytest.approx(f.attrs["power"], rel=1e-12)
     assert (tmp_path / "opt.png").exists()
@@ -375,6 +383,26 @@ def test_cli_optimize_writes_solution_archive_and_png(tmp_path, capsys):
                "--max-mse", "1", "--sigma", "0.05", "-q", "-o", str(out2)])
     err = capsys.readouterr().err
     assert rc == 2 and "refmem: error:" in err and "--gmax" in err and not out2.exists()
+
+
+def test_checkpoint_with_the_old_dataset_names_still_loads(tmp_path):
+    """Checkpoints written before the rename (mse, power, power_layers) resume unchanged."""
+    net, x = two_layer()
+    p = Problem(net, CrossbarConfig(sigma=0.05, g_max=GMAX), x, NU)
+    ev = Evaluator(p, checkpoint=tmp_path / "new.h5")
+    solve_scalar(ev, rtol=1e-3)
+    ev.save()
+    old = {"constraint_value": "mse", "power_batch": "power", "power_layers_batch": "power_layers"}
+    with h5py.File(tmp_path / "new.h5") as f, h5py.File(tmp_path / "old.h5", "w") as g:
+        g.attrs.update(dict(f.attrs))
+        for k, v in f["scalar"].items():
+            g.create_dataset(f"scalar/{old.get(k, k)}", data=v[()])
+    assert "scalar/mse" in h5py.File(tmp_path / "old.h5")
+    ev2 = Evaluator(p, checkpoint=tmp_path / "old.h5")
+    assert ev2.resumed_entries == len(ev.archive) > 3
+    for a, b in zip(ev.archive.rows["scalar"], ev2.archive.rows["scalar"]):
+        assert a["mse"] == b["mse"] and a["power"] == b["power"] and a["kind"] == b["kind"]
+        np.testing.assert_array_equal(a["power_layers"], b["power_layers"])
 
 
 def test_zero_init_and_mutation_std_keep_the_population_on_the_warm_start():

@@ -220,14 +220,53 @@ def test_reproduce_optimization_writers(scripts, tmp_path):
         ds.update({f"{d}/g_u": g, f"{d}/mse_batch": np.float64(0.05),
                    f"{d}/power_batch": np.float64(1.0), f"{d}/accuracy": np.float64(0.9),
                    f"{d}/accuracy_se": np.float64(0.01), f"{d}/power_test": np.float64(1.1),
-                   f"{d}/method": np.bytes_("ga"), f"{d}/mse_batch_check": np.float64(0.06)})
+                   f"{d}/method": np.bytes_("ga"), f"{d}/mse_batch_check": np.float64(0.06),
+                   f"{d}/power_check": np.float64(1.2)})
+    ds.update({"layer/power_kkt": np.float64(1.0), "layer/power_ga": np.float64(np.nan)})
     mod.write_fig9_point(p9, ds, {"max_mse": 0.05})
     got = _check_described(p9, mod.KIND)
     assert got["layer/g_u"][1]["units"] == "g" and got["scalar/power_test"][1]["units"] == "g*x^2"
     assert got["layer/mse_batch_check"][1]["units"] == "y^2"
+    assert got["scalar/power_check"][1]["units"] == "g*x^2" and np.isnan(got["layer/power_ga"][0])
     np.testing.assert_array_equal(got["layer/g_u"][0], [2.0, 4.0])
     # the same kind replaces its own file; a foreign file is not replaced
     mod.write_fig8(p8, np.array([0.3]), np.array([0.7]), np.array([0.01]), {})
+    (tmp_path / "foreign.h5").write_bytes(b"not a result")
+    with pytest.raises(DataError):
+        mod.write_fig8(tmp_path / "foreign.h5", np.ones(1), np.ones(1), np.ones(1), {})
+
+
+def test_reproduce_optimization_fig9_summary(scripts, tmp_path):
+    """fig9.h5 from per-bound files: the layer design costs 0.9× the scalar one at every bound
+    and the accuracies coincide, so the saving at equal accuracy is 10 % wherever both curves
+    reach the target, and NaN outside."""
+    import types
+
+    mod = scripts["reproduce_optimization"]
+    acc, pw = [0.85, 0.88, 0.90], [1.0, 2.0, 4.0]
+    paths = {}
+    for nu, a, p in zip((1.0, 0.3, 0.1), acc, pw):
+        ds = {}
+        for d, f in (("scalar", 1.0), ("layer", 0.9)):
+            ds.update({f"{d}/g_u": np.array([2.0]), f"{d}/mse_batch": np.float64(nu),
+                       f"{d}/power_batch": np.float64(f * p), f"{d}/accuracy": np.float64(a),
+                       f"{d}/accuracy_se": np.float64(0.01), f"{d}/method": np.bytes_("kkt"),
+                       f"{d}/mse_batch_check": np.float64(nu), f"{d}/power_check": np.float64(f * p)})
+        paths[nu] = tmp_path / f"nu{nu:g}.h5"
+        mod.write_fig9_point(paths[nu], ds, {"max_mse": nu})
+    args = types.SimpleNamespace(out=str(tmp_path), cnn_model="m.h5", force=False, argv=["fig9"])
+    mod._fig9_collect(args, paths, 0.905, 10, 12, 2, 0.3)
+    got = _check_described(tmp_path / "fig9.h5", mod.KIND)
+    np.testing.assert_array_equal(got["axes/max_mse"][0], [0.1, 0.3, 1.0])
+    np.testing.assert_array_equal(got["power_check"][0][:, 0], [4.0, 2.0, 1.0])
+    np.testing.assert_allclose(got["target_accuracy"][0], [0.90, 0.90, 0.895, 0.885])
+    np.testing.assert_allclose(got["saving_at_accuracy"][0], 0.1, rtol=1e-12)
+    assert (tmp_path / "fig9.png").exists()
+    mod._fig9_collect(args, paths, 0.96, 10, 12, 2, 0.3)    # noiseless − x above every accuracy
+    got = _check_described(tmp_path / "fig9.h5", mod.KIND)
+    assert got["saving_at_accuracy"][0][0] == pytest.approx(0.1, rel=1e-12)     # 90 %
+    assert np.isnan(got["saving_at_accuracy"][0][1:]).all()
+
     (tmp_path / "foreign.h5").write_bytes(b"not a result")
     with pytest.raises(DataError):
         mod.write_fig8(tmp_path / "foreign.h5", np.ones(1), np.ones(1), np.ones(1), {})

@@ -101,6 +101,47 @@ SCHEMA = {
     "mse_alone_rel": ("1", "mse_alone / mse_all", "theory §9"),
     "power_layer": (_PW, "mean over inputs of the expected read power of this crossbar layer",
                     "theory §11"),
+    # optimization (refmem optimize, theory §22): one row per evaluated genome
+    "g_u": ("g", "g_u of every gene of an optimization genome (scalar design: 1 gene, layer: "
+            "one per crossbar layer, column: one per output column of every crossbar layer in "
+            "layer order)", "theory §3, §12"),
+    "constraint_value": (_Y2, "value of the constrained MSE aggregate of Eq. (45) for that "
+                         "g_u: the schema name in the root attribute 'constraint' "
+                         "(mse_batch, mse_batch_max, mse_targets_batch or "
+                         "mse_targets_batch_max), bounded by the root attribute 'max_mse'",
+                         "theory §9, §22, Eq. (45)"),
+    "power_layers_batch": (_PW, "mean over inputs of power_layers", "theory §11"),
+    "feasible": ("1", "the constraint of Eq. (45) holds: constraint_value <= max_mse",
+                 "Eq. (45)"),
+    "kind": ("1", "how the genome was produced (ga, kkt, kkt-probe, bisection, warm-start, …)",
+             "theory §22"),
+    "generation": ("1", "GA generation of the evaluation (-1 outside the GA)", "theory §12"),
+    "error": ("1", "error text of a failed evaluation (empty when it succeeded)", ""),
+    "gen_constraint_value": (_Y2, "constraint_value of each generation's best individual "
+                             "(Deb's rule)", "theory §12"),
+    "gen_power": (_PW, "power_batch of each generation's best individual (Deb's rule)",
+                  "theory §12"),
+    "gen_feasible": ("1", "feasibility of each generation's best individual", "theory §12"),
+    "best_constraint_value": (_Y2, "constraint_value of the best individual so far, per "
+                              "generation", "theory §12"),
+    "best_power": (_PW, "power_batch of the best individual so far, per generation",
+                   "theory §12"),
+    "best_feasible": ("1", "feasibility of the best individual so far, per generation",
+                      "theory §12"),
+    "best_g_u": ("g", "genome of the best individual so far, per generation", "theory §12"),
+    "kkt_sensitivity": (_Y2, "slope s_k of constraint_value in 1/λ_k² of every gene at the "
+                        "linearisation point", "theory §22.2"),
+    "kkt_beta": (_PW, "own-layer power coefficient β_k of every gene (power c + β λ + γ λ²)",
+                 "theory §22.2"),
+    "kkt_gamma": (_PW, "own-layer power coefficient γ_k of every gene (power c + β λ + γ λ²)",
+                  "theory §22.2"),
+    "kkt_downstream": (_PW, "slope d_k of the downstream layers' power in 1/λ_k²",
+                       "theory §22.2"),
+    "kkt_m0": (_Y2, "noise-free part M₀ of constraint_value in the linear model (λ → ∞)",
+               "theory §22.2"),
+    "kkt_linearized_at": ("g", "g_u of the last linearisation point", "theory §22.2"),
+    "kkt_power_per_step": (_PW, "power_batch of the KKT solution after each re-linearisation",
+                           "theory §22.2"),
 }
 
 
