@@ -24,6 +24,7 @@ from .layers import AvgPool2d, Conv2d, Dense, Flatten, ReLU
 from .moments import (dense_moments, pool_moments, relu_layer_moments, relu_pool_moments,
                       symmetrize, ul_moments, ul_noise_taps, ur_moments)
 from .moments.activation import warn_clipped
+from .moments.factor import FactorClosure, factor_split, mixture_mean_var, mixture_moments
 from .moments.layout import as_dense, cov_diagonal
 from .moments.workspace import Workspace
 from .power import fc_power, ul_power, ur_power
@@ -103,7 +104,7 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None):
 
 
 def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress=False,
-              layout="blocks", fuse_relu_pool=True, executor=None):
+              layout="blocks", fuse_relu_pool=True, executor=None, factor=None):
     r"""Analytic output moments, MSE and power of ``mapped`` for a batch ``x`` (theory §15).
 
     Algorithm 1 as corrected in theory §15 (D16): for every sample, every layer's power and
@@ -139,6 +140,11 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         Spread the inputs over workers (e.g. :class:`refmem.executor.Executor`, one BLAS /
         Numba thread per worker): the batch is cut into one contiguous chunk per worker
         (``executor.workers``, default 2). Same numbers as the serial pass.
+    factor : refmem.moments.factor.FactorClosure, optional
+        The factor closure (theory §20): at the ReLU after each named crossbar layer every
+        component is split along its principal (common) mode into K Gauss–Hermite
+        components, carried separately to the output and recombined (Eqs. F1–F2). None
+        (default): the Gaussian closure alone.
 
     Returns
     -------
@@ -154,7 +160,13 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
     for pos, layer in enumerate(mapped.fused.layers):
         if not isinstance(layer, (Dense, Conv2d, AvgPool2d, ReLU, Flatten)):
             raise ConfigError(f"layer {pos:02d} ({layer.type}) is not supported by the analytic pass")
-    opts = dict(cov=cov, per_layer=per_layer, layout=layout, fuse_relu_pool=fuse_relu_pool)
+    if factor is not None and not isinstance(factor, FactorClosure):
+        raise ConfigError(f"factor must be a refmem.moments.factor.FactorClosure, got "
+                          f"{type(factor).__name__}")
+    if factor is not None:
+        factor.relu_positions(mapped)               # bad layers fail before any work
+    opts = dict(cov=cov, per_layer=per_layer, layout=layout, fuse_relu_pool=fuse_relu_pool,
+                factor=factor)
     if executor is not None and B > 1:
         n_w = max(1, min(B, int(getattr(executor, "workers", None) or 2)))
         cuts = np.linspace(0, B, n_w + 1).astype(int)
@@ -197,7 +209,8 @@ def _pass_chunk(item):
     return _pass(mapped, x, input_cov, progress=False, **opts)
 
 
-def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool):
+def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool,
+          factor=None):
     """The per-input loop of :func:`propagate`: raw per-input arrays (no derived quantities)."""
     B = x.shape[0]
     L = int(np.prod(mapped.network.input_shape))
@@ -210,6 +223,7 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
     n_xb = mapped.n_crossbar
     xb_index = {ml.position: ml.index for ml in mapped.layers}
     layers = fused.layers
+    splits = set() if factor is None else factor.relu_positions(mapped)
 
     J = int(np.prod(shapes[-1]))
     mean = np.empty((B, J))
@@ -236,44 +250,65 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
             rec[pos]["var"][b] = 0.0 if d is None else d
 
     for b in range(B):
-        mu = x[b].reshape(-1).copy()
-        cur = [get_cov(b)]                          # the only reference to the covariance
+        # components (weight, mean, [Γ]): one unless the factor closure splits (theory §20)
+        comps = [[1.0, x[b].reshape(-1).copy(), [get_cov(b)]]]
         pos = 0
         while pos < len(layers):
             layer = layers[pos]
             if bar is not None:
                 bar.set_postfix_str(f"input {b}, layer {pos:02d} {layer.type}")
             step = 1
-            if pos in prep.bypos:
-                pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work)
-                cur.append(G)
-                del G
-                k = xb_index[pos]
-                p_mem[b, k], p_tp[b, k], p_tn[b, k] = pw.mem, pw.tia_pos, pw.tia_neg
-            elif isinstance(layer, ReLU):
-                nxt = layers[pos + 1] if pos + 1 < len(layers) else None
-                if fuse_relu_pool and isinstance(nxt, AvgPool2d) and rec is None:
-                    mu, G, clip = relu_pool_moments(mu, cur, shapes[pos], nxt.kernel_size, mode,
-                                                    clip_negative=clip_negative, work=work)
-                    step = 2
-                else:
-                    mu, G, clip = relu_layer_moments(mu, cur, mode, clip_negative=clip_negative)
-                cur.append(G)
-                del G
-                if clip[0]:
-                    clipped[0] += clip[0]
-                    clipped[1] = min(clipped[1], clip[1])
-                    clipped[2].add(pos)
-            elif isinstance(layer, AvgPool2d):
-                mu, G = pool_moments(mu, cur, shapes[pos], layer.kernel_size, work=work)
-                cur.append(G)
-                del G
-            # Flatten: identity on the flat NCHW vector
-            record(pos, b, mu, cur[0])
+            if pos in splits:
+                comps = [[w, m, [G]] for c in comps
+                         for (w, m, G) in factor_split(c[0], c[1], c[2].pop(), factor.nodes)]
+            for c in comps:
+                w, mu, cur = c
+                if pos in prep.bypos:
+                    pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work)
+                    cur.append(G)
+                    del G
+                    k = xb_index[pos]
+                    p_mem[b, k] += w * pw.mem
+                    p_tp[b, k] += w * pw.tia_pos
+                    p_tn[b, k] += w * pw.tia_neg
+                elif isinstance(layer, ReLU):
+                    nxt = layers[pos + 1] if pos + 1 < len(layers) else None
+                    if fuse_relu_pool and isinstance(nxt, AvgPool2d) and rec is None:
+                        mu, G, clip = relu_pool_moments(mu, cur, shapes[pos], nxt.kernel_size,
+                                                        mode, clip_negative=clip_negative,
+                                                        work=work)
+                        step = 2
+                    else:
+                        mu, G, clip = relu_layer_moments(mu, cur, mode,
+                                                         clip_negative=clip_negative)
+                    cur.append(G)
+                    del G
+                    if clip[0]:
+                        clipped[0] += clip[0]
+                        clipped[1] = min(clipped[1], clip[1])
+                        clipped[2].add(pos)
+                elif isinstance(layer, AvgPool2d):
+                    mu, G = pool_moments(mu, cur, shapes[pos], layer.kernel_size, work=work)
+                    cur.append(G)
+                    del G
+                # Flatten: identity on the flat NCHW vector
+                c[1] = mu
+            if len(comps) == 1:
+                record(pos, b, comps[0][1], comps[0][2][0])
+            elif rec is not None:
+                rec[pos]["mean"][b], rec[pos]["var"][b] = mixture_mean_var(
+                    [c[0] for c in comps], [c[1] for c in comps],
+                    [cov_diagonal(c[2][0]) for c in comps])
             pos += step
             if bar is not None:
                 bar.update(step)
-        G = as_dense(cur.pop())
+        if len(comps) == 1:
+            mu = comps[0][1]
+            G = as_dense(comps[0][2].pop())
+        else:
+            mu, G = mixture_moments([c[0] for c in comps], [c[1] for c in comps],
+                                    [c[2].pop() for c in comps])
+        del comps
         mean[b] = mu
         if G is None:
             var[b] = 0.0
