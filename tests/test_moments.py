@@ -635,8 +635,9 @@ def conv_path(request, monkeypatch):
 @pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (1, 0, 2), (1, 2, 3), (3, 1, 2)])
 def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
     """The streamed double convolution (direct run kernel, or im2col + GEMM; upper triangle
-    mirrored) equals W_ULᵀ Γ W_UL with the explicit Toeplitz matrix, chunked or not, for a
-    dense Γ, a released Γ and a block-diagonal Γ (channel blocks, and diagonal blocks)."""
+    mirrored) equals W_ULᵀ Γ W_UL with the explicit Toeplitz matrix, chunked or not (im2col
+    chunks, blocks of Uᵀ), for a dense Γ, a released Γ and a block-diagonal Γ (channel
+    blocks, and diagonal blocks)."""
     rng = np.random.default_rng(16)
     conv = Conv2d(rng.normal(size=(3, 2, k, k)), None, stride, pad)
     in_shape = (2, 5, 4)
@@ -646,6 +647,8 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
     Wur, idx = conv.ur_matrix(), conv.index(in_shape)
     close(conv_signal_cov(Wur, idx, G, chunk_bytes=1), want)
     close(conv_signal_cov(Wur, idx, G), want)
+    for ut in (1, 8 * 3 * 40 * 5):            # Uᵀ one position at a time, and 5 at a time
+        close(conv_signal_cov(Wur, idx, G, ut_bytes=ut), want)
     box = [G.copy()]
     got = conv_signal_cov(Wur, idx, box, chunk_bytes=8 * 20 * 7)
     assert box == []                              # released
@@ -655,6 +658,7 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
     bd = BlockDiag(blocks)
     Gd = bd.to_dense()
     close(conv_signal_cov(Wur, idx, bd, chunk_bytes=8 * 20 * 3), T.T @ Gd @ T)
+    close(conv_signal_cov(Wur, idx, bd, ut_bytes=8 * 3 * 40 * 3), T.T @ Gd @ T)
     dg = BlockDiag.from_variances(rng.uniform(size=40), 2)
     close(conv_signal_cov(Wur, idx, dg), T.T @ dg.to_dense() @ T)
     close(conv_mean(Wur, None, idx, np.ones(40)), T.T @ np.ones(40))
@@ -772,25 +776,32 @@ def test_dense_pool_kernel_equals_loop_oracle(in_shape, k):
 
 
 def test_workspace_reuses_only_free_buffers():
-    """A buffer is handed out again only once no array refers to it; sizes below
-    ``min_bytes`` bypass the pool; zeros() is zero-filled."""
+    """Memory is handed out again only once no array refers to it (views included); free
+    neighbours merge, a large free piece is split for a small request, sizes below
+    ``min_bytes`` bypass the pool, zeros() is zero-filled, nothing handed out overlaps."""
     from refmem.moments.workspace import Workspace
     w = Workspace(min_bytes=800)
     small = w.empty((10,))
-    assert w.nbytes == 0 and small.shape == (10,)
-    a = w.empty((20, 10))
+    assert w.allocated == 0 and small.shape == (10,)
+    a = w.empty((2000,))                    # one region of 2048 elements (page multiple)
     a[...] = 1.0
-    b = w.empty((200,))                     # a is alive: a second buffer
-    assert len(w._bufs) == 2 and not np.shares_memory(a, b)
-    view = a[3]                             # a view keeps the buffer in use
+    b = w.empty((600,))                     # a is alive: a second region
+    assert w.allocated == 8 * (2048 + 1024) and not np.shares_memory(a, b)
+    view = a[3:5]                           # a view keeps a's memory in use
     del a
-    c = w.empty((150,))
-    assert len(w._bufs) == 3 and not np.shares_memory(c, view)
-    del view, c
-    d = w.zeros((12, 10))                   # smallest free buffer that fits, zero-filled
-    assert len(w._bufs) == 3 and d.shape == (12, 10)
+    c = w.empty((700,))
+    assert w.allocated == 8 * (2048 + 1024 + 1024) and not np.shares_memory(c, view)
+    del view
+    d = w.zeros((4, 100))                   # fits in the free 2048-region: split, zero-filled
+    e = w.empty((1500,))                    # the rest of that region (2048 − 512 = 1536)
+    assert w.allocated == 8 * 4096
     np.testing.assert_array_equal(d, 0.0)
-    assert w.reused == 8 * 120 and w.allocated == 8 * (200 + 200 + 150)
+    for x, y in [(d, e), (d, b), (d, c), (e, b), (e, c), (b, c)]:
+        assert not np.shares_memory(x, y)
+    del d, e, b, c
+    big = w.empty((2048,))                  # every piece free again: the first region, merged
+    assert w.allocated == 8 * 4096 and big.shape == (2048,)
+    assert w.reused == 8 * (400 + 1500 + 2048)
 
 
 def test_ur_ul_moments_same_numbers_with_a_workspace():

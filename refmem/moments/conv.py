@@ -27,6 +27,9 @@ __all__ = ["conv_mean", "conv_cols", "conv_rows", "conv_signal_cov", "ur_moments
 CHUNK_BYTES = 64 * 2**20
 """Size of the im2col buffer of one streamed chunk of rows."""
 
+UT_BYTES = 256 * 2**20
+"""Size of the block of ``Uᵀ = W_ULᵀ Γ`` that :func:`conv_signal_cov` holds at a time."""
+
 _DIRECT_MAX_WORK = 16 * 144
 """:func:`conv_rows` convolves directly (Numba, :func:`_conv_rows_runs`) instead of im2col +
 GEMM when ``C_in k² · C_out`` is at most this (measured on 2 cores: the direct kernel is 2–3×
@@ -238,14 +241,17 @@ def _block_taps(idx, s, blk):
     return sel, local
 
 
-def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES, work=None):
+def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
+                    ut_bytes=UT_BYTES, work=None):
     r"""Signal term of a convolution's output covariance: ``W_ULᵀ Γ W_UL`` (theory §5, §6).
 
     ``Σ_{a,a'} w_{c_o}[a] w_{c_o'}[a'] Γ_ι(p,a),ι(p',a')`` — the double convolution of Γ, as
     two passes over rows: ``Uᵀ = W_ULᵀ Γ`` by :func:`conv_cols` (for a :class:`BlockDiag` Γ
     one block at a time, each with the taps that read it, into its own column strip), then
     ``Uᵀ W_UL`` by :func:`conv_rows` on the rows of ``Uᵀ``, upper triangle only, mirrored.
-    The Toeplitz matrix is never formed and no large matrix is transposed.
+    The Toeplitz matrix is never formed and no large matrix is transposed. ``Uᵀ`` is made
+    and consumed one block of output positions at a time (rows ``(c_o, p)``, p in the block),
+    so it never exists whole: the pass needs the result plus ``ut_bytes``.
 
     Parameters
     ----------
@@ -258,6 +264,8 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES, 
         Kept for compatibility (the index map handles every stride and padding).
     chunk_bytes : int
         Size of the im2col buffer of the second pass (:func:`conv_rows`).
+    ut_bytes : int
+        Size of one block of ``Uᵀ`` (at least one position's rows are made at a time).
     work : Workspace, optional
         Where ``Uᵀ``, the result and the im2col buffer come from
         (:class:`refmem.moments.workspace.Workspace`; None: fresh numpy arrays).
@@ -269,23 +277,35 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES, 
     gamma = take_input(gamma)
     L = gamma.shape[0]
     n_pos = idx.shape[0]
-    J = Wur.shape[1] * n_pos
-    Ut = empty(work, (J, L))
+    C = Wur.shape[1]
+    J = C * n_pos
+    nb = int(max(1, min(n_pos, ut_bytes // (8 * C * L))))      # positions per block
+    cov = empty(work, (J, J))          # the larger buffer first (best fit in a Workspace)
+    Ut = empty(work, (C * nb, L))
     if isinstance(gamma, BlockDiag):
         s = gamma.s
-        for blk in range(gamma.nb):
-            sel, local = _block_taps(idx, s, blk)
-            strip = Ut[:, blk * s:(blk + 1) * s]
-            if sel.size:
-                conv_cols(gamma.blocks[blk], Wur[sel], local, out=strip)
-            else:
-                strip[...] = 0.0
-    else:
-        conv_cols(gamma, Wur, idx, out=Ut)            # (Γ W_UL)ᵀ, Γ = Γᵀ
-    del gamma
-    cov = empty(work, (J, J))
-    conv_rows(Ut, Wur, idx, upper=True, out=cov, chunk_bytes=chunk_bytes, work=work)
-    del Ut
+        taps = [_block_taps(idx, s, blk) for blk in range(gamma.nb)]
+    for p0 in range(0, n_pos, nb):
+        p1 = min(n_pos, p0 + nb)
+        k = p1 - p0
+        Ub = Ut[:C * k]                                # rows (c_o, p) for p0 ≤ p < p1
+        if isinstance(gamma, BlockDiag):
+            for blk, (sel, local) in enumerate(taps):
+                strip = Ub[:, blk * s:(blk + 1) * s]
+                if sel.size:
+                    conv_cols(gamma.blocks[blk], Wur[sel], local[p0:p1], out=strip)
+                else:
+                    strip[...] = 0.0
+        else:
+            conv_cols(gamma, Wur, idx[p0:p1], out=Ub)  # (Γ W_UL)ᵀ rows, Γ = Γᵀ
+        if k == n_pos:                                 # all rows of the result at once
+            conv_rows(Ub, Wur, idx, upper=True, out=cov, chunk_bytes=chunk_bytes, work=work)
+            continue
+        for c in range(C):                             # rows c n_pos + p0 … of the result
+            r0 = c * n_pos + p0
+            conv_rows(Ub[c * k:(c + 1) * k], Wur, idx, upper=True, row0=r0,
+                      out=cov[r0:r0 + k], chunk_bytes=chunk_bytes, work=work)
+    del gamma, Ut, Ub
     return mirror_upper(cov)
 
 
