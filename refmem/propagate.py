@@ -71,11 +71,12 @@ class _Prepared:
         return self.ul_cache[pos]
 
 
-def _crossbar_step(prep, pos, mu, cur, layout, work=None):
+def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
     """Power (from the input moments) then moments of one crossbar layer.
 
     ``cur`` is the one-element list holding the input covariance; the layer function empties
-    it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`.
+    it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`;
+    ``symmetric=False`` when the consumer reads only the upper triangle (exact ReLU).
     Returns ``(power, mean, cov)``.
     """
     ml = prep.bypos[pos]
@@ -91,13 +92,14 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None):
         pw = ur_power(blk, ml.idx, mu, G, r)
         del G
         mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout,
-                               work=work)
+                               work=work, symmetric=symmetric)
     else:
         tb = prep.ul_taps(pos)
         pw = ul_power(ml, mu, G, r, tb)
         noise = ul_noise_taps(tb, mu, G)                 # Σ_n v_nj q_n over all L rows
         del G
-        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work)
+        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work,
+                               symmetric=symmetric)
     pw.total = pw.mem + pw.tia_pos + pw.tia_neg
     return pw, mean, cov
 
@@ -245,7 +247,10 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                 bar.set_postfix_str(f"input {b}, layer {pos:02d} {layer.type}")
             step = 1
             if pos in prep.bypos:
-                pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work)
+                # the exact ReLU reads only the upper triangle: skip the conv's mirror
+                upper_only = (mode == "exact" and pos + 1 < len(layers)
+                              and isinstance(layers[pos + 1], ReLU))
+                pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work, not upper_only)
                 cur.append(G)
                 del G
                 k = xb_index[pos]

@@ -830,3 +830,29 @@ def test_ur_ul_moments_same_numbers_with_a_workspace():
     _, u1 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy(), work=w)
     np.testing.assert_array_equal(u1, u0)
     assert w.reused > 0
+
+
+def test_upper_only_conv_moments_feed_the_exact_relu_unchanged():
+    """``symmetric=False`` leaves the lower triangle unmirrored; the upper triangle and the
+    diagonal equal the symmetric result, and the exact ReLU (which reads only those) gives
+    bit-identical moments from either (how the network pass uses it)."""
+    rng = np.random.default_rng(8)
+    conv = Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 1, 1)
+    in_shape = (2, 4, 4)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    mu = rng.normal(size=32)
+    G = rand_psd(rng, 32)
+    v = rng.uniform(0.01, 0.1, size=Wur.shape)
+    m0, c0 = ur_moments(Wur, conv.bias, v, None, idx, mu, G.copy())
+    m1, c1 = ur_moments(Wur, conv.bias, v, None, idx, mu, G.copy(), symmetric=False)
+    iu = np.triu_indices(c0.shape[0])
+    np.testing.assert_array_equal(c1[iu], c0[iu])
+    assert not np.array_equal(c1, c0)             # the lower triangle was really skipped
+    r0 = relu_moments(m0, c0, "exact")
+    r1 = relu_moments(m1, c1, "exact")
+    np.testing.assert_array_equal(r1[0], r0[0])
+    np.testing.assert_array_equal(r1[1], r0[1])
+    noise = rng.uniform(size=48)
+    _, u0 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy())
+    _, u1 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy(), symmetric=False)
+    np.testing.assert_array_equal(u1[iu], u0[iu])

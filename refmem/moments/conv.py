@@ -242,7 +242,7 @@ def _block_taps(idx, s, blk):
 
 
 def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
-                    ut_bytes=UT_BYTES, work=None):
+                    ut_bytes=UT_BYTES, work=None, symmetric=True):
     r"""Signal term of a convolution's output covariance: ``W_ULᵀ Γ W_UL`` (theory §5, §6).
 
     ``Σ_{a,a'} w_{c_o}[a] w_{c_o'}[a'] Γ_ι(p,a),ι(p',a')`` — the double convolution of Γ, as
@@ -269,10 +269,15 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
     work : Workspace, optional
         Where ``Uᵀ``, the result and the im2col buffer come from
         (:class:`refmem.moments.workspace.Workspace`; None: fresh numpy arrays).
+    symmetric : bool
+        Mirror the upper triangle (default). False: only the upper triangle and the diagonal
+        are valid — for a consumer that reads nothing else (the exact ReLU,
+        :func:`refmem.relu.relu_moments`), saving one pass over the matrix.
 
     Returns
     -------
-    ndarray (J, J), J = C_out n_pos, exactly symmetric.
+    ndarray (J, J), J = C_out n_pos, exactly symmetric (upper triangle only with
+    ``symmetric=False``).
     """
     gamma = take_input(gamma)
     L = gamma.shape[0]
@@ -306,7 +311,7 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
             conv_rows(Ub[c * k:(c + 1) * k], Wur, idx, upper=True, row0=r0,
                       out=cov[r0:r0 + k], chunk_bytes=chunk_bytes, work=work)
     del gamma, Ut, Ub
-    return mirror_upper(cov)
+    return mirror_upper(cov) if symmetric else cov
 
 
 @numba.njit(parallel=True, cache=True)
@@ -368,7 +373,8 @@ def ur_noise(v, vb, idx, mu, gamma):
     return out
 
 
-def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense", work=None):
+def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense", work=None,
+               symmetric=True):
     r"""Output moments of a UR convolution (unfold-repeat, theory §5, Proposition 2 corrected).
 
     One crossbar ``(C_in k² [+1]) × C_out`` reused at every position, so all positions of a
@@ -397,6 +403,9 @@ def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense", 
         (only the shared-device term); ``"blocks"`` returns it as a :class:`BlockDiag`.
     work : Workspace, optional
         Buffers for the large matrices (:class:`refmem.moments.workspace.Workspace`).
+    symmetric : bool
+        False: of a dense result only the upper triangle and the diagonal are valid (see
+        :func:`conv_signal_cov`).
 
     Returns
     -------
@@ -415,7 +424,7 @@ def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense", 
     else:
         box = [gamma]
         del gamma
-        cov = conv_signal_cov(Wur, idx, box, work=work)
+        cov = conv_signal_cov(Wur, idx, box, work=work, symmetric=symmetric)
     for c in range(Wur.shape[1]):
         cov[c * n_pos:(c + 1) * n_pos, c * n_pos:(c + 1) * n_pos] += nz[c]
     return mean, cov
@@ -447,7 +456,8 @@ def ul_noise_taps(tb, mu, gamma):
     return noise
 
 
-def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense", work=None):
+def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense", work=None,
+               symmetric=True):
     r"""Output moments of a UL convolution (unrolled-linear Toeplitz crossbar, theory §6).
 
     FC (theory §4) with ``W = W_UL``: ``E Z = W_ULᵀμ + b ⊗ 1``,
@@ -455,8 +465,8 @@ def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense", 
     at ``g_min`` are noisy — so ``noise_j = Σ_{n=1}^{L} v_{nj} q_n + v^b_j`` sums over all inputs
     (D12; :func:`ul_noise`). Each column has its own devices: no shared noise between
     positions. ``gamma`` and ``layout`` as in :func:`ur_moments` (a deterministic input gives a
-    diagonal covariance, laid out as diagonal channel blocks with ``"blocks"``); ``work`` as
-    in :func:`ur_moments`.
+    diagonal covariance, laid out as diagonal channel blocks with ``"blocks"``); ``work`` and
+    ``symmetric`` as in :func:`ur_moments`.
     """
     gamma = take_input(gamma)
     mean = conv_mean(Wur, b, idx, mu)
@@ -466,6 +476,6 @@ def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense", 
         return mean, np.diag(noise)
     box = [gamma]
     del gamma
-    cov = conv_signal_cov(Wur, idx, box, work=work)
+    cov = conv_signal_cov(Wur, idx, box, work=work, symmetric=symmetric)
     cov[np.diag_indices_from(cov)] += noise
     return mean, cov
