@@ -329,7 +329,7 @@ def ur_shared_noise_kernel(mu, G, s, has_g, idx, v, vb, out):
     C = v.shape[1]
     half = (n_pos + 1) // 2
     for t in numba.prange(half):
-        acc = np.empty(C)
+        acc = np.empty((n_pos, C))
         tt = np.int64(t)
         for side in range(2):
             p = tt + side * (n_pos - 1 - 2 * tt)          # t, then n_pos − 1 − t
@@ -337,22 +337,32 @@ def ur_shared_noise_kernel(mu, G, s, has_g, idx, v, vb, out):
                 break
             for p2 in range(p, n_pos):
                 for c in range(C):
-                    acc[c] = vb[c]
-                for a in range(taps):
-                    i = idx[p, a]
+                    acc[p2, c] = vb[c]
+            # tap by tap, along the row of Q read by tap a at p (cache-friendly); the sum over
+            # a runs in the same order for every (c, p, p2) as a tap-inner loop would
+            for a in range(taps):
+                i = idx[p, a]
+                if i < 0:
+                    continue
+                mi = mu[i]
+                bi = i // s
+                il = i - bi * s
+                lo = bi * s                                # Γ's block holding row i
+                hi = lo + s
+                for p2 in range(p, n_pos):
                     j = idx[p2, a]
-                    if i < 0 or j < 0:
+                    if j < 0:
                         continue
-                    qv = mu[i] * mu[j]
+                    qv = mi * mu[j]
                     if has_g:
-                        bi = i // s
-                        if bi == j // s:
-                            qv += G[bi, i - bi * s, j - bi * s]
+                        if lo <= j < hi:
+                            qv += G[bi, il, j - lo]
                     for c in range(C):
-                        acc[c] += v[a, c] * qv
-                for c in range(C):
-                    out[c, p, p2] = acc[c]
-                    out[c, p2, p] = acc[c]
+                        acc[p2, c] += v[a, c] * qv
+            for c in range(C):
+                for p2 in range(p, n_pos):
+                    out[c, p, p2] = acc[p2, c]
+                    out[c, p2, p] = acc[p2, c]
 
 
 def ur_noise(v, vb, idx, mu, gamma):
