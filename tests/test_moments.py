@@ -258,6 +258,16 @@ def test_ul_tap_form_equals_explicit_toeplitz_blocks(design, dither):
         for other in (ul_power(ml, mu, G, 1.5, streamed), ul_power(ml, mu, G, 1.5, tb),
                       ul_power(ml, mu, G, 1.5)):
             close([other.mem, other.tia_pos, other.tia_neg], [pw.mem, pw.tia_pos, pw.tia_neg])
+    # built once per mapped layer; a pickled layer (sent to a worker) rebuilds the same form
+    assert ml.ul_taps() is tb
+    state = ml.__getstate__()                   # what pickle sends (this σ model is local)
+    assert "_ul_taps" not in state and "_ul_taps" in ml.__dict__
+    again = object.__new__(type(ml))
+    again.__dict__.update(state)
+    tb2 = again.ul_taps()
+    for k in ("W", "gp", "gm", "vp", "vm", "v", "tap"):
+        np.testing.assert_array_equal(getattr(tb2, k), getattr(tb, k))
+    np.testing.assert_array_equal(tb2.z.v, tb.z.v)
 
 
 # ====================================================================== pooling, ReLU-Taylor
