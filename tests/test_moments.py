@@ -677,9 +677,9 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
 @pytest.mark.kernel
 @pytest.mark.parametrize("c_out", [3, 9, 13])
 def test_conv_rows_paths_equal_explicit_toeplitz(c_out, conv_path):
-    """conv_rows: direct Numba path (runs, four channels at a time plus a remainder), tall
-    and wide GEMM paths, rows and columns of the source, upper triangle — all equal to the
-    explicit Toeplitz product."""
+    """conv_rows: direct Numba path (runs, four channels at a time plus a remainder) and GEMM
+    path, rows and columns of the source, upper triangle (every channel offset) — all equal
+    to the explicit Toeplitz product."""
     from refmem.moments import conv_rows
     rng = np.random.default_rng(18)
     conv = Conv2d(rng.normal(size=(c_out, 2, 3, 3)), None, 1, 1)
