@@ -105,7 +105,7 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
 
 
 def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress=False,
-              layout="blocks", fuse_relu_pool=True, executor=None):
+              layout="blocks", fuse_relu_pool=True, executor=None, work=None):
     r"""Analytic output moments, MSE and power of ``mapped`` for a batch ``x`` (theory §15).
 
     Algorithm 1 as corrected in theory §15 (D16): for every sample, every layer's power and
@@ -141,6 +141,11 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         Spread the inputs over workers (e.g. :class:`refmem.executor.Executor`, one BLAS /
         Numba thread per worker): the batch is cut into one contiguous chunk per worker
         (``executor.workers``, default 2). Same numbers as the serial pass.
+    work : refmem.moments.workspace.Workspace, optional
+        The buffers of the large matrices (theory §15). Default: a new workspace for the call,
+        released when it returns. Pass one workspace to many calls (a σ sweep, an optimizer's
+        evaluations) to map its memory once: the memory stays held until the workspace is
+        dropped. Same numbers either way. Ignored with an executor (each worker has its own).
 
     Returns
     -------
@@ -157,6 +162,9 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         if not isinstance(layer, (Dense, Conv2d, AvgPool2d, ReLU, Flatten)):
             raise ConfigError(f"layer {pos:02d} ({layer.type}) is not supported by the analytic pass")
     opts = dict(cov=cov, per_layer=per_layer, layout=layout, fuse_relu_pool=fuse_relu_pool)
+    if work is not None and not isinstance(work, Workspace):
+        raise ConfigError("work must be a refmem.moments.workspace.Workspace, "
+                          f"got {type(work).__name__}")
     if executor is not None and B > 1:
         n_w = max(1, min(B, int(getattr(executor, "workers", None) or 2)))
         cuts = np.linspace(0, B, n_w + 1).astype(int)
@@ -177,7 +185,7 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
                           min(q["clipped"][1] for q in parts),
                           set().union(*[q["clipped"][2] for q in parts])]
     else:
-        out = _pass(mapped, x, input_cov, progress=progress, **opts)
+        out = _pass(mapped, x, input_cov, progress=progress, work=work, **opts)
     c = out["clipped"]
     warn_clipped(c[0], c[1], len(c[2]))
 
@@ -199,7 +207,7 @@ def _pass_chunk(item):
     return _pass(mapped, x, input_cov, progress=False, **opts)
 
 
-def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool):
+def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool, work=None):
     """The per-input loop of :func:`propagate`: raw per-input arrays (no derived quantities)."""
     B = x.shape[0]
     L = int(np.prod(mapped.network.input_shape))
@@ -224,7 +232,8 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                  "var": np.empty((B, int(np.prod(shapes[pos + 1]))))}
            for pos in range(len(layers))} if per_layer else None
     clipped = [0, 0.0, set()]                       # count, most negative, ReLU positions
-    work = Workspace()                              # large buffers, reused across layers and inputs
+    if work is None:
+        work = Workspace()                          # large buffers, reused across layers and inputs
 
     bar = None
     if progress:
