@@ -72,11 +72,12 @@ class _Prepared:
         return self.ul_cache[pos]
 
 
-def _crossbar_step(prep, pos, mu, cur, layout, work=None):
+def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
     """Power (from the input moments) then moments of one crossbar layer.
 
     ``cur`` is the one-element list holding the input covariance; the layer function empties
-    it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`.
+    it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`;
+    ``symmetric=False`` when the consumer reads only the upper triangle (exact ReLU).
     Returns ``(power, mean, cov)``.
     """
     ml = prep.bypos[pos]
@@ -92,19 +93,21 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None):
         pw = ur_power(blk, ml.idx, mu, G, r)
         del G
         mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout,
-                               work=work)
+                               work=work, symmetric=symmetric)
     else:
         tb = prep.ul_taps(pos)
         pw = ul_power(ml, mu, G, r, tb)
         noise = ul_noise_taps(tb, mu, G)                 # Σ_n v_nj q_n over all L rows
         del G
-        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work)
+        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work,
+                               symmetric=symmetric)
     pw.total = pw.mem + pw.tia_pos + pw.tia_neg
     return pw, mean, cov
 
 
 def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress=False,
-              layout="blocks", fuse_relu_pool=True, executor=None, factor=None):
+              layout="blocks", fuse_relu_pool=True, executor=None, work=None,
+              factor=None):
     r"""Analytic output moments, MSE and power of ``mapped`` for a batch ``x`` (theory §15).
 
     Algorithm 1 as corrected in theory §15 (D16): for every sample, every layer's power and
@@ -140,6 +143,11 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         Spread the inputs over workers (e.g. :class:`refmem.executor.Executor`, one BLAS /
         Numba thread per worker): the batch is cut into one contiguous chunk per worker
         (``executor.workers``, default 2). Same numbers as the serial pass.
+    work : refmem.moments.workspace.Workspace, optional
+        The buffers of the large matrices (theory §15). Default: a new workspace for the call,
+        released when it returns. Pass one workspace to many calls (a σ sweep, an optimizer's
+        evaluations) to map its memory once: the memory stays held until the workspace is
+        dropped. Same numbers either way. Ignored with an executor (each worker has its own).
     factor : refmem.moments.factor.FactorClosure, optional
         The factor closure (theory §20): at the ReLU after each named crossbar layer every
         component is split along its principal (common) mode into K Gauss–Hermite
@@ -167,6 +175,9 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         factor.relu_positions(mapped)               # bad layers fail before any work
     opts = dict(cov=cov, per_layer=per_layer, layout=layout, fuse_relu_pool=fuse_relu_pool,
                 factor=factor)
+    if work is not None and not isinstance(work, Workspace):
+        raise ConfigError("work must be a refmem.moments.workspace.Workspace, "
+                          f"got {type(work).__name__}")
     if executor is not None and B > 1:
         n_w = max(1, min(B, int(getattr(executor, "workers", None) or 2)))
         cuts = np.linspace(0, B, n_w + 1).astype(int)
@@ -187,7 +198,7 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
                           min(q["clipped"][1] for q in parts),
                           set().union(*[q["clipped"][2] for q in parts])]
     else:
-        out = _pass(mapped, x, input_cov, progress=progress, **opts)
+        out = _pass(mapped, x, input_cov, progress=progress, work=work, **opts)
     c = out["clipped"]
     warn_clipped(c[0], c[1], len(c[2]))
 
@@ -209,7 +220,7 @@ def _pass_chunk(item):
     return _pass(mapped, x, input_cov, progress=False, **opts)
 
 
-def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool,
+def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool, work=None,
           factor=None):
     """The per-input loop of :func:`propagate`: raw per-input arrays (no derived quantities)."""
     B = x.shape[0]
@@ -236,7 +247,8 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                  "var": np.empty((B, int(np.prod(shapes[pos + 1]))))}
            for pos in range(len(layers))} if per_layer else None
     clipped = [0, 0.0, set()]                       # count, most negative, ReLU positions
-    work = Workspace()                              # large buffers, reused across layers and inputs
+    if work is None:
+        work = Workspace()                          # large buffers, reused across layers and inputs
 
     bar = None
     if progress:
@@ -264,7 +276,11 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
             for c in comps:
                 w, mu, cur = c
                 if pos in prep.bypos:
-                    pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work)
+                    # the exact ReLU reads only the upper triangle: skip the conv's mirror
+                    # (not before a factor split, which reads the whole matrix)
+                    upper_only = (mode == "exact" and pos + 1 < len(layers)
+                                  and isinstance(layers[pos + 1], ReLU) and pos + 1 not in splits)
+                    pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work, not upper_only)
                     cur.append(G)
                     del G
                     k = xb_index[pos]

@@ -124,7 +124,7 @@ def factor_split(weight, mu, gamma, nodes):
         return [(weight, mu, None)]
     G = np.array(as_dense(gamma), dtype=np.float64)
     d = G.shape[0]
-    lam, U = eigh(G, subset_by_index=[d - 1, d - 1], driver="evx")   # top pair only
+    lam, U = eigh(G, lower=False, subset_by_index=[d - 1, d - 1], driver="evx")  # top pair
     if not lam[0] > 0:
         return [(weight, mu, G)]
     b = U[:, 0] * np.sqrt(lam[0])
