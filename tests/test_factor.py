@@ -16,6 +16,7 @@
 """
 
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -27,6 +28,8 @@ from refmem.montecarlo import monte_carlo
 from refmem.moments.factor import (FactorClosure, factor_split, mixture_mean_var,
                                    mixture_moments)
 from refmem.propagate import propagate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _psd(rng, d, r=None):
@@ -214,3 +217,22 @@ def test_bad_factor_options():
         propagate(m, x, factor=FactorClosure((0, 1, 2), 40))   # 40³ components
     with pytest.raises(ConfigError):
         propagate(m, x, factor=((0,), 3))
+
+
+def test_cli_factor_options_run_the_factor_pass(tmp_path):
+    """`refmem moments --factor-layers 0 --factor-nodes 3` writes what propagate(...,
+    factor=FactorClosure((0,), 3)) computes, and records the options."""
+    import h5py
+    from refmem import load_model
+    from refmem.cli import main
+    model = ROOT / "data" / "models" / "mnist5k_mlp_784-50-50-10.h5"
+    x = np.random.default_rng(0).uniform(0, 1, size=(2, 784))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "f.h5"
+    assert main(["moments", str(model), "--input", str(tmp_path / "x.npy"), "--sigma", "0.05",
+                 "--factor-layers", "0", "--factor-nodes", "3", "-q", "-o", str(out)]) == 0
+    want = propagate(map_network(load_model(model), CrossbarConfig(sigma=0.05)), x,
+                     factor=FactorClosure((0,), 3))
+    with h5py.File(out) as f:
+        np.testing.assert_allclose(f["mse"][0], want.mse, rtol=1e-12)
+        assert f.attrs["factor_nodes"] == 3 and "0" in str(f.attrs["factor_layers"])
