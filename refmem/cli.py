@@ -414,6 +414,21 @@ def cmd_mc(args):
     return 0
 
 
+def _factor_closure(args):
+    """``--factor-layers`` / ``--factor-nodes`` as a :class:`FactorClosure` (None without)."""
+    from .moments.factor import FactorClosure
+    if args.factor_layers is None:
+        if args.factor_nodes is not None:
+            raise ConfigError("--factor-nodes needs --factor-layers")
+        return None
+    try:
+        layers = [int(v) for v in args.factor_layers.split(",")]
+    except ValueError:
+        raise ConfigError("--factor-layers must be comma-separated crossbar layer indices, "
+                          f"got {args.factor_layers!r}") from None
+    return FactorClosure(layers, 3 if args.factor_nodes is None else args.factor_nodes)
+
+
 def cmd_moments(args):
     from .mapping import map_network
     from .modelfile import load_model
@@ -425,6 +440,7 @@ def cmd_moments(args):
     x, labels, cov = _load_inputs(args, net)
     targets = _load_targets(args, net, x.shape[0])
     configs, axes, order, shape = sweep_configs(args)
+    factor = _factor_closure(args)
     predicted_accuracy = None
     if labels is not None:
         try:
@@ -436,7 +452,7 @@ def cmd_moments(args):
     for cfg in configs:
         mapped = map_network(net, cfg)
         res = propagate(mapped, x, input_cov=cov, cov=args.cov or labels is not None,
-                        per_layer=args.per_layer, progress=not args.quiet)
+                        per_layer=args.per_layer, progress=not args.quiet, factor=factor)
         res.targets = targets
         if labels is not None:
             acc = predicted_accuracy(res.mean, res.cov, labels, seed=0)
@@ -447,8 +463,10 @@ def cmd_moments(args):
                 res.cov = None
         results.append(res)
     sweep = Sweep(results, axes, configs)
-    _write_sweep(args, out, sweep, net, {"relu_cov": args.relu_cov, "sweep_order": order,
-                                        "sweep_shape": shape})
+    extra = {"relu_cov": args.relu_cov, "sweep_order": order, "sweep_shape": shape}
+    if factor is not None:
+        extra.update(factor_layers=list(factor.layers), factor_nodes=factor.nodes)
+    _write_sweep(args, out, sweep, net, extra)
     _print_summary(sweep, out, args.quiet)
     return 0
 
@@ -732,6 +750,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ReLU covariance: exact bivariate (theory §8.2) or the paper's Taylor Eq. (28)")
     s.add_argument("--per-layer", action="store_true", help="store mean/var after every layer")
     s.add_argument("--cov", action="store_true", help="store the output covariance")
+    s.add_argument("--factor-layers", metavar="I,J,...", help="factor closure (theory §20): "
+                   "split the common mode at the ReLU after these crossbar layers (e.g. the "
+                   "narrow late layers of a deep UR CNN; K^m components for m layers)")
+    s.add_argument("--factor-nodes", type=int, metavar="K", help="Gauss-Hermite nodes per "
+                   "split (default 3)")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5")
     add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")

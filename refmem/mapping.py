@@ -183,10 +183,14 @@ class MappedLayer:
         other of its L rows. Returns :meth:`block`'s fields with shape (taps, J) for the taps
         (``W`` is 0 and ``tap`` False at padded taps, which have no row), plus ``z``: the same
         fields (J,) of a structural zero of each column (``z.gp``, ``z.gm``, ``z.vp``,
-        ``z.vm``, ``z.v``), and ``idx``.
+        ``z.vm``, ``z.v``), and ``idx``. Built once per mapped layer and kept (a mapped
+        layer is not modified after :func:`map_network`); treat the result as read-only.
         """
         if self.scheme != "UL":
             raise ConfigError("ul_taps() is for UL layers")
+        cached = self.__dict__.get("_ul_taps")
+        if cached is not None:                 # built once per mapped layer (read-only use)
+            return cached
         J = self.n_cols
         co, p = np.divmod(np.arange(J), self.n_pos)
         valid = (self.idx >= 0).T[:, p]                            # (taps, J)
@@ -196,7 +200,14 @@ class MappedLayer:
         ns.z = SimpleNamespace(gp=zero.gp[0], gm=zero.gm[0], vp=zero.vp[0], vm=zero.vm[0],
                                v=zero.v[0])
         ns.idx = self.idx
+        self.__dict__["_ul_taps"] = ns
         return ns
+
+    def __getstate__(self):
+        """Pickle without the cached tap form (rebuilt on demand in the receiving process)."""
+        state = self.__dict__.copy()
+        state.pop("_ul_taps", None)
+        return state
 
     def check_conductances(self):
         """Assert every target conductance lies in [g_min, g_u] (theory §3.2)."""

@@ -24,6 +24,7 @@ from .layers import AvgPool2d, Conv2d, Dense, Flatten, ReLU
 from .moments import (dense_moments, pool_moments, relu_layer_moments, relu_pool_moments,
                       symmetrize, ul_moments, ul_noise_taps, ur_moments)
 from .moments.activation import warn_clipped
+from .moments.factor import FactorClosure, factor_split, mixture_mean_var, mixture_moments
 from .moments.layout import as_dense, cov_diagonal
 from .moments.workspace import Workspace
 from .power import fc_power, ul_power, ur_power
@@ -71,11 +72,12 @@ class _Prepared:
         return self.ul_cache[pos]
 
 
-def _crossbar_step(prep, pos, mu, cur, layout, work=None):
+def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
     """Power (from the input moments) then moments of one crossbar layer.
 
     ``cur`` is the one-element list holding the input covariance; the layer function empties
-    it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`.
+    it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`;
+    ``symmetric=False`` when the consumer reads only the upper triangle (exact ReLU).
     Returns ``(power, mean, cov)``.
     """
     ml = prep.bypos[pos]
@@ -91,19 +93,21 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None):
         pw = ur_power(blk, ml.idx, mu, G, r)
         del G
         mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout,
-                               work=work)
+                               work=work, symmetric=symmetric)
     else:
         tb = prep.ul_taps(pos)
         pw = ul_power(ml, mu, G, r, tb)
         noise = ul_noise_taps(tb, mu, G)                 # Σ_n v_nj q_n over all L rows
         del G
-        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work)
+        mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work,
+                               symmetric=symmetric)
     pw.total = pw.mem + pw.tia_pos + pw.tia_neg
     return pw, mean, cov
 
 
 def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress=False,
-              layout="blocks", fuse_relu_pool=True, executor=None):
+              layout="blocks", fuse_relu_pool=True, executor=None, work=None,
+              factor=None):
     r"""Analytic output moments, MSE and power of ``mapped`` for a batch ``x`` (theory §15).
 
     Algorithm 1 as corrected in theory §15 (D16): for every sample, every layer's power and
@@ -139,6 +143,16 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         Spread the inputs over workers (e.g. :class:`refmem.executor.Executor`, one BLAS /
         Numba thread per worker): the batch is cut into one contiguous chunk per worker
         (``executor.workers``, default 2). Same numbers as the serial pass.
+    work : refmem.moments.workspace.Workspace, optional
+        The buffers of the large matrices (theory §15). Default: a new workspace for the call,
+        released when it returns. Pass one workspace to many calls (a σ sweep, an optimizer's
+        evaluations) to map its memory once: the memory stays held until the workspace is
+        dropped. Same numbers either way. Ignored with an executor (each worker has its own).
+    factor : refmem.moments.factor.FactorClosure, optional
+        The factor closure (theory §20): at the ReLU after each named crossbar layer every
+        component is split along its principal (common) mode into K Gauss–Hermite
+        components, carried separately to the output and recombined (Eqs. F1–F2). None
+        (default): the Gaussian closure alone.
 
     Returns
     -------
@@ -154,7 +168,16 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
     for pos, layer in enumerate(mapped.fused.layers):
         if not isinstance(layer, (Dense, Conv2d, AvgPool2d, ReLU, Flatten)):
             raise ConfigError(f"layer {pos:02d} ({layer.type}) is not supported by the analytic pass")
-    opts = dict(cov=cov, per_layer=per_layer, layout=layout, fuse_relu_pool=fuse_relu_pool)
+    if factor is not None and not isinstance(factor, FactorClosure):
+        raise ConfigError(f"factor must be a refmem.moments.factor.FactorClosure, got "
+                          f"{type(factor).__name__}")
+    if factor is not None:
+        factor.relu_positions(mapped)               # bad layers fail before any work
+    opts = dict(cov=cov, per_layer=per_layer, layout=layout, fuse_relu_pool=fuse_relu_pool,
+                factor=factor)
+    if work is not None and not isinstance(work, Workspace):
+        raise ConfigError("work must be a refmem.moments.workspace.Workspace, "
+                          f"got {type(work).__name__}")
     if executor is not None and B > 1:
         n_w = max(1, min(B, int(getattr(executor, "workers", None) or 2)))
         cuts = np.linspace(0, B, n_w + 1).astype(int)
@@ -175,7 +198,7 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
                           min(q["clipped"][1] for q in parts),
                           set().union(*[q["clipped"][2] for q in parts])]
     else:
-        out = _pass(mapped, x, input_cov, progress=progress, **opts)
+        out = _pass(mapped, x, input_cov, progress=progress, work=work, **opts)
     c = out["clipped"]
     warn_clipped(c[0], c[1], len(c[2]))
 
@@ -197,7 +220,8 @@ def _pass_chunk(item):
     return _pass(mapped, x, input_cov, progress=False, **opts)
 
 
-def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool):
+def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_pool, work=None,
+          factor=None):
     """The per-input loop of :func:`propagate`: raw per-input arrays (no derived quantities)."""
     B = x.shape[0]
     L = int(np.prod(mapped.network.input_shape))
@@ -210,6 +234,7 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
     n_xb = mapped.n_crossbar
     xb_index = {ml.position: ml.index for ml in mapped.layers}
     layers = fused.layers
+    splits = set() if factor is None else factor.relu_positions(mapped)
 
     J = int(np.prod(shapes[-1]))
     mean = np.empty((B, J))
@@ -222,7 +247,8 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                  "var": np.empty((B, int(np.prod(shapes[pos + 1]))))}
            for pos in range(len(layers))} if per_layer else None
     clipped = [0, 0.0, set()]                       # count, most negative, ReLU positions
-    work = Workspace()                              # large buffers, reused across layers and inputs
+    if work is None:
+        work = Workspace()                          # large buffers, reused across layers and inputs
 
     bar = None
     if progress:
@@ -236,44 +262,69 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
             rec[pos]["var"][b] = 0.0 if d is None else d
 
     for b in range(B):
-        mu = x[b].reshape(-1).copy()
-        cur = [get_cov(b)]                          # the only reference to the covariance
+        # components (weight, mean, [Γ]): one unless the factor closure splits (theory §20)
+        comps = [[1.0, x[b].reshape(-1).copy(), [get_cov(b)]]]
         pos = 0
         while pos < len(layers):
             layer = layers[pos]
             if bar is not None:
                 bar.set_postfix_str(f"input {b}, layer {pos:02d} {layer.type}")
             step = 1
-            if pos in prep.bypos:
-                pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work)
-                cur.append(G)
-                del G
-                k = xb_index[pos]
-                p_mem[b, k], p_tp[b, k], p_tn[b, k] = pw.mem, pw.tia_pos, pw.tia_neg
-            elif isinstance(layer, ReLU):
-                nxt = layers[pos + 1] if pos + 1 < len(layers) else None
-                if fuse_relu_pool and isinstance(nxt, AvgPool2d) and rec is None:
-                    mu, G, clip = relu_pool_moments(mu, cur, shapes[pos], nxt.kernel_size, mode,
-                                                    clip_negative=clip_negative, work=work)
-                    step = 2
-                else:
-                    mu, G, clip = relu_layer_moments(mu, cur, mode, clip_negative=clip_negative)
-                cur.append(G)
-                del G
-                if clip[0]:
-                    clipped[0] += clip[0]
-                    clipped[1] = min(clipped[1], clip[1])
-                    clipped[2].add(pos)
-            elif isinstance(layer, AvgPool2d):
-                mu, G = pool_moments(mu, cur, shapes[pos], layer.kernel_size, work=work)
-                cur.append(G)
-                del G
-            # Flatten: identity on the flat NCHW vector
-            record(pos, b, mu, cur[0])
+            if pos in splits:
+                comps = [[w, m, [G]] for c in comps
+                         for (w, m, G) in factor_split(c[0], c[1], c[2].pop(), factor.nodes)]
+            for c in comps:
+                w, mu, cur = c
+                if pos in prep.bypos:
+                    # the exact ReLU reads only the upper triangle: skip the conv's mirror
+                    # (not before a factor split, which reads the whole matrix)
+                    upper_only = (mode == "exact" and pos + 1 < len(layers)
+                                  and isinstance(layers[pos + 1], ReLU) and pos + 1 not in splits)
+                    pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work, not upper_only)
+                    cur.append(G)
+                    del G
+                    k = xb_index[pos]
+                    p_mem[b, k] += w * pw.mem
+                    p_tp[b, k] += w * pw.tia_pos
+                    p_tn[b, k] += w * pw.tia_neg
+                elif isinstance(layer, ReLU):
+                    nxt = layers[pos + 1] if pos + 1 < len(layers) else None
+                    if fuse_relu_pool and isinstance(nxt, AvgPool2d) and rec is None:
+                        mu, G, clip = relu_pool_moments(mu, cur, shapes[pos], nxt.kernel_size,
+                                                        mode, clip_negative=clip_negative,
+                                                        work=work)
+                        step = 2
+                    else:
+                        mu, G, clip = relu_layer_moments(mu, cur, mode,
+                                                         clip_negative=clip_negative)
+                    cur.append(G)
+                    del G
+                    if clip[0]:
+                        clipped[0] += clip[0]
+                        clipped[1] = min(clipped[1], clip[1])
+                        clipped[2].add(pos)
+                elif isinstance(layer, AvgPool2d):
+                    mu, G = pool_moments(mu, cur, shapes[pos], layer.kernel_size, work=work)
+                    cur.append(G)
+                    del G
+                # Flatten: identity on the flat NCHW vector
+                c[1] = mu
+            if len(comps) == 1:
+                record(pos, b, comps[0][1], comps[0][2][0])
+            elif rec is not None:
+                rec[pos]["mean"][b], rec[pos]["var"][b] = mixture_mean_var(
+                    [c[0] for c in comps], [c[1] for c in comps],
+                    [cov_diagonal(c[2][0]) for c in comps])
             pos += step
             if bar is not None:
                 bar.update(step)
-        G = as_dense(cur.pop())
+        if len(comps) == 1:
+            mu = comps[0][1]
+            G = as_dense(comps[0][2].pop())
+        else:
+            mu, G = mixture_moments([c[0] for c in comps], [c[1] for c in comps],
+                                    [c[2].pop() for c in comps])
+        del comps
         mean[b] = mu
         if G is None:
             var[b] = 0.0

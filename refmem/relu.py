@@ -827,18 +827,24 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
 
 
 @numba.njit(cache=True)
-def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route):
-    """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i (buffers of length d)."""
+def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route,
+              sv, thr):
+    """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i (buffers of length d).
+
+    With ``thr > 0``, pairs with ``sv_i sv_j ≤ thr`` (``sv`` the ReLU outputs' standard
+    deviations) are set to 0: by Cauchy–Schwarz their true value is at most ``thr`` in
+    modulus (the network pass's negligible-pair floor, :func:`relu_moments`)."""
     d = U.shape[0]
     n = d - 1 - i
     si = s[i]
+    lim = thr / sv[i] if thr > 0.0 and sv[i] > 0.0 else (np.inf if thr > 0.0 else -1.0)
     for t in range(n):
         j = i + 1 + t
         I[t] = i
         J[t] = j
         g = G[i, j]
         s12 = si * s[j]
-        if g == 0.0 or s12 == 0.0:
+        if g == 0.0 or s12 == 0.0 or sv[j] <= lim:
             RHO[t] = 0.0
             S12[t] = 0.0
         else:
@@ -860,7 +866,7 @@ def _unit_tables(mu, s, mnv):
 
 
 @numba.njit(cache=True)
-def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
+def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (theory §8.2).
 
     ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
@@ -868,8 +874,12 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
     :func:`unit_mnv`; each pair takes the cheapest exact route of :func:`_cov_pair_list` (ρ = 1
     formula, product, Mehler series, adaptive quadrature). ``out`` may be ``G`` itself (in
     place: row i of the upper triangle is read before it is written; the lower triangle is
-    written afterwards by a blocked mirror). The diagonal is not touched. Returns the number
-    of pairs per route (:data:`PATH_NAMES`) followed by the total number of series terms.
+    written afterwards by a blocked mirror). The diagonal is not touched. ``sv`` (d,) and
+    ``thr``: with ``thr > 0`` a pair with ``sv_i sv_j ≤ thr`` is set to 0 (``sv``: standard
+    deviations of the ReLU outputs; Cauchy–Schwarz bounds such a covariance by ``thr``);
+    ``thr = 0`` computes every pair. Returns the number of pairs per route
+    (:data:`PATH_NAMES`; pairs set to 0 count as trivial) followed by the total number of
+    series terms.
     """
     d = mu.shape[0]
     U, QE = _unit_tables(mu, s, mnv)
@@ -882,7 +892,8 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
     res = np.empty(d)
     route = np.empty(d, dtype=np.int64)
     for i in range(d):
-        _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route)
+        _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route,
+                  sv, thr)
     B = 64
     for bi in range(0, d, B):
         for bj in range(bi, d, B):
@@ -891,7 +902,7 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
 
 
 @numba.njit(cache=True, parallel=True)
-def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
+def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     """Parallel :func:`relu_cov_pairs_kernel`: row blocks ``b, b + nb, b + 2nb, …`` per task.
 
     Striding spreads long and short rows of the triangle, and units of every channel, evenly
@@ -914,7 +925,7 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg):
         route = np.empty(d, dtype=np.int64)
         for i in range(b, d, nb):
             _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[b], I, J, RHO, S12, res,
-                      route)
+                      route, sv, thr)
     B = 64
     nmb = (d + B - 1) // B
     for bi in numba.prange(nmb):
@@ -1066,7 +1077,13 @@ def bvn_cdf(h, k, rho, *, rtol=RTOL_QUAD):
 
 
 # ====================================================================== matrix form
-def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
+NEGLIGIBLE = 2.0 ** -53
+"""Negligible-pair floor of the network pass (unit roundoff): an exact-ReLU pair whose
+Cauchy–Schwarz bound ``sqrt(Var X_i⁺ Var X_j⁺)`` is below this fraction of the layer's largest
+ReLU-output variance is set to 0 — an absolute error below the rounding of that variance."""
+
+
+def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None, negligible=0.0):
     r"""Mean vector and covariance matrix of ``ReLU(X)``, ``X ~ N(mu, gamma)`` (theory §8).
 
     Diagonal: Proposition 4 (:func:`relu_mean_var`, theory §8.1). Off-diagonal:
@@ -1089,6 +1106,12 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
         matrix in the network pass).
     parallel : bool, optional
         Use the multi-threaded pair kernel (default: when d >= 256).
+    negligible : float
+        Exact mode: set to 0 every pair whose bound ``sqrt(Var X_i⁺ Var X_j⁺)`` is at most
+        ``negligible × max_k Var X_k⁺`` (its absolute error is below that; relative accuracy
+        is then not kept for it). 0 (default): every pair to the accuracy contract above.
+        The network pass uses :data:`NEGLIGIBLE` (deep negative tails, where the quadrature
+        route is slowest, contribute nothing above rounding).
 
     Returns
     -------
@@ -1110,7 +1133,11 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None):
         if parallel is None:
             parallel = d >= 256
         kern = relu_cov_pairs_kernel_par if parallel else relu_cov_pairs_kernel
-        kern(mu, s, gamma, out, unit_mnv(mu, s), RTOL_QUAD, _GK_X, _GK_WK, _GK_WG)
+        if not (negligible >= 0.0):
+            raise DataError(f"ReLU moments: negligible must be >= 0, got {negligible!r}")
+        sv = np.sqrt(var)
+        thr = float(negligible) * float(var.max()) if d else 0.0
+        kern(mu, s, gamma, out, unit_mnv(mu, s), RTOL_QUAD, _GK_X, _GK_WK, _GK_WG, sv, thr)
     elif mode == "taylor":
         pos = (mu > 0).astype(np.float64)
         if out is not gamma:

@@ -93,7 +93,7 @@ def main():
     # compile both kernels (C-contiguous float64, as in the runs below)
     m3, G3 = np.zeros(3), np.eye(3)
     for kern in (R.relu_cov_pairs_kernel, R.relu_cov_pairs_kernel_par):
-        kern(m3, np.ones(3), G3, np.zeros((3, 3)), R.unit_mnv(m3, np.ones(3)), *q)
+        kern(m3, np.ones(3), G3, np.zeros((3, 3)), R.unit_mnv(m3, np.ones(3)), *q, np.ones(3), 0.0)
     for kern in (R.relu_cov_pairs_quad_kernel, R.relu_cov_pairs_quad_kernel_par):
         kern(m3, np.ones(3), G3, np.zeros((3, 3)), *q)
 
@@ -114,9 +114,10 @@ def main():
         s = np.sqrt(np.diag(G))
         mnv = R.unit_mnv(mu, s)
         out = np.zeros((d, d))
-        cnt, _, cpu_new = timed(R.relu_cov_pairs_kernel, mu, s, G, out, mnv, *q)
+        cnt, _, cpu_new = timed(R.relu_cov_pairs_kernel, mu, s, G, out, mnv, *q, np.ones(d), 0.0)
         out_p = np.zeros((d, d))
-        _, wall_par, _ = timed(R.relu_cov_pairs_kernel_par, mu, s, G, out_p, mnv, *q)
+        _, wall_par, _ = timed(R.relu_cov_pairs_kernel_par, mu, s, G, out_p, mnv, *q, np.ones(d),
+                               0.0)
         assert np.array_equal(out, out_p, equal_nan=True)
         iu = np.triu_indices(d, 1)
         if args.no_old:

@@ -592,3 +592,13 @@ register("outputs", "validate-o-is-model", VAL + ["-n", "8", "-o", "model.h5"], 
          needs=("io",))
 register("outputs", "optimize-o-not-refmem", OPT + ["-o", "y.npy"], None, "refusing",
          needs=("io",))
+
+
+# the factor closure options of `refmem moments` (theory §20)
+for _id, extra, _match in [
+        ("factor-layers-text", ["--factor-layers", "late"], "factor"),
+        ("factor-layers-out-of-range", ["--factor-layers", "9"], None),
+        ("factor-nodes-one", ["--factor-layers", "0", "--factor-nodes", "1"], "nodes"),
+        ("factor-nodes-alone", ["--factor-nodes", "3"], "factor"),
+]:
+    register("options", "moments-" + _id, mom(*extra), None, _match)

@@ -258,6 +258,16 @@ def test_ul_tap_form_equals_explicit_toeplitz_blocks(design, dither):
         for other in (ul_power(ml, mu, G, 1.5, streamed), ul_power(ml, mu, G, 1.5, tb),
                       ul_power(ml, mu, G, 1.5)):
             close([other.mem, other.tia_pos, other.tia_neg], [pw.mem, pw.tia_pos, pw.tia_neg])
+    # built once per mapped layer; a pickled layer (sent to a worker) rebuilds the same form
+    assert ml.ul_taps() is tb
+    state = ml.__getstate__()                   # what pickle sends (this σ model is local)
+    assert "_ul_taps" not in state and "_ul_taps" in ml.__dict__
+    again = object.__new__(type(ml))
+    again.__dict__.update(state)
+    tb2 = again.ul_taps()
+    for k in ("W", "gp", "gm", "vp", "vm", "v", "tap"):
+        np.testing.assert_array_equal(getattr(tb2, k), getattr(tb, k))
+    np.testing.assert_array_equal(tb2.z.v, tb.z.v)
 
 
 # ====================================================================== pooling, ReLU-Taylor
@@ -635,8 +645,9 @@ def conv_path(request, monkeypatch):
 @pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (1, 0, 2), (1, 2, 3), (3, 1, 2)])
 def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
     """The streamed double convolution (direct run kernel, or im2col + GEMM; upper triangle
-    mirrored) equals W_ULᵀ Γ W_UL with the explicit Toeplitz matrix, chunked or not, for a
-    dense Γ, a released Γ and a block-diagonal Γ (channel blocks, and diagonal blocks)."""
+    mirrored) equals W_ULᵀ Γ W_UL with the explicit Toeplitz matrix, chunked or not (im2col
+    chunks, blocks of Uᵀ), for a dense Γ, a released Γ and a block-diagonal Γ (channel
+    blocks, and diagonal blocks)."""
     rng = np.random.default_rng(16)
     conv = Conv2d(rng.normal(size=(3, 2, k, k)), None, stride, pad)
     in_shape = (2, 5, 4)
@@ -646,6 +657,8 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
     Wur, idx = conv.ur_matrix(), conv.index(in_shape)
     close(conv_signal_cov(Wur, idx, G, chunk_bytes=1), want)
     close(conv_signal_cov(Wur, idx, G), want)
+    for ut in (1, 8 * 3 * 40 * 5):            # Uᵀ one position at a time, and 5 at a time
+        close(conv_signal_cov(Wur, idx, G, ut_bytes=ut), want)
     box = [G.copy()]
     got = conv_signal_cov(Wur, idx, box, chunk_bytes=8 * 20 * 7)
     assert box == []                              # released
@@ -655,6 +668,7 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
     bd = BlockDiag(blocks)
     Gd = bd.to_dense()
     close(conv_signal_cov(Wur, idx, bd, chunk_bytes=8 * 20 * 3), T.T @ Gd @ T)
+    close(conv_signal_cov(Wur, idx, bd, ut_bytes=8 * 3 * 40 * 3), T.T @ Gd @ T)
     dg = BlockDiag.from_variances(rng.uniform(size=40), 2)
     close(conv_signal_cov(Wur, idx, dg), T.T @ dg.to_dense() @ T)
     close(conv_mean(Wur, None, idx, np.ones(40)), T.T @ np.ones(40))
@@ -663,9 +677,9 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
 @pytest.mark.kernel
 @pytest.mark.parametrize("c_out", [3, 9, 13])
 def test_conv_rows_paths_equal_explicit_toeplitz(c_out, conv_path):
-    """conv_rows: direct Numba path (runs, four channels at a time plus a remainder), tall
-    and wide GEMM paths, rows and columns of the source, upper triangle — all equal to the
-    explicit Toeplitz product."""
+    """conv_rows: direct Numba path (runs, four channels at a time plus a remainder) and GEMM
+    path, rows and columns of the source, upper triangle (every channel offset) — all equal
+    to the explicit Toeplitz product."""
     from refmem.moments import conv_rows
     rng = np.random.default_rng(18)
     conv = Conv2d(rng.normal(size=(c_out, 2, 3, 3)), None, 1, 1)
@@ -772,25 +786,32 @@ def test_dense_pool_kernel_equals_loop_oracle(in_shape, k):
 
 
 def test_workspace_reuses_only_free_buffers():
-    """A buffer is handed out again only once no array refers to it; sizes below
-    ``min_bytes`` bypass the pool; zeros() is zero-filled."""
+    """Memory is handed out again only once no array refers to it (views included); free
+    neighbours merge, a large free piece is split for a small request, sizes below
+    ``min_bytes`` bypass the pool, zeros() is zero-filled, nothing handed out overlaps."""
     from refmem.moments.workspace import Workspace
     w = Workspace(min_bytes=800)
     small = w.empty((10,))
-    assert w.nbytes == 0 and small.shape == (10,)
-    a = w.empty((20, 10))
+    assert w.allocated == 0 and small.shape == (10,)
+    a = w.empty((2000,))                    # one region of 2048 elements (page multiple)
     a[...] = 1.0
-    b = w.empty((200,))                     # a is alive: a second buffer
-    assert len(w._bufs) == 2 and not np.shares_memory(a, b)
-    view = a[3]                             # a view keeps the buffer in use
+    b = w.empty((600,))                     # a is alive: a second region
+    assert w.allocated == 8 * (2048 + 1024) and not np.shares_memory(a, b)
+    view = a[3:5]                           # a view keeps a's memory in use
     del a
-    c = w.empty((150,))
-    assert len(w._bufs) == 3 and not np.shares_memory(c, view)
-    del view, c
-    d = w.zeros((12, 10))                   # smallest free buffer that fits, zero-filled
-    assert len(w._bufs) == 3 and d.shape == (12, 10)
+    c = w.empty((700,))
+    assert w.allocated == 8 * (2048 + 1024 + 1024) and not np.shares_memory(c, view)
+    del view
+    d = w.zeros((4, 100))                   # fits in the free 2048-region: split, zero-filled
+    e = w.empty((1500,))                    # the rest of that region (2048 − 512 = 1536)
+    assert w.allocated == 8 * 4096
     np.testing.assert_array_equal(d, 0.0)
-    assert w.reused == 8 * 120 and w.allocated == 8 * (200 + 200 + 150)
+    for x, y in [(d, e), (d, b), (d, c), (e, b), (e, c), (b, c)]:
+        assert not np.shares_memory(x, y)
+    del d, e, b, c
+    big = w.empty((2048,))                  # every piece free again: the first region, merged
+    assert w.allocated == 8 * 4096 and big.shape == (2048,)
+    assert w.reused == 8 * (400 + 1500 + 2048)
 
 
 def test_ur_ul_moments_same_numbers_with_a_workspace():
@@ -819,3 +840,29 @@ def test_ur_ul_moments_same_numbers_with_a_workspace():
     _, u1 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy(), work=w)
     np.testing.assert_array_equal(u1, u0)
     assert w.reused > 0
+
+
+def test_upper_only_conv_moments_feed_the_exact_relu_unchanged():
+    """``symmetric=False`` leaves the lower triangle unmirrored; the upper triangle and the
+    diagonal equal the symmetric result, and the exact ReLU (which reads only those) gives
+    bit-identical moments from either (how the network pass uses it)."""
+    rng = np.random.default_rng(8)
+    conv = Conv2d(rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3), 1, 1)
+    in_shape = (2, 4, 4)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    mu = rng.normal(size=32)
+    G = rand_psd(rng, 32)
+    v = rng.uniform(0.01, 0.1, size=Wur.shape)
+    m0, c0 = ur_moments(Wur, conv.bias, v, None, idx, mu, G.copy())
+    m1, c1 = ur_moments(Wur, conv.bias, v, None, idx, mu, G.copy(), symmetric=False)
+    iu = np.triu_indices(c0.shape[0])
+    np.testing.assert_array_equal(c1[iu], c0[iu])
+    assert not np.array_equal(c1, c0)             # the lower triangle was really skipped
+    r0 = relu_moments(m0, c0, "exact")
+    r1 = relu_moments(m1, c1, "exact")
+    np.testing.assert_array_equal(r1[0], r0[0])
+    np.testing.assert_array_equal(r1[1], r0[1])
+    noise = rng.uniform(size=48)
+    _, u0 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy())
+    _, u1 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy(), symmetric=False)
+    np.testing.assert_array_equal(u1[iu], u0[iu])

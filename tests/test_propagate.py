@@ -19,7 +19,7 @@ import pytest
 import oracles as O
 from refmem import (AvgPool2d, Conv2d, CrossbarConfig, Dense, Flatten, Network, ReLU,
                     load_model, map_network)
-from refmem.errors import DataError
+from refmem.errors import ConfigError, DataError
 from refmem.moments import (BlockDiag, TaylorNotPSDWarning, pool_moments, relu_layer_moments,
                             relu_pool_moments)
 from refmem.propagate import propagate
@@ -209,3 +209,24 @@ def test_executor_split_equals_serial(per_input_cov):
     for pos in serial.per_layer:
         np.testing.assert_allclose(split.per_layer[pos]["var"], serial.per_layer[pos]["var"],
                                    rtol=1e-12, atol=1e-300)
+
+
+def test_a_workspace_kept_across_calls_changes_no_number():
+    """propagate(work=W) twice: bit-identical to a call with its own workspace, and the second
+    call maps no new memory (every large buffer reused)."""
+    from refmem.moments.workspace import Workspace
+    rng = np.random.default_rng(12)
+    net = small_cnn(rng)
+    x = rng.uniform(0, 1, size=(2, 2, 8, 8))
+    mapped = map_network(net, CrossbarConfig(sigma=0.05, g_min=0.05, mapping="UR"))
+    ref = propagate(mapped, x, cov=True)
+    w = Workspace(min_bytes=8 * 1024)
+    for _ in range(2):
+        got = propagate(mapped, x, cov=True, work=w)
+        for k in ("mean", "var", "mse", "power", "cov"):
+            np.testing.assert_array_equal(getattr(got, k), getattr(ref, k))
+        if _ == 0:
+            mapped_bytes = w.allocated
+    assert mapped_bytes > 0 and w.allocated == mapped_bytes
+    with pytest.raises(ConfigError):
+        propagate(mapped, x, work="big")

@@ -395,7 +395,8 @@ def test_pair_kernels_jit_equal_python():
     for kern in (relu_cov_pairs_kernel, relu_cov_pairs_kernel_par):
         for f in (kern, getattr(kern, "py_func", kern)):
             out = np.zeros((d, d))
-            counts.append(f(mu, s, G, out, mnv, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG))
+            counts.append(f(mu, s, G, out, mnv, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG, np.ones(d),
+                            0.0))
             outs.append(out)
     for kern in (relu_cov_pairs_quad_kernel, relu_cov_pairs_quad_kernel_par):
         for f in (kern, getattr(kern, "py_func", kern)):
@@ -582,3 +583,30 @@ def test_fallback_near_one_correlation_against_mpmath(a1, a2, rho):
     assert_accurate(got, want, f"{a1},{a2},{rho} route {int(route)}")
     quad = relu_cov_exact(a1, 1.0, a2, 1.0, rho, method="quad")
     assert_accurate(quad, want, f"quad {a1},{a2},{rho}")
+
+
+def test_negligible_pairs_are_zeroed_only_within_their_bound():
+    """relu_moments(negligible=τ): exactly the pairs with sqrt(v_i v_j) ≤ τ max v are 0 (and
+    their exact value is within that bound, Cauchy–Schwarz), every other entry is bit-identical
+    to the full computation; τ = 0 is the full computation (serial and parallel kernels)."""
+    rng = np.random.default_rng(3)
+    d = 40
+    A = rng.normal(size=(d, d))
+    G = A @ A.T / d + 0.05 * np.eye(d)
+    mu = rng.normal(size=d) * 2.0
+    mu[:12] = -rng.uniform(8.0, 14.0, size=12) * np.sqrt(np.diag(G)[:12])   # deep tails
+    _, full = relu_moments(mu, G, "exact", parallel=False)
+    _, v = relu_mean_var(mu, np.diag(G))
+    tau = 1e-12
+    for par in (False, True):
+        _, c0 = relu_moments(mu, G, "exact", parallel=par, negligible=0.0)
+        np.testing.assert_array_equal(c0, full)
+        _, c = relu_moments(mu, G, "exact", parallel=par, negligible=tau)
+        bound = np.sqrt(np.outer(v, v))
+        zeroed = (bound <= tau * v.max()) & ~np.eye(d, dtype=bool)
+        assert zeroed.sum() > 0 and (~zeroed).sum() > d
+        np.testing.assert_array_equal(c[zeroed], 0.0)
+        np.testing.assert_array_equal(c[~zeroed], full[~zeroed])
+        assert np.all(np.abs(full[zeroed]) <= bound[zeroed] * (1 + 1e-12))
+    with pytest.raises(DataError):
+        relu_moments(mu, G, "exact", negligible=-1.0)

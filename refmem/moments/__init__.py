@@ -51,12 +51,13 @@ from .conv import (conv_cols, conv_mean, conv_rows, conv_signal_cov, ul_moments,
 from .dense import dense_moments, raw_second_moments, symmetrize
 from .layout import BlockDiag, as_dense
 from .pool import pool_moments, relu_pool_moments
+from .workspace import Workspace
 
 __all__ = ["propagate", "MomentsResult", "dense_moments", "conv_mean", "conv_cols", "conv_rows",
            "conv_signal_cov", "ur_moments", "ul_moments", "ul_noise", "ul_noise_taps", "ur_noise",
            "pool_moments", "relu_pool_moments", "relu_moments", "relu_layer_moments",
            "layer_power", "ur_shared_noise_kernel", "symmetrize", "raw_second_moments",
-           "BlockDiag", "as_dense", "TaylorNotPSDWarning"]
+           "BlockDiag", "as_dense", "TaylorNotPSDWarning", "Workspace"]
 
 
 def __getattr__(name):

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from ..relu import relu_mean_var, relu_moments
+from ..relu import NEGLIGIBLE, relu_mean_var, relu_moments
 from .layout import BlockDiag, take_input
 
 __all__ = ["relu_layer_moments", "TaylorNotPSDWarning", "warn_clipped"]
@@ -37,7 +37,7 @@ def _clip(diag_view):
     return n, lo
 
 
-def relu_layer_moments(mu, gamma, mode="exact", *, clip_negative=False):
+def relu_layer_moments(mu, gamma, mode="exact", *, clip_negative=False, negligible=NEGLIGIBLE):
     r"""``ReLU(X)`` moments for ``X ~ N(mu, gamma)`` in any layout (theory §8).
 
     Dense Γ: :func:`refmem.relu.relu_moments` written over Γ (``out=Γ``: Γ is consumed).
@@ -51,6 +51,10 @@ def relu_layer_moments(mu, gamma, mode="exact", *, clip_negative=False):
     mode : {"exact", "taylor"}
     clip_negative : bool
         Set negative input variances to zero instead of failing (meant for ``taylor``).
+    negligible : float
+        Exact mode: the negligible-pair floor of :func:`refmem.relu.relu_moments` (default
+        :data:`refmem.relu.NEGLIGIBLE`, the unit roundoff, relative to the largest ReLU-output
+        variance of the call; 0 computes every pair to the full relative accuracy).
 
     Returns
     -------
@@ -77,10 +81,11 @@ def relu_layer_moments(mu, gamma, mode="exact", *, clip_negative=False):
             if clip_negative:
                 n, m = _clip(np.einsum("ii->i", G))
                 n_tot, lo = n_tot + n, min(lo, m)
-            mean[b * s:(b + 1) * s], _ = relu_moments(mu[b * s:(b + 1) * s], G, mode, out=G)
+            mean[b * s:(b + 1) * s], _ = relu_moments(mu[b * s:(b + 1) * s], G, mode, out=G,
+                                                      negligible=negligible)
         return mean, gamma, (n_tot, lo)
     clip = _clip(np.einsum("ii->i", gamma)) if clip_negative else (0, 0.0)
-    mean, cov = relu_moments(mu, gamma, mode, out=gamma)
+    mean, cov = relu_moments(mu, gamma, mode, out=gamma, negligible=negligible)
     return mean, cov, clip
 
 
