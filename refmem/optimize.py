@@ -59,8 +59,8 @@ from .network import Network
 
 __all__ = ["Problem", "Evaluation", "Archive", "Evaluator", "OptimizeResult", "evaluate",
            "solve_scalar", "kkt_baseline", "kkt_step", "kkt_linearize", "kkt_apply",
-           "kkt_allocate", "run_ga", "optimize", "deb_order", "convert_genome", "CONSTRAINT_NAMES", "write_optimization",
-           "plot_archive"]
+           "kkt_allocate", "run_ga", "optimize", "deb_order", "convert_genome",
+           "CONSTRAINT_NAMES", "write_optimization", "plot_archive"]
 
 AGAINST = ("reference", "targets")
 AGGREGATES = ("mean", "max")

@@ -349,7 +349,8 @@ def _fig9_optimize(args, model, cfg, x_ev, x_te, y_te, x_check, bounds, nu_ref, 
             ev.save()
             start = convert_genome(prob, scal[nu]["g_u"], "scalar", "layer")
             ev.one("layer", start, "warm-start")
-            m0 = None if args.mutation_rel is None else args.mutation_rel * (base["g_u"] - prob.g_min)
+            m0 = (None if args.mutation_rel is None
+                  else args.mutation_rel * (base["g_u"] - prob.g_min))
             run_ga(ev, "layer", base["g_u"], population=pop, generations=gens, seed=args.seed,
                    warm_starts=[base["g_u"], start], mutation_std=m0)
             rl = [r for r in ev.archive.rows["layer"] if r["kind"] in ("ga", "kkt", "warm-start")]

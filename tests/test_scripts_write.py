@@ -251,7 +251,8 @@ def test_reproduce_optimization_fig9_summary(scripts, tmp_path):
             ds.update({f"{d}/g_u": np.array([2.0]), f"{d}/mse_batch": np.float64(nu),
                        f"{d}/power_batch": np.float64(f * p), f"{d}/accuracy": np.float64(a),
                        f"{d}/accuracy_se": np.float64(0.01), f"{d}/method": np.bytes_("kkt"),
-                       f"{d}/mse_batch_check": np.float64(nu), f"{d}/power_check": np.float64(f * p)})
+                       f"{d}/mse_batch_check": np.float64(nu),
+                       f"{d}/power_check": np.float64(f * p)})
         paths[nu] = tmp_path / f"nu{nu:g}.h5"
         mod.write_fig9_point(paths[nu], ds, {"max_mse": nu})
     args = types.SimpleNamespace(out=str(tmp_path), cnn_model="m.h5", force=False, argv=["fig9"])
