@@ -956,7 +956,9 @@ def result_datasets(result: OptimizeResult) -> tuple:
             groups[f"best/{d}"] = {"g_u": b["g_u"], "constraint_value": np.float64(b["mse"]),
                                    "power_batch": np.float64(b["power"]),
                                    "feasible": np.bool_(b["feasible"])}
-    attrs = {"power": float(result.power), "constraint_value": float(result.mse),
+    # root attribute ``mse`` as issue 12 names it; ``constraint_value`` says which MSE it is
+    attrs = {"power": float(result.power), "mse": float(result.mse),
+             "constraint_value": float(result.mse),
              "feasible": bool(result.feasible), "design": result.design, "method": result.method,
              "constraint": result.constraint, "max_mse": float(result.max_mse),
              "message": result.message}

@@ -362,6 +362,7 @@ def test_cli_optimize_writes_solution_archive_and_png(tmp_path, capsys):
         assert g.shape == (2,)
         assert f.attrs["design"] == "layer" and f.attrs["method"] in ("ga", "kkt", "warm-start")
         assert bool(f.attrs["feasible"]) and f.attrs["constraint_value"] <= NU
+        assert f.attrs["mse"] == f.attrs["constraint_value"]       # the root name
         assert f.attrs["constraint"] == "mse_batch"
         assert "archive/layer/g_u" in f and "generations/layer/best_power" in f
         assert "baseline/layer/g_u" in f and "config" in f.attrs
