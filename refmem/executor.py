@@ -145,7 +145,8 @@ class Executor:
             self._client.run(_pin_threads, os.getpid())
         elif self.kind == "processes":
             from concurrent.futures import ProcessPoolExecutor
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_pin_threads)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_pin_threads,
+                                             mp_context=_mp_context())
         return self
 
     def __exit__(self, *exc):
@@ -205,6 +206,23 @@ class Executor:
 
 
 # ---------------------------------------------------------------------- seeded grids
+def _mp_context():
+    """The start method of local workers: the platform's default (fork on Linux), except in a
+    process that has already run a parallel Numba kernel on the GNU OpenMP layer — a fork of
+    it aborts ("fork() called from a process already using GNU OpenMP") — where workers start
+    from a fresh server process (``forkserver``; the calling script then needs the usual
+    ``if __name__ == "__main__":`` guard)."""
+    import multiprocessing
+    try:
+        import numba
+        layer = numba.threading_layer()
+    except (ImportError, ValueError):          # ValueError: no parallel region has run yet
+        return None
+    if layer == "omp" and "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return None
+
+
 def _spawn_key(key: str) -> tuple:
     """Four 32-bit words of SHA-256(key): the cell's stable SeedSequence spawn key."""
     h = hashlib.sha256(key.encode("utf-8")).digest()
@@ -337,6 +355,9 @@ def run_grid(fn, cells, out_dir, *, executor, seed, progress=False) -> dict:
     _grid_manifest(out_dir, seed, fn)
     for stale in cell_dir.glob(".*.tmp*"):      # temporaries of a killed run (refmem.io names
         stale.unlink(missing_ok=True)           # them .CELL.npz.PID-TOKEN.tmp.npz)
+    from .io.atomic import clear_stale_lock
+    for lock in cell_dir.glob(".*.lock"):       # a killed writer's lock (killed between the
+        clear_stale_lock(cell_dir / lock.name[1:-len(".lock")])   # rename and the unlock)
 
     todo = []
     for k, p in pairs:

@@ -243,6 +243,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def clear_stale_lock(target) -> bool:
+    """Remove the lock of ``target`` if the process that held it no longer runs on this host
+    (a killed writer); True when a lock was removed. A live writer's lock is left alone."""
+    lk = _Lock(Path(target))
+    return lk.path.exists() and lk._stale()
+
+
 class _Lock:
     def __init__(self, target: Path):
         self.target = target
