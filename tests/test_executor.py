@@ -221,3 +221,32 @@ def test_kill_9_mid_grid_then_resume(tmp_path, workers):
     assert list(ref) == list(got)
     for k in ref:
         assert np.array_equal(ref[k]["x"], got[k]["x"]) and ref[k]["i"] == got[k]["i"]
+
+
+FORK_AFTER_OPENMP = """
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+from refmem.executor import Executor
+from refmem.symmetric import mirror_upper
+
+def square(v):
+    mirror_upper(np.ones((300, 300)))       # and one in the worker
+    return v * v
+
+if __name__ == "__main__":
+    mirror_upper(np.ones((300, 300)))       # a parallel Numba region in this process
+    with Executor(workers=2) as ex:
+        print(sum(ex.map(square, range(10))))
+"""
+
+
+def test_workers_start_after_a_parallel_numba_region(tmp_path):
+    """A process that already ran a parallel Numba kernel can still start local workers (a plain
+    fork of it would abort under GNU OpenMP; the executor then uses a forkserver)."""
+    script = tmp_path / "fork_after_omp.py"
+    script.write_text(FORK_AFTER_OPENMP.format(root=str(ROOT)))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "285"
