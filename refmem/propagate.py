@@ -54,22 +54,15 @@ def _check_input_cov(input_cov, B, L):
 
 
 class _Prepared:
-    """Static per-layer data shared by all samples (FC/UR blocks, UL tap forms)."""
+    """Static per-layer data shared by all samples (FC/UR blocks)."""
 
     def __init__(self, mapped):
         self.mapped = mapped
         self.bypos = mapped.by_position()
         self.blk = {}
-        self.ul_cache = {}
         for pos, ml in self.bypos.items():
             if ml.scheme in ("FC", "UR"):
                 self.blk[pos] = ml.block()
-
-    def ul_taps(self, pos):
-        """Tap form of a UL layer (:meth:`refmem.mapping.MappedLayer.ul_taps`), built once."""
-        if pos not in self.ul_cache:
-            self.ul_cache[pos] = self.bypos[pos].ul_taps()
-        return self.ul_cache[pos]
 
 
 def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
@@ -95,7 +88,7 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
         mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout,
                                work=work, symmetric=symmetric)
     else:
-        tb = prep.ul_taps(pos)
+        tb = ml.ul_taps()                                # built once per mapped layer
         pw = ul_power(ml, mu, G, r, tb)
         noise = ul_noise_taps(tb, mu, G)                 # Σ_n v_nj q_n over all L rows
         del G

@@ -23,6 +23,7 @@ import pytest
 
 from refmem import (AvgPool2d, Conv2d, CrossbarConfig, Dense, Flatten, Network, ReLU,
                     map_network)
+from nets import deep_cnn
 from refmem.errors import ConfigError
 from refmem.montecarlo import monte_carlo
 from refmem.moments.factor import (FactorClosure, factor_split, mixture_mean_var,
@@ -183,14 +184,7 @@ def test_closer_to_monte_carlo_on_narrow_deep_ur_cnn():
     """σ = 0.15, narrow 3-conv UR net: the Gaussian closure is > 3 SE low; the factor closure
     (split after crossbar layer 1) is within 2 SE of Monte-Carlo and at most half as far."""
     rng = np.random.default_rng(0)
-    width = 2
-    net = Network([
-        Conv2d(rng.normal(size=(width, 1, 3, 3)) / 2, rng.normal(size=width) * 0.1, 1, 1), ReLU(),
-        Conv2d(rng.normal(size=(width, width, 3, 3)) / 3, rng.normal(size=width) * 0.1, 1, 1),
-        ReLU(), AvgPool2d(2),
-        Conv2d(rng.normal(size=(width, width, 3, 3)) / 3, rng.normal(size=width) * 0.1, 1, 1),
-        ReLU(), Flatten(),
-        Dense(rng.normal(size=(3, width * 9)) / 3, rng.normal(size=3) * 0.1)], (1, 6, 6))
+    net = deep_cnn(rng)
     x = rng.uniform(0, 1, size=(2, 1, 6, 6))
     m = map_network(net, CrossbarConfig(sigma=0.15, mapping="UR", g_min=0.05))
     mc = monte_carlo(m, x, 8192, seed=77)

@@ -678,8 +678,8 @@ def test_conv_signal_cov_paths_equal_dense_toeplitz(stride, pad, k, conv_path):
 @pytest.mark.parametrize("c_out", [3, 9, 13])
 def test_conv_rows_paths_equal_explicit_toeplitz(c_out, conv_path):
     """conv_rows: direct Numba path (runs, four channels at a time plus a remainder) and GEMM
-    path, rows and columns of the source, upper triangle (every channel offset) — all equal
-    to the explicit Toeplitz product."""
+    path, whole and chunked, upper triangle (every channel offset) — all equal to the explicit
+    Toeplitz product."""
     from refmem.moments import conv_rows
     rng = np.random.default_rng(18)
     conv = Conv2d(rng.normal(size=(c_out, 2, 3, 3)), None, 1, 1)
@@ -689,13 +689,13 @@ def test_conv_rows_paths_equal_explicit_toeplitz(c_out, conv_path):
     J = T.shape[1]
     X = rng.normal(size=(24, 10))
     close(conv_rows(X.T.copy(), Wur, idx, chunk_bytes=8 * 12 * 18 * 5), X.T @ T)
-    close(conv_rows(X, Wur, idx, source_cols=True), X.T @ T)
+    close(conv_rows(X.T.copy(), Wur, idx), X.T @ T)
     A = rng.normal(size=(24, 24))
     G = A @ A.T
     want = T.T @ G @ T
     U = G @ T
     got = np.full((J, J), np.nan)
-    conv_rows(U, Wur, idx, source_cols=True, upper=True, out=got, chunk_bytes=8 * 12 * 18 * 7)
+    conv_rows(U.T.copy(), Wur, idx, upper=True, out=got, chunk_bytes=8 * 12 * 18 * 7)
     iu = np.triu_indices(J)
     close(got[iu], want[iu])
 

@@ -16,25 +16,14 @@ import h5py
 import numpy as np
 import pytest
 
-from refmem import (AvgPool2d, Conv2d, CrossbarConfig, Dense, Flatten, Network, ReLU,
-                    map_network)
+from refmem import CrossbarConfig, Dense, Network, ReLU, map_network
 from refmem.cli import main
+from nets import deep_cnn
 from refmem.errors import ConfigError
 from refmem.montecarlo import monte_carlo
 from refmem.validate import (_simulate, tangent_moments, tangent_variance, validate)
 
 Z = 4.0          # two-sided z threshold (p ≈ 6e-5 per check); seeds are fixed
-
-
-def deep_cnn(rng, width=2):
-    """A narrow 3-conv ReLU network: the Gaussian closure is visibly biased at σ ≈ 0.15."""
-    return Network([
-        Conv2d(rng.normal(size=(width, 1, 3, 3)) / 2, rng.normal(size=width) * 0.1, 1, 1), ReLU(),
-        Conv2d(rng.normal(size=(width, width, 3, 3)) / 3, rng.normal(size=width) * 0.1, 1, 1),
-        ReLU(), AvgPool2d(2),
-        Conv2d(rng.normal(size=(width, width, 3, 3)) / 3, rng.normal(size=width) * 0.1, 1, 1),
-        ReLU(), Flatten(),
-        Dense(rng.normal(size=(3, width * 9)) / 3, rng.normal(size=3) * 0.1)], (1, 6, 6))
 
 
 def mlp(rng):

@@ -138,12 +138,11 @@ def _conv_rows_runs(X, runs, ptr, Wur, n_pos, row0, upper, out):
             c += nb
 
 
-def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None,
-              chunk_bytes=CHUNK_BYTES, work=None):
+def conv_rows(src, Wur, idx, *, upper=False, row0=0, out=None, chunk_bytes=CHUNK_BYTES,
+              work=None):
     r"""Convolve every row of ``src`` (m, L): ``src W_UL`` (m, J), J = C_out n_pos (theory §5).
 
-    ``out[r, (c_o, p)] = Σ_a Wur[a, c_o] src[r, ι(p, a)]``. With ``source_cols`` the rows are
-    the **columns** of ``src`` (L, m) (copied strip by strip). With ``upper`` only the output
+    ``out[r, (c_o, p)] = Σ_a Wur[a, c_o] src[r, ι(p, a)]``. With ``upper`` only the output
     columns of channels ``c_o ≥ (row0 + r₀) // n_pos`` are written for a chunk starting at row
     r₀ — every entry on or above the diagonal of a symmetric (J, J) result whose row r is
     ``row0 + r`` (the rest of ``out`` is left untouched). ``work``: a
@@ -151,7 +150,7 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
     """
     Wur = np.asarray(Wur, dtype=np.float64)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
-    m_tot = src.shape[1] if source_cols else src.shape[0]
+    m_tot = src.shape[0]
     n_pos, taps = idx.shape
     C = Wur.shape[1]
     J = C * n_pos
@@ -161,22 +160,14 @@ def conv_rows(src, Wur, idx, *, source_cols=False, upper=False, row0=0, out=None
     if taps * C <= _DIRECT_MAX_WORK:        # few channels: direct Numba convolution along runs
         Wc = np.ascontiguousarray(Wur)
         runs, ptr = tap_runs(idx)
-        step = int(max(1, min(m_tot, chunk_bytes // (8 * max(src.shape[1 - source_cols], 1)))))
-        for r0 in range(0, m_tot, step):
-            r1 = min(m_tot, r0 + step)
-            X = np.ascontiguousarray(src[:, r0:r1].T if source_cols else src[r0:r1])
-            _conv_rows_runs(X, runs, ptr, Wc, n_pos, row0 + r0, upper, out[r0:r1])
+        _conv_rows_runs(np.ascontiguousarray(src), runs, ptr, Wc, n_pos, row0, upper, out)
         return out
     cols = empty(work, (step * n_pos, taps))
     for r0 in range(0, m_tot, step):
         r1 = min(m_tot, r0 + step)
         m = r1 - r0
         cb = cols[:m * n_pos]
-        # columns: one strided copy of the strip, then the row kernel (measured 2-2.5x faster
-        # than gathering from the columns in place: each element is read once, not k² times)
-        X = np.ascontiguousarray(src[:, r0:r1].T if source_cols else src[r0:r1])
-        _im2col_rows(X, idx, cb)
-        del X
+        _im2col_rows(np.ascontiguousarray(src[r0:r1]), idx, cb)
         c_lo = min(C, (row0 + r0) // n_pos) if upper else 0
         Cc = C - c_lo
         # one GEMM (Cc, taps)(taps, m n_pos); its rows are channel-major, so the copy into

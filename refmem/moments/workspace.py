@@ -125,15 +125,6 @@ class Workspace:
         out[...] = 0.0
         return out
 
-    @property
-    def nbytes(self):
-        """Bytes mapped by the pool."""
-        return self.allocated
-
-    def clear(self):
-        """Drop every region (arrays handed out stay valid: they keep their memory alive)."""
-        self._regions = []
-
 
 def empty(work, shape):
     """``work.empty(shape)``, or ``numpy.empty(shape)`` when ``work`` is None."""
