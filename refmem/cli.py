@@ -426,7 +426,8 @@ def _factor_closure(args):
     except ValueError:
         raise ConfigError("--factor-layers must be comma-separated crossbar layer indices, "
                           f"got {args.factor_layers!r}") from None
-    return FactorClosure(layers, 3 if args.factor_nodes is None else args.factor_nodes)
+    return (FactorClosure(layers) if args.factor_nodes is None     # its default K
+            else FactorClosure(layers, args.factor_nodes))
 
 
 def cmd_moments(args):
@@ -754,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "split the common mode at the ReLU after these crossbar layers (e.g. the "
                    "narrow late layers of a deep UR CNN; K^m components for m layers)")
     s.add_argument("--factor-nodes", type=int, metavar="K", help="Gauss-Hermite nodes per "
-                   "split (default 3)")
+                   "split (default: FactorClosure's, 3)")
     s.add_argument("-o", "--output", required=True, metavar="OUT.h5")
     add_force_option(s)
     s.add_argument("-q", "--quiet", action="store_true")
