@@ -25,7 +25,9 @@ tables of ``docs/reproduction_seed002.md``.
   analytic summed squared deviation from the noiseless activations against Monte-Carlo, with the
   Monte-Carlo skewness and excess kurtosis of the pre-activation deviations.
 
-Every n, image count and seed is stored in the HDF5 attributes and printed.
+Every n, image count and seed is stored in the HDF5 attributes and printed. Each finished
+Fig. 5 setting is appended to ``OUT/fig5_rows.jsonl``; a rerun with the same options resumes
+from it (settings already there are read back, not recomputed).
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ sys.path.insert(0, str(REPO))
 
 from refmem import CrossbarConfig, map_network  # noqa: E402
 from refmem.datasets import apply_preprocessing, load_split  # noqa: E402
-from refmem.errors import RefmemError  # noqa: E402
 from refmem.io import write_result  # noqa: E402
 from refmem.modelfile import load_model  # noqa: E402
 from refmem.moments import propagate  # noqa: E402
@@ -140,34 +141,71 @@ def predicted(an, labels):
     return float(predicted_accuracy(an.mean, an.cov, labels, seed=0).mean)
 
 
+def finished_rows(rows_file):
+    """Rows (and their closure summaries) a previous run of this script appended to
+    ``rows_file``, keyed by ``(width, mapping, sigma, n, n_images, seed)``: ``fig5`` skips
+    those settings, so an interrupted run resumes where it stopped."""
+    done = {}
+    if rows_file is None or not Path(rows_file).exists():
+        return done
+    last = None
+    for line in Path(rows_file).read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:                         # a line cut short by the interruption
+            continue
+        if "closure" in r:
+            if last is not None and r["closure"] == [last[0], last[1], last[2]]:
+                done[last] = (done[last][0], {int(p): v for p, v in r["layers"].items()})
+            continue
+        if "seed" not in r:
+            continue
+        last = (r["width"], r["mapping"], r["sigma"], r["n"], r["n_images"], r["seed"])
+        done[last] = (r, None)
+    return done
+
+
+def taylor_mse(net, cfg, x):
+    """Batch-mean output MSE under the paper's Taylor ReLU rule (Eq. (28)); negative input
+    variances are zeroed with a warning (MemSE's behaviour, issue 13 item 5)."""
+    return float(propagate(map_network(net, cfg.with_(relu_cov="taylor")), x).mse_mean.mean())
+
+
 def fig5(width, mappings, sigmas, n_images, n, seed, *, taylor=True, layer_stats=False,
-         mc_sigmas=None, rows_file=None):
+         mc_sigmas=None, rows_file=None, pilot=64):
     net = load_model(MODELS / f"fashion-mnist_cnn13_{width}.h5")
     x, labels, index = fashion_images(n_images)
     out = {}
     closure = {}
+    done = finished_rows(rows_file)
     for mp in mappings:
         rows = []
         for s in sigmas:
             cfg = CrossbarConfig(sigma=s, mapping=mp, lam=1.0)
+            key = (width, mp, s, n, int(x.shape[0]), seed)
+            if key in done and (layer_stats is False or done[key][1] is not None
+                                or (mc_sigmas is not None and s not in mc_sigmas)):
+                row, tab = done[key]
+                row = {k: v for k, v in row.items()
+                       if k not in ("width", "mapping", "n", "n_images", "seed")}
+                if taylor and not np.isfinite(row.get("mse_taylor", np.nan)):
+                    row["mse_taylor"] = taylor_mse(net, cfg, x)
+                rows.append(row)
+                if tab is not None:
+                    closure[(mp, s)] = tab
+                log(f"fig5 {width} {mp} sigma={s:g}: resumed from {rows_file}")
+                continue
             mapped = map_network(net, cfg)
             t0 = time.perf_counter()
             an = propagate(mapped, x, cov=True, per_layer=layer_stats)
             t_an = time.perf_counter() - t0
             acc_pred = predicted(an, labels)
-            tay = np.nan
-            tay_msg = ""
-            if taylor:
-                try:
-                    tay = float(propagate(map_network(net, cfg.with_(relu_cov="taylor")), x)
-                                .mse_mean.mean())
-                except RefmemError as e:
-                    tay_msg = str(e)
+            tay = taylor_mse(net, cfg, x) if taylor else np.nan
             row = dict(sigma=s, mse_analytic=float(an.mse_mean.mean()), mse_taylor=tay,
                        accuracy_predicted=acc_pred, time_analytic=t_an)
             if mc_sigmas is None or s in mc_sigmas:
                 res = validate(mapped, x, seed=seed, n=n, labels=labels, analytic=an,
-                               layer_stats=layer_stats)
+                               layer_stats=layer_stats, pilot=pilot)
                 b = res.batch
                 row.update(mse_unbiased=b["mse_unbiased"], mse_unbiased_se=b["mse_unbiased_se"],
                            mse_mc=b["mse_mc"], mse_mc_se=b["mse_mc_se"], bias_rel=b["bias_rel"],
@@ -182,7 +220,7 @@ def fig5(width, mappings, sigmas, n_images, n, seed, *, taylor=True, layer_stats
             rows.append(row)
             if rows_file is not None:                # partial results survive an interruption
                 with open(rows_file, "a") as f:
-                    f.write(json.dumps(dict(row, width=width, mapping=mp, n=n,
+                    f.write(json.dumps(dict(row, width=width, mapping=mp, n=n, seed=seed,
                                             n_images=int(x.shape[0]))) + "\n")
                 if layer_stats and (mp, s) in closure:
                     tab = closure[(mp, s)]
@@ -192,7 +230,7 @@ def fig5(width, mappings, sigmas, n_images, n, seed, *, taylor=True, layer_stats
                                      ("rel_err", "rel_err_se", "skew_mean", "skew_max",
                                       "exkurt_mean")} for p, v in tab.items()}}) + "\n")
             log(f"fig5 {width} {mp} sigma={s:g}: analytic {row['mse_analytic']:.5g} (taylor "
-                f"{tay:.5g}{' — ' + tay_msg if tay_msg else ''}), "
+                f"{tay:.5g}), "
                 + (f"MC(CV) {row['mse_unbiased']:.5g} ± {1.96 * row['mse_unbiased_se']:.2g}, "
                    f"bias {100 * row['bias_rel']:+.2f} ± {196 * row['bias_rel_se']:.2f} %, "
                    f"VR {row['variance_reduction']:.3g}, gain {row['efficiency_gain']:.3g}, "
@@ -369,6 +407,9 @@ def main(argv=None):
     p.add_argument("--full-n", type=int, default=200, help="MC draws of the full-width CNN")
     p.add_argument("--full-ul-sigma", type=float, default=0.01,
                    help="the one σ of the full-width UL Monte-Carlo")
+    p.add_argument("--full-ul-n", type=int, default=16,
+                   help="MC draws of the full-width UL Monte-Carlo (one realization draws "
+                   "≈ 1e9 devices)")
     p.add_argument("--seed", type=int, default=2002)
     p.add_argument("--mappings", default="UR,UL", help="conv mappings of Fig. 5 (width/8)")
     p.add_argument("--no-taylor", action="store_true", help="skip the Taylor-rule analytic pass")
@@ -416,10 +457,12 @@ def main(argv=None):
         plot_closure(cg, out / "closure_w8.png")
         attrs["fig5_w8"] = json.dumps(m5)
     if "5full" in figs:
-        res, _, m5f = fig5("w1", ["UR"], sig5, images, args.full_n, args.seed, taylor=False,
-                           rows_file=rows_file)
-        resl, _, _ = fig5("w1", ["UL"], sig5, images, args.full_n, args.seed, taylor=False,
-                          mc_sigmas=[args.full_ul_sigma], rows_file=rows_file)
+        res, _, m5f = fig5("w1", ["UR"], sig5, images, args.full_n, args.seed,
+                           taylor=not args.no_taylor, rows_file=rows_file)
+        resl, _, _ = fig5("w1", ["UL"], sig5, images, args.full_ul_n, args.seed,
+                          taylor=not args.no_taylor, mc_sigmas=[args.full_ul_sigma],
+                          rows_file=rows_file, pilot=8)
+        m5f.update(n_ul=args.full_ul_n, pilot_ul=8, sigma_ul_mc=args.full_ul_sigma)
         res.update(resl)
         plot_fig5(res, out / "fig5_w1.png", f"13-conv CNN full width, {m5f['n_images']} images")
         for mp, d in res.items():
