@@ -713,6 +713,18 @@ def _series_value(B, lphii, lphij, phii, phij, s12, logs12):
 
 
 @numba.njit(cache=True)
+def _cramer_part(ee, lee, ar, lam, inv1r):
+    """Cramér part of Eq. S3' from order Λ + 1 on: ``K² e^{(a_i² + a_j²)/4} |ρ|^{Λ+3} /
+    ((Λ+2)(Λ+3)(1 − |ρ|))``, ``ee`` its first factor (``lee`` = log ee). Directly where
+    ``|ρ|^{Λ+3}`` and the product are normal floats (two ulps), else in the log domain (no
+    underflow to 0, which would understate the bound)."""
+    pw = ar ** (lam + 3.0)
+    if pw > 1e-280 and ee < 1e280:
+        return ee * pw / ((lam + 2.0) * (lam + 3.0)) * inv1r
+    return math.exp(lee + (lam + 3.0) * math.log(ar) - math.log((lam + 2.0) * (lam + 3.0))) * inv1r
+
+
+@numba.njit(cache=True)
 def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cnt):
     """Exact ``Cov[X_I⁺, X_J⁺]`` for a list of pairs (theory §8.2, all routes), into ``out``.
 
@@ -754,14 +766,12 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
             S = 0.0
             Sabs = 0.0          # Σ |ρ|^{k+2} |q_k(a_i) q_k(a_j)|
             SA = 0.0            # Σ |ρ|^{k+2} (|q_k| + e_k)(a_i) (|q_k| + e_k)(a_j)
-            rk = rho * rho
-            ak = rk
+            rk = rho * rho      # ρ^{k+2} of the next order pair
             r = 3
             blk_prev = 0.0      # Σ|terms| of the previous block of 4 (early give-up only)
             sabs_prev = 0.0
             lam_c = -1.0        # cache of the Cramér part of Eq. S3'
             cram = 0.0
-            log_ar = 0.0
             if abs(base) <= _R_MAX * _R_MAX:
                 r2 = rho * rho
                 S1 = 0.0            # odd orders in separate chains (shorter dependency chains)
@@ -772,16 +782,15 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
                     p1 = QE[i, kk + 1] * QE[j, kk + 1]
                     S += rk * p
                     S1 += rk * p1
-                    Sabs += ak * abs(p)
-                    Sabs1 += ak * abs(p1)
-                    SA += ak * (QE[i, K + kk] * QE[j, K + kk])
-                    SA1 += ak * (QE[i, K + kk + 1] * QE[j, K + kk + 1])
+                    Sabs += rk * abs(p)
+                    Sabs1 += rk * abs(p1)
+                    SA += rk * (QE[i, K + kk] * QE[j, K + kk])
+                    SA1 += rk * (QE[i, K + kk + 1] * QE[j, K + kk + 1])
                     rk *= r2
-                    ak *= r2
                     k = kk + 1
                     if k % 4 != 3 and k != K - 1:
                         continue
-                    tail = ee * ak * _SER_TAIL[k] * inv1r
+                    tail = ee * rk * _SER_TAIL[k] * inv1r
                     B = base + (S + rho * S1)
                     Sabs_k = Sabs + ar * Sabs1
                     SA_k = SA + ar * SA1
@@ -790,16 +799,14 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
                     err = tail + rest
                     if err > EPS_FAST * (abs(B) - err) and rest <= 0.5 * EPS_FAST * abs(B):
                         # deep tails: sharper remainder (Eq. S3'), monotone Hermite region
-                        geo, lam = _series_tail_monotone(k, ar, ak / ar, U[i, _UA], U[j, _UA],
+                        geo, lam = _series_tail_monotone(k, ar, rk / ar, U[i, _UA], U[j, _UA],
                                                          U[i, _ULAM], U[j, _ULAM], QE[i, K + k],
                                                          QE[j, K + k], U[i, _UEE], U[j, _UEE])
                         if geo < tail:
                             if lam != lam_c:       # Cramér part from min Λ on (cached per Λ)
-                                if log_ar == 0.0:
-                                    log_ar = math.log(ar)
                                 lam_c = lam
-                                cram = math.exp(U[i, _ULEE] + U[j, _ULEE] + (lam + 3.0) * log_ar
-                                                - math.log((lam + 2.0) * (lam + 3.0))) * inv1r
+                                cram = _cramer_part(ee, U[i, _ULEE] + U[j, _ULEE], ar, lam,
+                                                    inv1r)
                             if geo + cram < tail:
                                 err = geo + cram + rest
                     if err <= EPS_FAST * (abs(B) - err):

@@ -456,6 +456,29 @@ def test_cramer_inequality_and_product_bound_constants():
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("a1,a2,ar,lam", [
+    (0.5, -1.0, 0.3, 0.0),            # direct branch
+    (-25.0, -17.0, 0.0029, 154.0),    # deep tails: |ρ|^{Λ+3} underflows, log domain
+    (-37.0, -36.0, 0.8, 340.0),       # e^{(a_i² + a_j²)/4} ~ 1e290: log domain
+    (-9.0, -12.0, 0.05, 19.0)])
+def test_cramer_part_against_mpmath(a1, a2, ar, lam):
+    """The Cramér part of Eq. S3' (theory §8.2): K² e^{(a_i²+a_j²)/4} |ρ|^{Λ+3} /
+    ((Λ+2)(Λ+3)(1−|ρ|)), in either branch of its evaluation, to 1e-12 relative (a bound:
+    never 0 where the true value is positive)."""
+    K = R._CRAMER_K
+    lee = 2 * math.log(K) + (a1 * a1 + a2 * a2) / 4
+    ee = math.exp(lee) if lee < 700 else math.inf
+    got = R._cramer_part(ee, lee, ar, lam, 1.0 / (1.0 - ar))
+    with mp.workdps(40):
+        want = (mp.mpf(K) ** 2 * mp.e ** ((mp.mpf(a1) ** 2 + mp.mpf(a2) ** 2) / 4)
+                * mp.mpf(ar) ** (lam + 3) / ((lam + 2) * (lam + 3) * (1 - mp.mpf(ar))))
+    if want < 1e308:
+        assert got > 0 and abs(got - float(want)) <= 1e-12 * float(want)
+    else:
+        assert got == math.inf
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("a", [-37.0, -12.0, -3.3, 0.0, 0.7, 5.0, 20.0])
 def test_series_tables_against_mpmath(a):
     """Per-unit tables (Eq. S2): q_k(a) = He_k(a)/√(k!(k+1)(k+2)) and its error bound."""
