@@ -70,7 +70,7 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
 
     ``cur`` is the one-element list holding the input covariance; the layer function empties
     it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`;
-    ``symmetric=False`` when the consumer reads only the upper triangle (exact ReLU).
+    ``symmetric=False`` when the consumer reads only the upper triangle (a ReLU).
     Returns ``(power, mean, cov)``.
     """
     ml = prep.bypos[pos]
@@ -269,10 +269,11 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
             for c in comps:
                 w, mu, cur = c
                 if pos in prep.bypos:
-                    # the exact ReLU reads only the upper triangle: skip the conv's mirror
-                    # (not before a factor split, which reads the whole matrix)
-                    upper_only = (mode == "exact" and pos + 1 < len(layers)
-                                  and isinstance(layers[pos + 1], ReLU) and pos + 1 not in splits)
+                    # the ReLU reads only the upper triangle (and mirrors its own output
+                    # unless pooling follows): skip the conv's mirror (not before a factor
+                    # split, which reads the whole matrix)
+                    upper_only = (pos + 1 < len(layers) and isinstance(layers[pos + 1], ReLU)
+                                  and pos + 1 not in splits)
                     pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work, not upper_only)
                     cur.append(G)
                     del G

@@ -54,7 +54,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .errors import DataError
-from .symmetric import _mirror_block
+from .symmetric import mirror_upper
 
 __all__ = ["relu_mean_var", "relu_cov_exact", "relu_cov_taylor", "relu_moments", "bvn_cdf",
            "A_LIMIT", "RTOL_QUAD"]
@@ -876,12 +876,13 @@ def _unit_tables(mu, s, mnv):
 def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     """Exact ReLU covariance of every pair i < j of a d-dim Gaussian (theory §8.2).
 
-    ``out[i, j] = out[j, i] = Cov[X_i⁺, X_j⁺]`` from ``mu`` (d,), ``s`` (d,) (standard
-    deviations, ``sqrt(diag G)``), the upper triangle of ``G`` (d, d) and ``mnv`` (d, 3) from
-    :func:`unit_mnv`; each pair takes the cheapest exact route of :func:`_cov_pair_list` (ρ = 1
-    formula, product, Mehler series, adaptive quadrature). ``out`` may be ``G`` itself (in
-    place: row i of the upper triangle is read before it is written; the lower triangle is
-    written afterwards by a blocked mirror). The diagonal is not touched. ``sv`` (d,) and
+    ``out[i, j] = Cov[X_i⁺, X_j⁺]`` for ``i < j`` (the upper triangle; the lower triangle and
+    the diagonal are not touched — :func:`relu_moments` mirrors) from ``mu`` (d,), ``s`` (d,)
+    (standard deviations, ``sqrt(diag G)``), the upper triangle of ``G`` (d, d) and ``mnv``
+    (d, 3) from :func:`unit_mnv`; each pair takes the cheapest exact route of
+    :func:`_cov_pair_list` (ρ = 1 formula, product, Mehler series, adaptive quadrature).
+    ``out`` may be ``G`` itself (in place: row i of the upper triangle is read before it is
+    written). ``sv`` (d,) and
     ``thr``: with ``thr > 0`` a pair with ``sv_i sv_j ≤ thr`` is set to 0 (``sv``: standard
     deviations of the ReLU outputs; Cauchy–Schwarz bounds such a covariance by ``thr``);
     ``thr = 0`` computes every pair. Returns the number of pairs per route
@@ -901,10 +902,6 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     for i in range(d):
         _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route,
                   sv, thr)
-    B = 64
-    for bi in range(0, d, B):
-        for bj in range(bi, d, B):
-            _mirror_block(out, bi, bj, B)
     return cnt
 
 
@@ -933,11 +930,6 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
         for i in range(b, d, nb):
             _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[b], I, J, RHO, S12, res,
                       route, sv, thr)
-    B = 64
-    nmb = (d + B - 1) // B
-    for bi in numba.prange(nmb):
-        for bj in range(bi, nmb):
-            _mirror_block(out, bi * B, bj * B, B)
     cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     for k in range(nb):
         for r in range(_NROUTES + 1):
@@ -1084,13 +1076,30 @@ def bvn_cdf(h, k, rho, *, rtol=RTOL_QUAD):
 
 
 # ====================================================================== matrix form
+@numba.njit(cache=True, parallel=True)
+def _taylor_upper(G, pos, out):
+    """Eq. (28) on the upper triangle: ``out[i, j] = G[i, j] 1[μ_i > 0] 1[μ_j > 0]``, j > i
+    (``pos`` the indicator; ``out`` may be ``G``). Rows t and d−1−t per task."""
+    d = G.shape[0]
+    for t in numba.prange((d + 1) // 2):
+        tt = np.int64(t)
+        for side in range(2):
+            i = tt if side == 0 else d - 1 - tt
+            if side == 1 and i == tt:
+                break
+            pi = pos[i]
+            for j in range(i + 1, d):
+                out[i, j] = G[i, j] * pi * pos[j]
+
+
 NEGLIGIBLE = 2.0 ** -53
 """Negligible-pair floor of the network pass (unit roundoff): an exact-ReLU pair whose
 Cauchy–Schwarz bound ``sqrt(Var X_i⁺ Var X_j⁺)`` is below this fraction of the layer's largest
 ReLU-output variance is set to 0 — an absolute error below the rounding of that variance."""
 
 
-def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None, negligible=0.0):
+def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None, negligible=0.0,
+                 symmetric=True):
     r"""Mean vector and covariance matrix of ``ReLU(X)``, ``X ~ N(mu, gamma)`` (theory §8).
 
     Diagonal: Proposition 4 (:func:`relu_mean_var`, theory §8.1). Off-diagonal:
@@ -1119,6 +1128,10 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None, negligible
         is then not kept for it). 0 (default): every pair to the accuracy contract above.
         The network pass uses :data:`NEGLIGIBLE` (deep negative tails, where the quadrature
         route is slowest, contribute nothing above rounding).
+    symmetric : bool
+        Mirror the upper triangle onto the lower one (default). False: only the upper
+        triangle and the diagonal of the result are valid (the lower triangle holds whatever
+        ``out`` held) — for a consumer that reads nothing else (pooling, theory §15).
 
     Returns
     -------
@@ -1146,12 +1159,14 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None, negligible
         thr = float(negligible) * float(var.max()) if d else 0.0
         kern(mu, s, gamma, out, unit_mnv(mu, s), RTOL_QUAD, _GK_X, _GK_WK, _GK_WG, sv, thr)
     elif mode == "taylor":
-        pos = (mu > 0).astype(np.float64)
-        if out is not gamma:
-            out[...] = gamma
-        out *= pos[:, None]          # gamma is symmetric in the network pass (theory §15)
-        out *= pos[None, :]
+        _taylor_upper(gamma, (mu > 0).astype(np.float64), out)
     else:
         raise DataError(f"ReLU covariance mode must be 'exact' or 'taylor', got {mode!r}")
     out[np.diag_indices(d)] = var
+    if symmetric and d > 1:
+        if out.flags.c_contiguous:
+            mirror_upper(out)
+        else:
+            low = np.tril_indices(d, -1)
+            out[low] = out.T[low]
     return mean, out

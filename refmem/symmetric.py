@@ -11,17 +11,17 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["mirror_upper"]
+__all__ = ["mirror_upper", "mirror_diagonal_blocks"]
 
 _TILE = 64
 
 
 @numba.njit(cache=True)
-def _mirror_block(out, bi, bj, B):
-    """``out[j, i] = out[i, j]`` for ``i < j`` in the tile of rows ``bi:bi+B``, columns ``bj:bj+B``."""
-    d = out.shape[0]
-    for i in range(bi, min(bi + B, d)):
-        for j in range(max(bj, i + 1), min(bj + B, d)):
+def _mirror_block(out, bi, bj, B, hi):
+    """``out[j, i] = out[i, j]`` for ``i < j < hi`` in the tile of rows ``bi:bi+B``, columns
+    ``bj:bj+B``."""
+    for i in range(bi, min(bi + B, hi)):
+        for j in range(max(bj, i + 1), min(bj + B, hi)):
             out[j, i] = out[i, j]
 
 
@@ -35,7 +35,7 @@ def _mirror_upper_par(out, B):
             if side == 1 and bi == t:
                 break
             for bj in range(bi, n):
-                _mirror_block(out, bi * B, bj * B, B)
+                _mirror_block(out, bi * B, bj * B, B, out.shape[0])
 
 
 def mirror_upper(G):
@@ -48,4 +48,32 @@ def mirror_upper(G):
     if G.dtype != np.float64 or not G.flags.c_contiguous:
         raise ValueError("mirror_upper needs a C-contiguous float64 matrix")
     _mirror_upper_par(G, _TILE)
+    return G
+
+
+@numba.njit(cache=True, parallel=True)
+def _mirror_diag_par(out, s, B):
+    for b in numba.prange(out.shape[0] // s):
+        b0 = b * s
+        for bi in range(b0, b0 + s, B):
+            for bj in range(bi, b0 + s, B):
+                _mirror_block(out, bi, bj, B, b0 + s)
+
+
+def mirror_diagonal_blocks(G, s):
+    """Mirror the upper triangle of each ``s × s`` diagonal block of ``G`` onto its lower
+    triangle, in place; the rest of ``G`` is not touched. Returns ``G``.
+
+    For a consumer that reads the upper triangle of a symmetric matrix plus the lower
+    triangles of its diagonal blocks (the dense pooling kernel,
+    :func:`refmem.moments.pool_moments` with ``upper_only``): ``d/s`` blocks of ``s²`` instead
+    of the whole matrix.
+    """
+    d = G.shape[0]
+    if G.shape[1] != d or s < 1 or d % s:
+        raise ValueError(f"mirror_diagonal_blocks needs a square matrix of whole {s}-blocks, "
+                         f"got {G.shape}")
+    if G.dtype != np.float64 or not G.flags.c_contiguous:
+        raise ValueError("mirror_diagonal_blocks needs a C-contiguous float64 matrix")
+    _mirror_diag_par(G, int(s), _TILE)
     return G

@@ -765,6 +765,39 @@ def test_mirror_upper_copies_the_upper_triangle(n):
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("n,s", [(6, 3), (130, 65), (200, 100), (64, 1), (128, 128)])
+def test_mirror_diagonal_blocks_touches_only_the_blocks(n, s):
+    """mirror_diagonal_blocks: inside each s×s diagonal block the lower triangle becomes the
+    transposed upper one, bit for bit; every other entry is left as it was."""
+    from refmem.symmetric import mirror_diagonal_blocks
+    rng = np.random.default_rng(n + s)
+    A = rng.normal(size=(n, n))
+    want = A.copy()
+    for b in range(0, n, s):
+        blk = A[b:b + s, b:b + s]
+        want[b:b + s, b:b + s] = np.triu(blk) + np.triu(blk, 1).T
+    np.testing.assert_array_equal(mirror_diagonal_blocks(A.copy(), s), want)
+    with pytest.raises(ValueError):
+        mirror_diagonal_blocks(np.zeros((6, 6)), 4)
+
+
+@pytest.mark.parametrize("in_shape,k", [((2, 4, 4), 2), ((3, 5, 7), 2), ((1, 6, 6), 3)])
+def test_pool_upper_only_reads_the_upper_triangle(in_shape, k):
+    """pool_moments(upper_only=True): NaN below the diagonal (an unmirrored ReLU output)
+    changes nothing — the result equals pooling the symmetric matrix, bit for bit."""
+    rng = np.random.default_rng(7 + k)
+    L = int(np.prod(in_shape))
+    mu = rng.normal(size=L)
+    G = rand_psd(rng, L)
+    G = np.triu(G) + np.triu(G, 1).T
+    _, want = pool_moments(mu, G.copy(), in_shape, k)
+    junk = G.copy()
+    junk[np.tril_indices(L, -1)] = np.nan
+    _, got = pool_moments(mu, junk, in_shape, k, upper_only=True)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("in_shape,k", [((2, 4, 4), 2), ((3, 5, 7), 2), ((1, 6, 6), 3),
                                         ((2, 3, 3), 1)])
 def test_dense_pool_kernel_equals_loop_oracle(in_shape, k):

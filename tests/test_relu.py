@@ -24,6 +24,7 @@ from scipy.special import ndtr, roots_legendre
 from scipy.stats import multivariate_normal
 
 from refmem.errors import DataError
+from refmem.symmetric import mirror_upper
 from refmem.relu import (_GK_WG, _GK_WK, _GK_X, RTOL_QUAD, bvn_cdf, relu_cov_exact,
                          relu_cov_pairs_kernel, relu_cov_pairs_kernel_par,
                          relu_cov_pairs_quad_kernel, relu_cov_pairs_quad_kernel_par,
@@ -377,7 +378,8 @@ def test_matrix_form_uses_pairwise_formula_and_in_place():
 
 @pytest.mark.kernel
 def test_pair_kernels_jit_equal_python():
-    """JIT kernel == its Python statement (style G3); parallel == serial bit for bit."""
+    """JIT kernel == its Python statement (style G3); parallel == serial bit for bit; the fast
+    kernels write the upper triangle only."""
     rng = np.random.default_rng(4)
     d = 7
     A = rng.normal(size=(d, d))
@@ -397,7 +399,8 @@ def test_pair_kernels_jit_equal_python():
             out = np.zeros((d, d))
             counts.append(f(mu, s, G, out, mnv, RTOL_QUAD, _GK_X, _GK_WK, _GK_WG, np.ones(d),
                             0.0))
-            outs.append(out)
+            assert not np.tril(out).any()          # the upper triangle only (relu_moments mirrors)
+            outs.append(mirror_upper(out))
     for kern in (relu_cov_pairs_quad_kernel, relu_cov_pairs_quad_kernel_par):
         for f in (kern, getattr(kern, "py_func", kern)):
             out = np.zeros((d, d))
@@ -606,6 +609,32 @@ def test_fallback_near_one_correlation_against_mpmath(a1, a2, rho):
     assert_accurate(got, want, f"{a1},{a2},{rho} route {int(route)}")
     quad = relu_cov_exact(a1, 1.0, a2, 1.0, rho, method="quad")
     assert_accurate(quad, want, f"quad {a1},{a2},{rho}")
+
+
+@pytest.mark.parametrize("mode", ["exact", "taylor"])
+@pytest.mark.parametrize("d", [5, 300])
+def test_relu_moments_reads_and_writes_the_upper_triangle(mode, d):
+    """relu_moments reads only the upper triangle and the diagonal of Γ (NaN below changes
+    nothing); symmetric=False leaves the lower triangle of ``out`` as it was and its upper
+    triangle and diagonal equal the mirrored result bit for bit (serial and parallel)."""
+    rng = np.random.default_rng(d)
+    A = rng.normal(size=(d, d))
+    G = A @ A.T / d
+    G = np.triu(G) + np.triu(G, 1).T
+    mu = rng.normal(size=d)
+    m0, full = relu_moments(mu, G.copy(), mode)
+    np.testing.assert_array_equal(full, full.T)
+    junk = G.copy()
+    low = np.tril_indices(d, -1)
+    junk[low] = np.nan
+    m1, same = relu_moments(mu, junk.copy(), mode)
+    np.testing.assert_array_equal(m1, m0)
+    np.testing.assert_array_equal(same, full)
+    out = junk.copy()
+    _, upper = relu_moments(mu, out, mode, out=out, symmetric=False)
+    assert upper is out and np.isnan(upper[low]).all()
+    iu = np.triu_indices(d)
+    np.testing.assert_array_equal(upper[iu], full[iu])
 
 
 def test_negligible_pairs_are_zeroed_only_within_their_bound():

@@ -37,7 +37,8 @@ def _clip(diag_view):
     return n, lo
 
 
-def relu_layer_moments(mu, gamma, mode="exact", *, clip_negative=False, negligible=NEGLIGIBLE):
+def relu_layer_moments(mu, gamma, mode="exact", *, clip_negative=False, negligible=NEGLIGIBLE,
+                       symmetric=True):
     r"""``ReLU(X)`` moments for ``X ~ N(mu, gamma)`` in any layout (theory §8).
 
     Dense Γ: :func:`refmem.relu.relu_moments` written over Γ (``out=Γ``: Γ is consumed).
@@ -55,6 +56,10 @@ def relu_layer_moments(mu, gamma, mode="exact", *, clip_negative=False, negligib
         Exact mode: the negligible-pair floor of :func:`refmem.relu.relu_moments` (default
         :data:`refmem.relu.NEGLIGIBLE`, the unit roundoff, relative to the largest ReLU-output
         variance of the call; 0 computes every pair to the full relative accuracy).
+    symmetric : bool
+        Dense Γ: False leaves the lower triangle of the result unset (only the upper triangle
+        and the diagonal are valid; see :func:`refmem.relu.relu_moments`). Blocks are always
+        mirrored.
 
     Returns
     -------
@@ -85,7 +90,8 @@ def relu_layer_moments(mu, gamma, mode="exact", *, clip_negative=False, negligib
                                                       negligible=negligible)
         return mean, gamma, (n_tot, lo)
     clip = _clip(np.einsum("ii->i", gamma)) if clip_negative else (0, 0.0)
-    mean, cov = relu_moments(mu, gamma, mode, out=gamma, negligible=negligible)
+    mean, cov = relu_moments(mu, gamma, mode, out=gamma, negligible=negligible,
+                             symmetric=symmetric)
     return mean, cov, clip
 
 

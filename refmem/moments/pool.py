@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..symmetric import mirror_upper
+from ..symmetric import mirror_diagonal_blocks, mirror_upper
 from .dense import symmetrize
 from .layout import BlockDiag, take_input
 from .workspace import empty
@@ -68,7 +68,7 @@ def _pool_cov_upper(G, C, H, W, k, out):
             _pool_cov_row(G, n - 1 - t, C, H, W, k, R, out)
 
 
-def pool_moments(mu, gamma, in_shape, kappa, *, work=None):
+def pool_moments(mu, gamma, in_shape, kappa, *, work=None, upper_only=False):
     r"""Average pooling, kernel = stride = κ, no padding (theory §7, Proposition 3 corrected).
 
     ``E Z = Aμ`` and ``Cov Z = AΓAᵀ`` exactly, cross-channel entries included, with
@@ -78,6 +78,9 @@ def pool_moments(mu, gamma, in_shape, kappa, *, work=None):
     channel blocks stays block-diagonal (A acts within a channel); ``gamma`` may be ``[Γ]``
     (released). A dense Γ is pooled by one Numba pass over it (upper triangle, mirrored);
     ``work`` (:class:`~refmem.moments.workspace.Workspace`) supplies the result's buffer.
+    ``upper_only``: of a dense Γ only the upper triangle and the diagonal are valid (an
+    unmirrored ReLU output, theory §15); the pass reads those and the lower triangles of the
+    channel blocks, which are mirrored first (``C`` blocks of ``(HW)²`` instead of Γ).
     """
     gamma = take_input(gamma)
     C, H, W = in_shape
@@ -97,6 +100,8 @@ def pool_moments(mu, gamma, in_shape, kappa, *, work=None):
         return mean, BlockDiag(out)
     if isinstance(gamma, BlockDiag):
         gamma = gamma.to_dense()
+    elif upper_only:                       # the kernel reads within-channel lower entries
+        gamma = mirror_diagonal_blocks(np.ascontiguousarray(gamma, dtype=np.float64), H * W)
     n_out = mean.shape[0]
     out = empty(work, (n_out, n_out))
     _pool_cov_upper(np.ascontiguousarray(gamma, dtype=np.float64), C, H, W, k, out)
@@ -135,8 +140,11 @@ def relu_pool_moments(mu, gamma, in_shape, kappa, mode="exact", *, clip_negative
         return mean, BlockDiag(out), clip
     box = [gamma]
     del gamma
-    m, g, clip = relu_layer_moments(mu, box, mode, clip_negative=clip_negative)
+    # the pooling pass reads the upper triangle (and mirrors the channel blocks it needs):
+    # the ReLU output is not mirrored
+    m, g, clip = relu_layer_moments(mu, box, mode, clip_negative=clip_negative,
+                                    symmetric=False)
     box = [g] if g is not None else None
     del g                                   # pool_moments holds the only reference
-    mean, cov = pool_moments(m, box, in_shape, kappa, work=work)
+    mean, cov = pool_moments(m, box, in_shape, kappa, work=work, upper_only=True)
     return mean, cov, clip
