@@ -271,11 +271,13 @@ class Evaluation:
     error: str = ""
 
 
-def evaluate(problem: Problem, design: str, genome) -> Evaluation:
+def evaluate(problem: Problem, design: str, genome, *, work=None) -> Evaluation:
     """MSE aggregate and mean power of one genome: one analytic pass (theory §9, §11, §15).
 
     Any failure (an overflow, a non-finite result, an exception of the pass) returns an
-    infeasible :class:`Evaluation` with MSE = power = +inf and the error text.
+    infeasible :class:`Evaluation` with MSE = power = +inf and the error text. ``work``: a
+    :class:`refmem.moments.workspace.Workspace` kept across passes (the optimizer's
+    evaluations use one per process, :func:`process_workspace`); it changes no number.
     """
     from .mapping import map_network
     from .propagate import propagate
@@ -284,7 +286,7 @@ def evaluate(problem: Problem, design: str, genome) -> Evaluation:
     try:
         with np.errstate(all="ignore"):
             cfg = problem.config.with_(design=design, g_u=problem.gu_value(design, genome))
-            res = propagate(map_network(problem.network, cfg), problem.x)
+            res = propagate(map_network(problem.network, cfg), problem.x, work=work)
             if problem.against == "targets":
                 err = res.var + (res.mean - problem.targets) ** 2        # theory §9, z -> y
             else:
@@ -302,9 +304,30 @@ def evaluate(problem: Problem, design: str, genome) -> Evaluation:
                           f"{type(e).__name__}: {' '.join(str(e).split())}")
 
 
+_WORKSPACE = []
+
+
+def process_workspace():
+    """The :class:`~refmem.moments.workspace.Workspace` of this process's optimizer
+    evaluations: made on first use and kept, so the thousands of passes of a run populate
+    their large buffers once (theory §15, "How the pass is computed") instead of once per
+    pass. :func:`release_process_workspace` returns its memory."""
+    if not _WORKSPACE:
+        from .moments.workspace import Workspace
+        _WORKSPACE.append(Workspace())
+    return _WORKSPACE[0]
+
+
+def release_process_workspace():
+    """Drop this process's evaluation workspace (its memory is returned once unreferenced)."""
+    _WORKSPACE.clear()
+
+
 def _evaluate_task(task):
+    """Worker entry point of :meth:`Evaluator.evaluate` (any process: the workspace is per
+    process)."""
     problem, design, genome = task
-    return evaluate(problem, design, genome)
+    return evaluate(problem, design, genome, work=process_workspace())
 
 
 # ====================================================================== archive
@@ -905,6 +928,7 @@ def optimize(problem: Problem, design="layer", *, population=100, generations=20
     if bar is not None:
         bar.close()
     ev.save()
+    release_process_workspace()             # this process's; worker processes end with their pool
     best = _best_row(ev.archive.rows[design], RESULT_KINDS)
     stages.setdefault(design, {})["best"] = best
     msg = ""

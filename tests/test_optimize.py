@@ -233,6 +233,32 @@ def test_same_lambda_same_mse_and_power_across_designs():
         assert e.power == pytest.approx(e_s.power, rel=1e-12)
 
 
+def test_kept_workspace_changes_no_evaluation():
+    """The optimizer's per-process workspace (kept across passes) gives every evaluation bit
+    for bit as a fresh pass does, whatever the order of the genomes; released, it is rebuilt."""
+    from refmem import optimize as O
+    from refmem import AvgPool2d, Conv2d, Flatten
+    rng = np.random.default_rng(0)
+    net = Network([Conv2d(rng.normal(size=(8, 1, 3, 3)) / 2, rng.normal(size=8) * 0.1, 1, 1),
+                   ReLU(),
+                   Conv2d(rng.normal(size=(8, 8, 3, 3)) / 6, rng.normal(size=8) * 0.1, 1, 1),
+                   ReLU(), AvgPool2d(2), Flatten(),
+                   Dense(rng.normal(size=(3, 512)) / 20, rng.normal(size=3) * 0.1)], (1, 16, 16))
+    x = rng.uniform(0, 1, size=(2,) + tuple(net.input_shape))   # conv 2: a 2048² (32 MB) Γ
+    p = Problem(net, CrossbarConfig(sigma=0.02, g_max=3.0), x, 1.0)
+    genomes = [[2.5], [0.7], [1.9], [0.7]]
+    fresh = [evaluate(p, "scalar", g) for g in genomes]
+    O.release_process_workspace()
+    kept = [O._evaluate_task((p, "scalar", np.array(g))) for g in genomes]
+    assert O.process_workspace() is O.process_workspace()
+    assert O.process_workspace().allocated > 0
+    for a, b in zip(fresh, kept):
+        assert (a.mse, a.power, a.feasible) == (b.mse, b.power, b.feasible)
+        np.testing.assert_array_equal(a.power_layers, b.power_layers)
+    O.release_process_workspace()
+    assert not O._WORKSPACE
+
+
 def test_deb_order():
     mse = [0.5, 0.1, 0.2, 0.05, np.inf, 0.01]
     power = [1.0, 3.0, 2.0, 9.0, 0.0, 5.0]
