@@ -186,6 +186,13 @@ def test_math_delimiters_balanced():
     assert not problems, "\n".join(problems)
 
 
+def test_no_control_characters():
+    # a "\\tau" or "\\top" written through a non-raw Python string becomes TAB + "au"/"op"
+    bad = [k for k, line in enumerate(guide_text().splitlines(), 1)
+           if any(ch in line for ch in "\t\x0b\x0c\x08\r")]
+    assert not bad, f"tab or control characters (a mangled LaTeX macro?) at lines {bad}"
+
+
 def test_no_pipe_inside_maths_in_tables():
     # a "|" inside $…$ in a table row would split the cell on GitHub; use \\lvert … \\rvert
     bad = [k for k, line in prose_lines(guide_text()) if line.startswith("|")
