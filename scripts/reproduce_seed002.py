@@ -7,8 +7,8 @@ Usage::
     python scripts/reproduce_seed002.py -o OUT [--fig 4,5,5full] [--images 10] [-n 512]
 
 Writes ``OUT/seed002.h5`` (one group per figure and configuration) and ``OUT/fig4.png``,
-``OUT/fig5_w8.png`` (``OUT/fig5_w1.png`` with ``5full``), ``OUT/closure_w8.png``, and prints the
-tables of ``docs/reproduction_seed002.md``.
+``OUT/fig5_w8.png``, ``OUT/closure_w8.png`` (``OUT/fig5_w1.png``, ``OUT/closure_w1.png`` with
+``5full``), and prints the tables of ``docs/reproduction_seed002.md``.
 
 - **Fig. 4** — the shipped diabetes regression net (``data/models/diabetes_mlp_10-50-1.h5``) on
   its 88 test inputs (split seed 0, train-split standardisation): MSE against the noiseless
@@ -21,9 +21,10 @@ tables of ``docs/reproduction_seed002.md``.
   the Taylor (Eq. (28)) ReLU covariance, the unbiased control-variate Monte-Carlo MSE with its
   95 % CI (``refmem.validate``, theory §23), accuracy predicted from the analytic moments
   (``refmem.accuracy.predicted_accuracy``, theory §21) beside the Monte-Carlo accuracy.
-- **Closure bias** (theory §20) — per crossbar layer of the width/8 CNN: relative error of the
-  analytic summed squared deviation from the noiseless activations against Monte-Carlo, with the
-  Monte-Carlo skewness and excess kurtosis of the pre-activation deviations.
+- **Closure bias** (theory §20) — per crossbar layer of the CNNs (width/8 UR and UL; full width
+  UR): relative error of the analytic summed squared deviation from the noiseless activations
+  against Monte-Carlo, with the Monte-Carlo skewness and excess kurtosis of the pre-activation
+  deviations.
 
 Every n, image count and seed is stored in the HDF5 attributes and printed. Each finished
 Fig. 5 setting is appended to ``OUT/fig5_rows.jsonl``; a rerun with the same options resumes
@@ -457,8 +458,9 @@ def main(argv=None):
         plot_closure(cg, out / "closure_w8.png")
         attrs["fig5_w8"] = json.dumps(m5)
     if "5full" in figs:
-        res, _, m5f = fig5("w1", ["UR"], sig5, images, args.full_n, args.seed,
-                           taylor=not args.no_taylor, rows_file=rows_file)
+        res, closure_w1, m5f = fig5("w1", ["UR"], sig5, images, args.full_n, args.seed,
+                                    taylor=not args.no_taylor, layer_stats=True,
+                                    rows_file=rows_file)
         resl, _, _ = fig5("w1", ["UL"], sig5, images, args.full_ul_n, args.seed,
                           taylor=not args.no_taylor, mc_sigmas=[args.full_ul_sigma],
                           rows_file=rows_file, pilot=8)
@@ -468,6 +470,9 @@ def main(argv=None):
         for mp, d in res.items():
             for k, v in d.items():
                 datasets[f"fig5_w1/{mp}/{k}"] = v
+        cg = closure_datasets(closure_w1, load_model(MODELS / "fashion-mnist_cnn13_w1.h5"))
+        groups.update({f"fig5_w1/{k}": v for k, v in cg.items()})
+        plot_closure(cg, out / "closure_w1.png")
         attrs["fig5_w1"] = json.dumps(m5f)
     a = {"command": " ".join(["scripts/reproduce_seed002.py"]
                              + list(sys.argv[1:] if argv is None else argv)),
