@@ -58,6 +58,7 @@ from .errors import ConfigError, DataError
 from .network import Network
 
 __all__ = ["Problem", "Evaluation", "Archive", "Evaluator", "OptimizeResult", "evaluate",
+           "evaluate_task", "process_workspace", "release_process_workspace",
            "solve_scalar", "kkt_baseline", "kkt_step", "kkt_linearize", "kkt_apply",
            "kkt_allocate", "run_ga", "optimize", "deb_order", "convert_genome",
            "CONSTRAINT_NAMES", "write_optimization", "plot_archive"]
@@ -323,9 +324,10 @@ def release_process_workspace():
     _WORKSPACE.clear()
 
 
-def _evaluate_task(task):
-    """Worker entry point of :meth:`Evaluator.evaluate` (any process: the workspace is per
-    process)."""
+def evaluate_task(task):
+    """``evaluate(problem, design, genome)`` for ``task = (problem, design, genome)`` with this
+    process's kept workspace: the function :class:`Evaluator` maps over worker processes (or
+    the builtin map), picklable for any executor."""
     problem, design, genome = task
     return evaluate(problem, design, genome, work=process_workspace())
 
@@ -446,7 +448,7 @@ class Evaluator:
                 seen.add(k)
                 todo.append(g)
         if todo:
-            results = self.map_fn(_evaluate_task, [(self.problem, design, g) for g in todo])
+            results = self.map_fn(evaluate_task, [(self.problem, design, g) for g in todo])
             self.n_passes += len(todo)
             for g, ev in zip(todo, results):
                 self.archive.add(design, g, ev, kind, generation)

@@ -49,7 +49,7 @@ from refmem.io import write_result  # noqa: E402
 from refmem.mapping import map_network  # noqa: E402
 from refmem.modelfile import load_model  # noqa: E402
 from refmem.moments import propagate  # noqa: E402
-from refmem.optimize import (Evaluator, Problem, _evaluate_task, convert_genome,  # noqa: E402
+from refmem.optimize import (Evaluator, Problem, evaluate_task, convert_genome,  # noqa: E402
                              evaluate, kkt_apply, kkt_linearize, optimize, run_ga, solve_scalar,
                              write_optimization)
 
@@ -361,7 +361,7 @@ def _fig9_optimize(args, model, cfg, x_ev, x_te, y_te, x_check, bounds, nu_ref, 
             checks = {}
             if x_check is not None:                # the bound checked on the larger batch
                 chk = Problem(model, cfg, x_check, nu)
-                checks = dict(zip(sols, ex.map(_evaluate_task, [(chk, d, r["g_u"])
+                checks = dict(zip(sols, ex.map(evaluate_task, [(chk, d, r["g_u"])
                                                                 for d, r in sols.items()])))
             ds = {}
             for d, r in sols.items():

@@ -249,7 +249,7 @@ def test_kept_workspace_changes_no_evaluation():
     genomes = [[2.5], [0.7], [1.9], [0.7]]
     fresh = [evaluate(p, "scalar", g) for g in genomes]
     O.release_process_workspace()
-    kept = [O._evaluate_task((p, "scalar", np.array(g))) for g in genomes]
+    kept = [O.evaluate_task((p, "scalar", np.array(g))) for g in genomes]
     assert O.process_workspace() is O.process_workspace()
     assert O.process_workspace().allocated > 0
     for a, b in zip(fresh, kept):
