@@ -833,10 +833,165 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
         cnt[r] += 1
 
 
+_M_ROW = 20                       # orders summed for all series pairs of a row at once
+_ROW_CHUNK = 2048                 # pairs per chunk of the row pass (its arrays stay in cache)
+
+
 @numba.njit(cache=True)
-def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route,
-              sv, thr):
-    """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i (buffers of length d).
+def _series_orders(a0, a1, b0, b1, q0, q1, e0, e1, S, S1, SB, SB1, SA, SA1, RK, R2):
+    """Orders kk, kk+1 of Eq. S1 for a chunk of pairs (i, j): ``a0, a1 = q_kk(a_i), q_kk+1(a_i)``
+    and ``b0, b1`` their table bounds; ``q0, q1, e0, e1`` the same for the units j (contiguous,
+    rows of the transposed tables); the sums as in :func:`_cov_pair_list`, one array each
+    (separate simple loops: vectorised)."""
+    n = S.shape[0]
+    for t in range(n):
+        p = a0 * q0[t]
+        S[t] += RK[t] * p
+        SB[t] += RK[t] * abs(p)
+    for t in range(n):
+        p1 = a1 * q1[t]
+        S1[t] += RK[t] * p1
+        SB1[t] += RK[t] * abs(p1)
+    for t in range(n):
+        SA[t] += RK[t] * (b0 * e0[t])
+        SA1[t] += RK[t] * (b1 * e1[t])
+    for t in range(n):
+        RK[t] = RK[t] * R2[t]
+
+
+@numba.njit(cache=True)
+def _series_accept(k, RR, BA, EE, INV, S, S1, SB, SB1, SA, SA1, RK, Bv, OK):
+    """The acceptance test S4 with the remainder S3 after the orders ≤ k, for a chunk of pairs
+    (the arithmetic of :func:`_cov_pair_list`'s check): ``Bv`` the bracket B, ``OK`` 1 where
+    the proven error is below ``EPS_FAST |B|``."""
+    n = S.shape[0]
+    tk = _SER_TAIL[k]
+    ck = (k + 8.0) * _U_ROUND
+    for t in range(n):
+        rho = RR[t]
+        ar = abs(rho)
+        tail = EE[t] * RK[t] * tk * INV[t]
+        B = BA[t] + (S[t] + rho * S1[t])
+        sb = SB[t] + ar * SB1[t]
+        sa = SA[t] + ar * SA1[t]
+        rest = ((sa - sb) * (1.0 + 4.0 * _U_ROUND) + ck * (sb + abs(BA[t])))
+        err = tail + rest
+        Bv[t] = B
+        OK[t] = 1.0 if err <= EPS_FAST * (abs(B) - err) else 0.0
+
+
+@numba.njit(cache=True)
+def _row_buffers(d):
+    """Per-thread work arrays of :func:`_series_row` (one array each, so its loops vectorise)."""
+    f = (np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d),
+         np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d),
+         np.empty(d), np.empty(d))
+    fb = (np.empty(d, dtype=np.int64), np.empty(d, dtype=np.int64), np.empty(d), np.empty(d),
+          np.empty(d, dtype=np.int64), np.empty(d), np.empty(d, dtype=np.int64))
+    return f, fb
+
+
+@numba.njit(cache=True)
+def _series_row(i, U, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, buf):
+    """Row i of the exact covariance, ``res[t] = Cov[X_i⁺, X_{i+1+t}⁺]`` (theory §8.2, "A row at
+    a time").
+
+    Each pair is routed as in :func:`_cov_pair_list` (trivial, ρ = 1, product). The pairs on
+    the series route are summed together, :data:`_M_ROW` orders in vector loops over the
+    transposed tables ``QT[k, j] = QE[j, k]``, and accepted where S4 holds after those orders
+    (one test); every other pair — not accepted there, or bound for the quadrature — goes
+    through :func:`_cov_pair_list` from the start. An accepted value carries the same proven
+    bound as the per-pair route's (it differs from it only by summing more orders).
+    """
+    K = K_SERIES
+    n = RHO.shape[0]
+    j0 = i + 1
+    (RR, BA, EE, INV, S, S1, SB, SB1, SA, SA1, RK, R2, Bv, OK), (FI, FJ, FR, FS, FT, Fres,
+                                                                 Froute) = buf
+    nf = 0
+    for c0 in range(0, n, _ROW_CHUNK):
+        c1 = min(n, c0 + _ROW_CHUNK)
+        nser = 0
+        for t in range(c0, c1):
+            j = j0 + t
+            rho = min(1.0, max(-1.0, RHO[t]))
+            s12 = S12[t]
+            RR[t] = 0.0
+            if s12 == 0.0 or rho == 0.0:
+                res[t] = 0.0
+                cnt[0] += 1
+                continue
+            c, r = _pair_cheap(U[i, _UA], U[j, _UA], U[i, _ULP], U[j, _ULP], U[i, _UP],
+                               U[j, _UP], rho, s12, U[i, _ULS] + U[j, _ULS],
+                               (U[i, _UM], U[i, _UN], U[i, _UV]),
+                               (U[j, _UM], U[j, _UN], U[j, _UV]))
+            if r == 2:
+                base = rho * U[i, _UR] * U[j, _UR]
+                if abs(base) <= _R_MAX * _R_MAX:
+                    RR[t] = rho
+                    BA[t] = base
+                    EE[t] = U[i, _UEE] * U[j, _UEE]
+                    INV[t] = 1.0 / (1.0 - abs(rho))
+                    nser += 1
+                    continue
+            if r == 2 or r == 3:
+                FI[nf] = i
+                FJ[nf] = j
+                FR[nf] = RHO[t]
+                FS[nf] = s12
+                FT[nf] = t
+                nf += 1
+                continue
+            res[t] = c
+            cnt[r] += 1
+        if nser == 0:
+            continue
+        for t in range(c0, c1):
+            S[t] = 0.0
+            S1[t] = 0.0
+            SB[t] = 0.0
+            SB1[t] = 0.0
+            SA[t] = 0.0
+            SA1[t] = 0.0
+            RK[t] = RR[t] * RR[t]
+            R2[t] = RR[t] * RR[t]
+        for kk in range(0, _M_ROW, 2):
+            _series_orders(QE[i, kk], QE[i, kk + 1], QE[i, K + kk], QE[i, K + kk + 1],
+                           QT[kk, j0 + c0:j0 + c1], QT[kk + 1, j0 + c0:j0 + c1],
+                           QT[K + kk, j0 + c0:j0 + c1], QT[K + kk + 1, j0 + c0:j0 + c1],
+                           S[c0:c1], S1[c0:c1], SB[c0:c1], SB1[c0:c1], SA[c0:c1], SA1[c0:c1],
+                           RK[c0:c1], R2[c0:c1])
+        _series_accept(_M_ROW - 1, RR[c0:c1], BA[c0:c1], EE[c0:c1], INV[c0:c1], S[c0:c1],
+                       S1[c0:c1], SB[c0:c1], SB1[c0:c1], SA[c0:c1], SA1[c0:c1], RK[c0:c1],
+                       Bv[c0:c1], OK[c0:c1])
+        for t in range(c0, c1):
+            if RR[t] == 0.0:
+                continue
+            j = j0 + t
+            if OK[t] != 0.0 and Bv[t] != 0.0:
+                res[t] = _series_value(Bv[t], U[i, _ULPHI], U[j, _ULPHI], U[i, _UPHI],
+                                       U[j, _UPHI], S12[t], U[i, _ULS] + U[j, _ULS])
+                cnt[2] += 1
+                cnt[_NROUTES] += _M_ROW
+            else:
+                FI[nf] = i
+                FJ[nf] = j
+                FR[nf] = RHO[t]
+                FS[nf] = S12[t]
+                FT[nf] = t
+                nf += 1
+    if nf:
+        _cov_pair_list(U, QE, FI[:nf], FJ[:nf], FR[:nf], FS[:nf], Fres[:nf], Froute[:nf], rtol,
+                       gx, gwk, gwg, ws, cnt)
+        for q in range(nf):
+            res[FT[q]] = Fres[q]
+
+
+@numba.njit(cache=True)
+def _fast_row(i, U, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnt, RHO, S12, res, buf, sv,
+              thr):
+    """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i (buffers of length d), by
+    :func:`_series_row`.
 
     With ``thr > 0``, pairs with ``sv_i sv_j ≤ thr`` (``sv`` the ReLU outputs' standard
     deviations) are set to 0: by Cauchy–Schwarz their true value is at most ``thr`` in
@@ -847,8 +1002,6 @@ def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, 
     lim = thr / sv[i] if thr > 0.0 and sv[i] > 0.0 else (np.inf if thr > 0.0 else -1.0)
     for t in range(n):
         j = i + 1 + t
-        I[t] = i
-        J[t] = j
         g = G[i, j]
         s12 = si * s[j]
         if g == 0.0 or s12 == 0.0 or sv[j] <= lim:
@@ -857,8 +1010,7 @@ def _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, 
         else:
             RHO[t] = g / s12
             S12[t] = s12
-    _cov_pair_list(U, QE, I[:n], J[:n], RHO[:n], S12[:n], res[:n], route[:n], rtol, gx, gwk,
-                   gwg, ws, cnt)
+    _series_row(i, U, QE, QT, RHO[:n], S12[:n], res[:n], rtol, gx, gwk, gwg, ws, cnt, buf)
     for t in range(n):
         out[i, i + 1 + t] = res[t]
 
@@ -879,8 +1031,8 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     ``out[i, j] = Cov[X_i⁺, X_j⁺]`` for ``i < j`` (the upper triangle; the lower triangle and
     the diagonal are not touched — :func:`relu_moments` mirrors) from ``mu`` (d,), ``s`` (d,)
     (standard deviations, ``sqrt(diag G)``), the upper triangle of ``G`` (d, d) and ``mnv``
-    (d, 3) from :func:`unit_mnv`; each pair takes the cheapest exact route of
-    :func:`_cov_pair_list` (ρ = 1 formula, product, Mehler series, adaptive quadrature).
+    (d, 3) from :func:`unit_mnv`; each pair takes the cheapest exact route (ρ = 1 formula,
+    product, Mehler series, adaptive quadrature), a row at a time (:func:`_series_row`).
     ``out`` may be ``G`` itself (in place: row i of the upper triangle is read before it is
     written). ``sv`` (d,) and
     ``thr``: with ``thr > 0`` a pair with ``sv_i sv_j ≤ thr`` is set to 0 (``sv``: standard
@@ -891,17 +1043,16 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     """
     d = mu.shape[0]
     U, QE = _unit_tables(mu, s, mnv)
+    QT = np.ascontiguousarray(QE.T)
     cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     ws = np.empty(_WS_SIZE)
-    I = np.empty(d, dtype=np.int64)
-    J = np.empty(d, dtype=np.int64)
     RHO = np.empty(d)
     S12 = np.empty(d)
     res = np.empty(d)
-    route = np.empty(d, dtype=np.int64)
+    buf = _row_buffers(d)
     for i in range(d):
-        _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnt, I, J, RHO, S12, res, route,
-                  sv, thr)
+        _fast_row(i, U, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnt, RHO, S12, res, buf, sv,
+                  thr)
     return cnt
 
 
@@ -917,19 +1068,18 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     """
     d = mu.shape[0]
     U, QE = _unit_tables(mu, s, mnv)
+    QT = np.ascontiguousarray(QE.T)
     nb = min(d, _PAR_BLOCKS)
     cnts = np.zeros((nb, _NROUTES + 1), dtype=np.int64)
     for b in numba.prange(nb):          # block b: rows b, b + nb, ... (balanced by striding)
         ws = np.empty(_WS_SIZE)
-        I = np.empty(d, dtype=np.int64)
-        J = np.empty(d, dtype=np.int64)
         RHO = np.empty(d)
         S12 = np.empty(d)
         res = np.empty(d)
-        route = np.empty(d, dtype=np.int64)
+        buf = _row_buffers(d)
         for i in range(b, d, nb):
-            _fast_row(i, U, QE, s, G, out, rtol, gx, gwk, gwg, ws, cnts[b], I, J, RHO, S12, res,
-                      route, sv, thr)
+            _fast_row(i, U, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnts[b], RHO, S12, res,
+                      buf, sv, thr)
     cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     for k in range(nb):
         for r in range(_NROUTES + 1):
