@@ -60,9 +60,15 @@ class _Prepared:
         self.mapped = mapped
         self.bypos = mapped.by_position()
         self.blk = {}
+        self.geometry = {}
+        layers = mapped.fused.layers
         for pos, ml in self.bypos.items():
             if ml.scheme in ("FC", "UR"):
                 self.blk[pos] = ml.block()
+            if ml.scheme in ("UR", "UL"):
+                conv = layers[pos]
+                self.geometry[pos] = (tuple(ml.in_shape), conv.weight.shape[-1], conv.stride,
+                                      conv.padding)
 
 
 def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
@@ -86,14 +92,14 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
         pw = ur_power(blk, ml.idx, mu, G, r)
         del G
         mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout,
-                               work=work, symmetric=symmetric)
+                               work=work, symmetric=symmetric, geometry=prep.geometry[pos])
     else:
         tb = ml.ul_taps()                                # built once per mapped layer
         pw = ul_power(ml, mu, G, r, tb)
         noise = ul_noise_taps(tb, mu, G)                 # Σ_n v_nj q_n over all L rows
         del G
         mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work,
-                               symmetric=symmetric)
+                               symmetric=symmetric, geometry=prep.geometry[pos])
     pw.total = pw.mem + pw.tia_pos + pw.tia_neg
     return pw, mean, cov
 

@@ -700,6 +700,40 @@ def test_conv_rows_paths_equal_explicit_toeplitz(c_out, conv_path):
     close(got[iu], want[iu])
 
 
+@pytest.mark.kernel
+@pytest.mark.parametrize("c_out,in_shape,pad", [(5, (2, 8, 9), 1), (4, (3, 12, 10), 0),
+                                                (7, (1, 6, 12), 2), (1, (2, 9, 9), 1)])
+def test_conv_rows_plane_kernel_equals_explicit_toeplitz(c_out, in_shape, pad):
+    """conv_rows with the layer geometry (the 3×3 stride-1 plane kernel: padded-width plane,
+    three taps and four channels a pass, a channel remainder) equals the explicit Toeplitz
+    product, whole and upper triangle at every row offset; a geometry that does not match the
+    index map, or another kernel size, falls back to the general paths (same numbers)."""
+    from refmem.moments import conv_rows
+    from refmem.moments.conv import _PLANE_MIN_POS, _plane_geometry
+    rng = np.random.default_rng(c_out + pad)
+    conv = Conv2d(rng.normal(size=(c_out, in_shape[0], 3, 3)), None, 1, pad)
+    T = conv.toeplitz(in_shape)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    geo = (in_shape, 3, 1, pad)
+    assert idx.shape[0] >= _PLANE_MIN_POS and _plane_geometry(idx, geo) is not None
+    L, J = T.shape
+    X = rng.normal(size=(L, 11))
+    close(conv_rows(X.T.copy(), Wur, idx, geometry=geo), X.T @ T)
+    A = rng.normal(size=(L, L))
+    G = A @ A.T
+    want = T.T @ G @ T
+    U = (G @ T).T.copy()
+    iu = np.triu_indices(J)
+    got = np.full((J, J), np.nan)
+    for r0 in range(0, J, 17):                  # row blocks at every channel offset
+        conv_rows(U[r0:r0 + 17], Wur, idx, upper=True, row0=r0, out=got[r0:r0 + 17],
+                  geometry=geo)
+    close(got[iu], want[iu])
+    wrong = ((in_shape[0], in_shape[1] + 1, in_shape[2]), 3, 1, pad)
+    assert _plane_geometry(idx, wrong) is None and _plane_geometry(idx, (in_shape, 3, 2, pad)) is None
+    close(conv_rows(X.T.copy(), Wur, idx, geometry=wrong), X.T @ T)
+
+
 @pytest.mark.parametrize("in_shape,k,stride,pad", [((3, 7, 6), 3, 1, 1), ((2, 8, 8), 3, 2, 1),
                                                    ((4, 5, 5), 2, 1, 0), ((1, 4, 9), 5, 1, 2),
                                                    ((2, 1, 1), 3, 1, 1)])
