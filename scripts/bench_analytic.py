@@ -335,7 +335,10 @@ def write_doc(path, rec):
           "96–153 s, 4.5–4.7 GB; width/8 UR 20 inputs 167 s, UL 34 s. Previous run of this "
           "benchmark (2026-12-01 00:01 UTC, before the row-major signal term, the workspace and "
           "the negligible-pair floor): full-width UR exact 42.6 s warm, 4.57 GB; UL exact "
-          "26.2 s; width/8 UR 0.64 s; 20 inputs across 2 processes 8.7 s.", "",
+          "26.2 s; width/8 UR 0.64 s; 20 inputs across 2 processes 8.7 s. Run of "
+          "2026-12-01 04:26 UTC (before the row-at-a-time ReLU series, the plane kernel of "
+          "the signal term and the upper-triangle hand-off to pooling): full-width UR exact "
+          "20.9 s warm, 20.1 s kept, 2.83 GB; Taylor 10.5 s; UL exact 12.1 s.", "",
           "## How to rerun", "", "```", "python scripts/bench_analytic.py            "
           "# full run, writes bench_analytic.h5 and docs/performance.md",
           "python scripts/bench_analytic.py --quick    # width/8 only, small pilots", "```", "",
