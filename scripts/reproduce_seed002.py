@@ -7,8 +7,9 @@ Usage::
     python scripts/reproduce_seed002.py -o OUT [--fig 4,5,5full] [--images 10] [-n 512]
 
 Writes ``OUT/seed002.h5`` (one group per figure and configuration) and ``OUT/fig4.png``,
-``OUT/fig5_w8.png``, ``OUT/closure_w8.png`` (``OUT/fig5_w1.png``, ``OUT/closure_w1.png`` with
-``5full``), and prints the tables of ``docs/reproduction_seed002.md``.
+``OUT/fig5_w8.png``, ``OUT/closure_w8.png`` (``OUT/fig5_w1.png`` with ``5full``, and
+``OUT/closure_w1.png`` with ``--full-layer-stats``), and prints the tables of
+``docs/reproduction_seed002.md``.
 
 - **Fig. 4** — the shipped diabetes regression net (``data/models/diabetes_mlp_10-50-1.h5``) on
   its 88 test inputs (split seed 0, train-split standardisation): MSE against the noiseless
@@ -22,7 +23,7 @@ Writes ``OUT/seed002.h5`` (one group per figure and configuration) and ``OUT/fig
   95 % CI (``refmem.validate``, theory §23), accuracy predicted from the analytic moments
   (``refmem.accuracy.predicted_accuracy``, theory §21) beside the Monte-Carlo accuracy.
 - **Closure bias** (theory §20) — per crossbar layer of the CNNs (width/8 UR and UL; full width
-  UR): relative error of the analytic summed squared deviation from the noiseless activations
+  UR with ``--full-layer-stats``): relative error of the analytic summed squared deviation from the noiseless activations
   against Monte-Carlo, with the Monte-Carlo skewness and excess kurtosis of the pre-activation
   deviations.
 
@@ -408,6 +409,9 @@ def main(argv=None):
     p.add_argument("--full-n", type=int, default=200, help="MC draws of the full-width CNN")
     p.add_argument("--full-ul-sigma", type=float, default=0.01,
                    help="the one σ of the full-width UL Monte-Carlo")
+    p.add_argument("--full-layer-stats", action="store_true",
+                   help="also the per-layer closure table of the full-width UR run (its "
+                   "analytic pass then records every layer: no fused ReLU-pooling step)")
     p.add_argument("--full-ul-n", type=int, default=16,
                    help="MC draws of the full-width UL Monte-Carlo (one realization draws "
                    "≈ 1e9 devices)")
@@ -459,8 +463,8 @@ def main(argv=None):
         attrs["fig5_w8"] = json.dumps(m5)
     if "5full" in figs:
         res, closure_w1, m5f = fig5("w1", ["UR"], sig5, images, args.full_n, args.seed,
-                                    taylor=not args.no_taylor, layer_stats=True,
-                                    rows_file=rows_file)
+                                    taylor=not args.no_taylor,
+                                    layer_stats=args.full_layer_stats, rows_file=rows_file)
         resl, _, _ = fig5("w1", ["UL"], sig5, images, args.full_ul_n, args.seed,
                           taylor=not args.no_taylor, mc_sigmas=[args.full_ul_sigma],
                           rows_file=rows_file, pilot=8)
@@ -470,9 +474,10 @@ def main(argv=None):
         for mp, d in res.items():
             for k, v in d.items():
                 datasets[f"fig5_w1/{mp}/{k}"] = v
-        cg = closure_datasets(closure_w1, load_model(MODELS / "fashion-mnist_cnn13_w1.h5"))
-        groups.update({f"fig5_w1/{k}": v for k, v in cg.items()})
-        plot_closure(cg, out / "closure_w1.png")
+        if closure_w1:
+            cg = closure_datasets(closure_w1, load_model(MODELS / "fashion-mnist_cnn13_w1.h5"))
+            groups.update({f"fig5_w1/{k}": v for k, v in cg.items()})
+            plot_closure(cg, out / "closure_w1.png")
         attrs["fig5_w1"] = json.dumps(m5f)
     a = {"command": " ".join(["scripts/reproduce_seed002.py"]
                              + list(sys.argv[1:] if argv is None else argv)),
