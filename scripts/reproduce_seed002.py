@@ -174,7 +174,7 @@ def taylor_mse(net, cfg, x):
 
 
 def fig5(width, mappings, sigmas, n_images, n, seed, *, taylor=True, layer_stats=False,
-         mc_sigmas=None, rows_file=None, pilot=64):
+         mc_sigmas=None, rows_file=None, pilot=64, finished_only=False):
     net = load_model(MODELS / f"fashion-mnist_cnn13_{width}.h5")
     x, labels, index = fashion_images(n_images)
     out = {}
@@ -196,6 +196,9 @@ def fig5(width, mappings, sigmas, n_images, n, seed, *, taylor=True, layer_stats
                 if tab is not None:
                     closure[(mp, s)] = tab
                 log(f"fig5 {width} {mp} sigma={s:g}: resumed from {rows_file}")
+                continue
+            if finished_only:
+                log(f"fig5 {width} {mp} sigma={s:g}: not in {rows_file}, left out")
                 continue
             mapped = map_network(net, cfg)
             t0 = time.perf_counter()
@@ -239,6 +242,8 @@ def fig5(width, mappings, sigmas, n_images, n, seed, *, taylor=True, layer_stats
                    f"acc MC {row['accuracy_mc']:.3f} pred {acc_pred:.3f}"
                    if "mse_unbiased" in row else "no MC")
                 + f" [analytic {t_an:.0f} s]")
+        if not rows:
+            continue
         keys = sorted({k for r in rows for k in r})
         out[mp] = {k: np.array([r.get(k, np.nan) for r in rows], dtype=np.float64) for k in keys}
     meta = dict(width=width, n=n, seed=seed, n_images=int(x.shape[0]),
@@ -418,6 +423,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=2002)
     p.add_argument("--mappings", default="UR,UL", help="conv mappings of Fig. 5 (width/8)")
     p.add_argument("--no-taylor", action="store_true", help="skip the Taylor-rule analytic pass")
+    p.add_argument("--finished-only", action="store_true",
+                   help="write the result set from the settings already in OUT/fig5_rows.jsonl "
+                   "and compute nothing new for Fig. 5 (those not there are left out)")
     p.add_argument("--force", action="store_true",
                    help="replace OUT/seed002.h5 even if it is not a result of this script")
     args = p.parse_args(argv)
@@ -451,7 +459,7 @@ def main(argv=None):
     if "5" in figs:
         res, closure, m5 = fig5("w8", args.mappings.split(","), sig5, images, n5, args.seed,
                                 layer_stats=True, taylor=not args.no_taylor,
-                                rows_file=rows_file)
+                                rows_file=rows_file, finished_only=args.finished_only)
         plot_fig5(res, out / "fig5_w8.png", f"13-conv CNN width/8, {m5['n_images']} images, "
                   f"n = {n5} (+ mirrors)")
         for mp, d in res.items():
@@ -464,10 +472,11 @@ def main(argv=None):
     if "5full" in figs:
         res, closure_w1, m5f = fig5("w1", ["UR"], sig5, images, args.full_n, args.seed,
                                     taylor=not args.no_taylor,
-                                    layer_stats=args.full_layer_stats, rows_file=rows_file)
+                                    layer_stats=args.full_layer_stats, rows_file=rows_file,
+                                    finished_only=args.finished_only)
         resl, _, _ = fig5("w1", ["UL"], sig5, images, args.full_ul_n, args.seed,
                           taylor=not args.no_taylor, mc_sigmas=[args.full_ul_sigma],
-                          rows_file=rows_file, pilot=8)
+                          rows_file=rows_file, pilot=8, finished_only=args.finished_only)
         m5f.update(n_ul=args.full_ul_n, pilot_ul=8, sigma_ul_mc=args.full_ul_sigma)
         res.update(resl)
         plot_fig5(res, out / "fig5_w1.png", f"13-conv CNN full width, {m5f['n_images']} images")
