@@ -724,6 +724,21 @@ def _cramer_part(ee, lee, ar, lam, inv1r):
     return math.exp(lee + (lam + 3.0) * math.log(ar) - math.log((lam + 2.0) * (lam + 3.0))) * inv1r
 
 
+@numba.njit(cache=True, inline="always")
+def _route(U, i, j, rho, s12):
+    """Route of pair (i, j) (ρ clipped to [−1, 1]): ``(value, route)`` — trivial (0: ρ = 0 or
+    s₁s₂ = 0), :func:`_pair_cheap`'s closed forms, 2 for the series (only where its base term
+    ρ R_i R_j is finite) or 3 for the quadrature. The one classification of both pair loops."""
+    if s12 == 0.0 or rho == 0.0:
+        return 0.0, 0
+    c, r = _pair_cheap(U[i, _UA], U[j, _UA], U[i, _ULP], U[j, _ULP], U[i, _UP], U[j, _UP], rho,
+                       s12, U[i, _ULS] + U[j, _ULS], (U[i, _UM], U[i, _UN], U[i, _UV]),
+                       (U[j, _UM], U[j, _UN], U[j, _UV]))
+    if r == 2 and not abs(rho * U[i, _UR] * U[j, _UR]) <= _R_MAX * _R_MAX:
+        return 0.0, 3
+    return c, r
+
+
 @numba.njit(cache=True)
 def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cnt):
     """Exact ``Cov[X_I⁺, X_J⁺]`` for a list of pairs (theory §8.2, all routes), into ``out``.
@@ -739,23 +754,12 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
     for t in range(I.shape[0]):
         i = I[t]
         j = J[t]
-        rho = RHO[t]
+        rho = min(1.0, max(-1.0, RHO[t]))
         s12 = S12[t]
-        if rho > 1.0:
-            rho = 1.0
-        elif rho < -1.0:
-            rho = -1.0
-        if s12 == 0.0 or rho == 0.0:
-            out[t] = 0.0
-            route[t] = 0
-            cnt[0] += 1
-            continue
+        c, r = _route(U, i, j, rho, s12)
         ai = U[i, _UA]
         aj = U[j, _UA]
         logs12 = U[i, _ULS] + U[j, _ULS]
-        c, r = _pair_cheap(ai, aj, U[i, _ULP], U[j, _ULP], U[i, _UP], U[j, _UP], rho, s12,
-                           logs12, (U[i, _UM], U[i, _UN], U[i, _UV]),
-                           (U[j, _UM], U[j, _UN], U[j, _UV]))
         if r == 2:
             # S: B = ρ R_i R_j + Σ_k ρ^{k+2} q_k(a_i) q_k(a_j), stop when the error bound
             # (Cramér remainder Eq. S3 + rounding and table errors Eq. S4) < EPS_FAST |B|
@@ -772,59 +776,58 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
             sabs_prev = 0.0
             lam_c = -1.0        # cache of the Cramér part of Eq. S3'
             cram = 0.0
-            if abs(base) <= _R_MAX * _R_MAX:
-                r2 = rho * rho
-                S1 = 0.0            # odd orders in separate chains (shorter dependency chains)
-                Sabs1 = 0.0
-                SA1 = 0.0
-                for kk in range(0, K, 2):
-                    p = QE[i, kk] * QE[j, kk]
-                    p1 = QE[i, kk + 1] * QE[j, kk + 1]
-                    S += rk * p
-                    S1 += rk * p1
-                    Sabs += rk * abs(p)
-                    Sabs1 += rk * abs(p1)
-                    SA += rk * (QE[i, K + kk] * QE[j, K + kk])
-                    SA1 += rk * (QE[i, K + kk + 1] * QE[j, K + kk + 1])
-                    rk *= r2
-                    k = kk + 1
-                    if k % 4 != 3 and k != K - 1:
-                        continue
-                    tail = ee * rk * _SER_TAIL[k] * inv1r
-                    B = base + (S + rho * S1)
-                    Sabs_k = Sabs + ar * Sabs1
-                    SA_k = SA + ar * SA1
-                    rest = ((SA_k - Sabs_k) * (1.0 + 4.0 * _U_ROUND)
-                            + (k + 8.0) * _U_ROUND * (Sabs_k + abs(base)))
-                    err = tail + rest
-                    if err > EPS_FAST * (abs(B) - err) and rest <= 0.5 * EPS_FAST * abs(B):
-                        # deep tails: sharper remainder (Eq. S3'), monotone Hermite region
-                        geo, lam = _series_tail_monotone(k, ar, rk / ar, U[i, _UA], U[j, _UA],
-                                                         U[i, _ULAM], U[j, _ULAM], QE[i, K + k],
-                                                         QE[j, K + k], U[i, _UEE], U[j, _UEE])
-                        if geo < tail:
-                            if lam != lam_c:       # Cramér part from min Λ on (cached per Λ)
-                                lam_c = lam
-                                cram = _cramer_part(ee, U[i, _ULEE] + U[j, _ULEE], ar, lam,
-                                                    inv1r)
-                            if geo + cram < tail:
-                                err = geo + cram + rest
-                    if err <= EPS_FAST * (abs(B) - err):
-                        if B != 0.0:
-                            c = _series_value(B, U[i, _ULPHI], U[j, _ULPHI], U[i, _UPHI],
-                                              U[j, _UPHI], s12, logs12)
-                            r = 2
-                            cnt[_NROUTES] += k + 1
-                        break
-                    # give up early (performance only; the quadrature is exact): terms still
-                    # growing at half the budget, or settled with a failing rounding bound
-                    blk = Sabs_k - sabs_prev
-                    if k >= K // 2 - 1 and blk >= blk_prev:
-                        break
-                    if rest > EPS_FAST * abs(B) and blk <= 1e-6 * Sabs_k:
-                        break
-                    blk_prev = blk
-                    sabs_prev = Sabs_k
+            r2 = rho * rho
+            S1 = 0.0            # odd orders in separate chains (shorter dependency chains)
+            Sabs1 = 0.0
+            SA1 = 0.0
+            for kk in range(0, K, 2):
+                p = QE[i, kk] * QE[j, kk]
+                p1 = QE[i, kk + 1] * QE[j, kk + 1]
+                S += rk * p
+                S1 += rk * p1
+                Sabs += rk * abs(p)
+                Sabs1 += rk * abs(p1)
+                SA += rk * (QE[i, K + kk] * QE[j, K + kk])
+                SA1 += rk * (QE[i, K + kk + 1] * QE[j, K + kk + 1])
+                rk *= r2
+                k = kk + 1
+                if k % 4 != 3 and k != K - 1:
+                    continue
+                tail = ee * rk * _SER_TAIL[k] * inv1r
+                B = base + (S + rho * S1)
+                Sabs_k = Sabs + ar * Sabs1
+                SA_k = SA + ar * SA1
+                rest = ((SA_k - Sabs_k) * (1.0 + 4.0 * _U_ROUND)
+                        + (k + 8.0) * _U_ROUND * (Sabs_k + abs(base)))
+                err = tail + rest
+                if err > EPS_FAST * (abs(B) - err) and rest <= 0.5 * EPS_FAST * abs(B):
+                    # deep tails: sharper remainder (Eq. S3'), monotone Hermite region
+                    geo, lam = _series_tail_monotone(k, ar, rk / ar, U[i, _UA], U[j, _UA],
+                                                     U[i, _ULAM], U[j, _ULAM], QE[i, K + k],
+                                                     QE[j, K + k], U[i, _UEE], U[j, _UEE])
+                    if geo < tail:
+                        if lam != lam_c:       # Cramér part from min Λ on (cached per Λ)
+                            lam_c = lam
+                            cram = _cramer_part(ee, U[i, _ULEE] + U[j, _ULEE], ar, lam,
+                                                inv1r)
+                        if geo + cram < tail:
+                            err = geo + cram + rest
+                if err <= EPS_FAST * (abs(B) - err):
+                    if B != 0.0:
+                        c = _series_value(B, U[i, _ULPHI], U[j, _ULPHI], U[i, _UPHI],
+                                          U[j, _UPHI], s12, logs12)
+                        r = 2
+                        cnt[_NROUTES] += k + 1
+                    break
+                # give up early (performance only; the quadrature is exact): terms still
+                # growing at half the budget, or settled with a failing rounding bound
+                blk = Sabs_k - sabs_prev
+                if k >= K // 2 - 1 and blk >= blk_prev:
+                    break
+                if rest > EPS_FAST * abs(B) and blk <= 1e-6 * Sabs_k:
+                    break
+                blk_prev = blk
+                sabs_prev = Sabs_k
         if r == 3:
             c = _relu_cov_core(ai, aj, rho, s12, logs12, max(rtol, _RTOL_FALLBACK), gx, gwk, gwg,
                                ws, True)
@@ -917,24 +920,15 @@ def _series_row(i, U, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, buf):
             rho = min(1.0, max(-1.0, RHO[t]))
             s12 = S12[t]
             RR[t] = 0.0
-            if s12 == 0.0 or rho == 0.0:
-                res[t] = 0.0
-                cnt[0] += 1
-                continue
-            c, r = _pair_cheap(U[i, _UA], U[j, _UA], U[i, _ULP], U[j, _ULP], U[i, _UP],
-                               U[j, _UP], rho, s12, U[i, _ULS] + U[j, _ULS],
-                               (U[i, _UM], U[i, _UN], U[i, _UV]),
-                               (U[j, _UM], U[j, _UN], U[j, _UV]))
+            c, r = _route(U, i, j, rho, s12)
             if r == 2:
-                base = rho * U[i, _UR] * U[j, _UR]
-                if abs(base) <= _R_MAX * _R_MAX:
-                    RR[t] = rho
-                    BA[t] = base
-                    EE[t] = U[i, _UEE] * U[j, _UEE]
-                    INV[t] = 1.0 / (1.0 - abs(rho))
-                    nser += 1
-                    continue
-            if r == 2 or r == 3:
+                RR[t] = rho
+                BA[t] = rho * U[i, _UR] * U[j, _UR]
+                EE[t] = U[i, _UEE] * U[j, _UEE]
+                INV[t] = 1.0 / (1.0 - abs(rho))
+                nser += 1
+                continue
+            if r == 3:
                 FI[nf] = i
                 FJ[nf] = j
                 FR[nf] = RHO[t]
