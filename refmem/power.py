@@ -109,20 +109,26 @@ def patch_quadforms(gamma, idx, Wm, chunk_bytes=64 * 2**20):
 
 
 @numba.njit(parallel=True, cache=True)
-def _patch_gram_kernel(G, s, idx, out):
-    """``out[a, a'] = Σ_p Γ[ι(p,a), ι(p,a')]`` with Γ as blocks ``G`` (nb, s, s), 0 across blocks."""
-    n_pos, taps = idx.shape
-    for a in numba.prange(taps):
-        for b in range(taps):
-            acc = 0.0
-            for p in range(n_pos):
-                i = idx[p, a]
-                j = idx[p, b]
-                if i >= 0 and j >= 0:
-                    bi = i // s
-                    if bi == j // s:
-                        acc += G[bi, i - bi * s, j - bi * s]
-            out[a, b] = acc
+def _patch_gram_kernel(G, blk, loc, out):
+    """``out[a, a'] = Σ_p Γ[ι(p,a), ι(p,a')]`` with Γ as blocks ``G`` (nb, s, s), 0 across
+    blocks; ``blk[a, p]``, ``loc[a, p]``: block and index within it of ι(p, a) (−1 in the
+    padding; no division in the loop). Computed for a' ≥ a and mirrored (Γ is symmetric).
+    Parallel over taps a, rows t and taps−1−t per task (equal work per task)."""
+    taps, n_pos = blk.shape
+    for t in numba.prange((taps + 1) // 2):
+        tt = np.int64(t)
+        for side in range(2):
+            a = tt if side == 0 else taps - 1 - tt
+            if side == 1 and a == tt:
+                break
+            for b in range(a, taps):
+                acc = 0.0
+                for p in range(n_pos):
+                    ba = blk[a, p]
+                    if ba >= 0 and ba == blk[b, p]:
+                        acc += G[ba, loc[a, p], loc[b, p]]
+                out[a, b] = acc
+                out[b, a] = acc
 
 
 def patch_gram(gamma, idx):
@@ -130,15 +136,19 @@ def patch_gram(gamma, idx):
 
     The sum over positions of the patch covariances of theory §11.2: the total TIA quadratic
     form of a UR layer is ``Σ_{c,p} g_cᵀ Γ_p g_c = Σ_c g_cᵀ S g_c`` (and of a UL layer with
-    a constant λ per layer). ``gamma``: dense (L, L) or :class:`BlockDiag`.
+    a constant λ per layer). ``gamma``: dense (L, L) or :class:`BlockDiag`, symmetric (S is
+    computed on and above its diagonal and mirrored).
     """
     if isinstance(gamma, BlockDiag):
         G, s = gamma.blocks, gamma.s
     else:
         G, s = gamma[None], gamma.shape[0]
     taps = idx.shape[1]
+    idxT = np.asarray(idx, dtype=np.int64).T              # (taps, n_pos): p contiguous
+    blk = np.where(idxT >= 0, idxT // s, -1)
+    loc = np.where(idxT >= 0, idxT - blk * s, -1)
     out = np.empty((taps, taps))
-    _patch_gram_kernel(G, s, np.ascontiguousarray(idx, dtype=np.int64), out)
+    _patch_gram_kernel(G, np.ascontiguousarray(blk), np.ascontiguousarray(loc), out)
     return out
 
 
