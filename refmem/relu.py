@@ -1303,7 +1303,14 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None, negligible
         thr = float(negligible) * float(var.max()) if d else 0.0
         kern(mu, s, gamma, out, unit_mnv(mu, s), RTOL_QUAD, _GK_X, _GK_WK, _GK_WG, sv, thr)
     elif mode == "taylor":
-        _taylor_upper(gamma, (mu > 0).astype(np.float64), out)
+        pos = (mu > 0).astype(np.float64)
+        if symmetric and d > 1 and out.flags.c_contiguous:
+            # Eq. (28) in the mirror's pass: scale the upper triangle and copy it down
+            if out is not gamma:
+                out[...] = gamma
+            out[np.diag_indices(d)] = var
+            return mean, mirror_upper(out, scale=pos)
+        _taylor_upper(gamma, pos, out)
     else:
         raise DataError(f"ReLU covariance mode must be 'exact' or 'taylor', got {mode!r}")
     out[np.diag_indices(d)] = var

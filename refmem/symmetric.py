@@ -25,8 +25,20 @@ def _mirror_block(out, bi, bj, B, hi):
             out[j, i] = out[i, j]
 
 
+@numba.njit(cache=True)
+def _scale_mirror_block(out, bi, bj, B, hi, d):
+    """``out[i, j] = out[j, i] = out[i, j] d_i d_j`` for ``i < j < hi`` in the tile of rows
+    ``bi:bi+B``, columns ``bj:bj+B``."""
+    for i in range(bi, min(bi + B, hi)):
+        di = d[i]
+        for j in range(max(bj, i + 1), min(bj + B, hi)):
+            v = out[i, j] * di * d[j]
+            out[i, j] = v
+            out[j, i] = v
+
+
 @numba.njit(cache=True, parallel=True)
-def _mirror_upper_par(out, B):
+def _mirror_upper_par(out, B, d, scale):
     n = (out.shape[0] + B - 1) // B
     half = (n + 1) // 2
     for t in numba.prange(half):       # tile rows t and n−1−t per task: equal work per task
@@ -35,19 +47,31 @@ def _mirror_upper_par(out, B):
             if side == 1 and bi == t:
                 break
             for bj in range(bi, n):
-                _mirror_block(out, bi * B, bj * B, B, out.shape[0])
+                if scale:
+                    _scale_mirror_block(out, bi * B, bj * B, B, out.shape[0], d)
+                else:
+                    _mirror_block(out, bi * B, bj * B, B, out.shape[0])
 
 
-def mirror_upper(G):
+def mirror_upper(G, scale=None):
     """Copy the upper triangle of the square matrix ``G`` onto its lower triangle, in place.
 
     Returns ``G`` (exactly symmetric). Bit-exact: entries are copied, never averaged.
+    ``scale`` (d,), optional: first multiply every entry above the diagonal by
+    ``scale_i scale_j`` (``D G D`` off the diagonal, D = diag(scale); the diagonal is not
+    touched) in the same pass — the Taylor ReLU rule, Eq. (28), :func:`refmem.relu.relu_moments`.
     """
     if G.shape[0] != G.shape[1]:
         raise ValueError(f"mirror_upper needs a square matrix, got {G.shape}")
     if G.dtype != np.float64 or not G.flags.c_contiguous:
         raise ValueError("mirror_upper needs a C-contiguous float64 matrix")
-    _mirror_upper_par(G, _TILE)
+    if scale is None:
+        _mirror_upper_par(G, _TILE, np.empty(0), False)
+    else:
+        d = np.ascontiguousarray(scale, dtype=np.float64)
+        if d.shape != (G.shape[0],):
+            raise ValueError(f"mirror_upper: scale has shape {d.shape}, expected ({G.shape[0]},)")
+        _mirror_upper_par(G, _TILE, d, True)
     return G
 
 

@@ -796,6 +796,13 @@ def test_mirror_upper_copies_the_upper_triangle(n):
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError):
         mirror_upper(np.zeros((3, 4)))
+    # with a scale: D A D above the diagonal (same product order), then mirrored
+    d = rng.normal(size=n)
+    up = np.triu((A * d[:, None]) * d[None, :], 1)
+    want = up + up.T + np.diag(np.diag(A))
+    np.testing.assert_array_equal(mirror_upper(A.copy(), scale=d), want)
+    with pytest.raises(ValueError):
+        mirror_upper(np.zeros((3, 3)), scale=np.ones(2))
 
 
 @pytest.mark.kernel
