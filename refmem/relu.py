@@ -883,6 +883,90 @@ def _series_accept(k, RR, BA, EE, INV, S, S1, SB, SB1, SA, SA1, RK, Bv, OK):
         OK[t] = 1.0 if err <= EPS_FAST * (abs(B) - err) else 0.0
 
 
+_C_SLOW = 4                       # code of a pair left to the scalar classification (_route)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _route_chunk(ai, Pi, lPi, URi, EEi, RHO, S12, A, P, LP, UR, EE_, res, RR, BA, EE, INV, CD):
+    """:func:`_route` for a chunk of pairs (i, j) without branches, so that it vectorises.
+
+    ``ai, Pi, lPi, URi, EEi``: unit i's a, Φ(a), log Φ(a), R, K e^{a²/4}; ``A, P, LP, UR, EE_``
+    the same for the units j (rows of the transposed unit table, contiguous). Writes per pair
+    the code ``CD``: 0 trivial and 1 product (final value in ``res``, same arithmetic as
+    :func:`_pair_cheap` / :func:`_product_term`), 2 series (``RR`` = ρ, ``BA``, ``EE``, ``INV``
+    set up as in :func:`_series_row`; ``RR`` = 0 for every other code), 3 quadrature, or
+    :data:`_C_SLOW` for the rare pairs the scalar route must classify (|ρ| near or at 1, a
+    product value near underflow). Returns the number of series pairs."""
+    n = RHO.shape[0]
+    nser = 0
+    for t in range(n):
+        rho = min(1.0, max(-1.0, RHO[t]))
+        s12 = S12[t]
+        aj = A[t]
+        ar = abs(rho)
+        # f_min of _fmin_and_peak(ai, aj, lo, hi) on [0, ρ] (ρ > 0) or [ρ, 0]
+        m1 = abs(ai)
+        m2 = abs(aj)
+        big = max(m1, m2)
+        ustar = min(m1, m2) / (big if big > 0.0 else 1.0)
+        ustar = -ustar if ai * aj < 0.0 else ustar
+        lo = 0.0 if rho > 0.0 else rho
+        hi = rho if rho > 0.0 else 0.0
+        u = lo if ustar < lo else hi
+        dd = ai - aj * u
+        den = (1.0 - u) * (1.0 + u)                 # 0 only at |ρ| = 1 (code _C_SLOW)
+        fend = 0.5 * dd * dd / (den if den > 0.0 else 1.0) + 0.5 * aj * aj
+        fmin = 0.5 * big * big if (lo <= ustar and ustar <= hi) else fend
+        fmin = 0.0 if big == 0.0 else fmin
+        p = Pi * P[t]
+        pfast = p > 1e-280 and ar > 1e-280 and 1e-280 < s12 and s12 < 1e280 and ar * p > 1e-280
+        triv = s12 == 0.0 or rho == 0.0 or ai < -A_LIMIT or aj < -A_LIMIT
+        bigpos = ai > A_LIMIT and aj > A_LIMIT and not triv      # X⁺ = X for both: ρ s₁s₂
+        slow = rho >= _RHO_ONE or ar >= 1.0
+        prod = fmin + lPi + LP[t] >= _P_LOG
+        ser = (ar <= RHO_SERIES and m1 <= A_SERIES and m2 <= A_SERIES and s12 > 0.0
+               and not (triv or bigpos or slow or prod))
+        base = rho * URi * UR[t] if ser else 0.0    # as _route: only for a series candidate
+        ser = ser and abs(base) <= _R_MAX * _R_MAX
+        code = 2 if ser else 3
+        code = (1 if pfast else _C_SLOW) if prod else code
+        code = _C_SLOW if slow else code
+        code = 0 if (triv or bigpos) else code
+        CD[t] = code
+        val = rho * s12 if bigpos else 0.0
+        res[t] = rho * p * s12 if code == 1 else val
+        RR[t] = rho if code == 2 else 0.0
+        BA[t] = base if code == 2 else 0.0        # finite for every pair (the vector loops
+        EE[t] = EEi * EE_[t] if code == 2 else 0.0  # of the series run over the whole chunk)
+        INV[t] = 1.0 / (1.0 - ar) if code == 2 else 0.0
+        nser += 1 if code == 2 else 0
+    return nser
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _series_values(lphi_i, phi_i, LPHI, PHI, S12, RR, OK, Bv, res, CD):
+    """The accepted series values of a chunk (:func:`_series_value`'s direct branch) without
+    branches: where ``RR`` ≠ 0, S4 held (``OK``) and B ≠ 0, ``res`` = s_i s_j φ_i φ_j B when
+    that product is a normal float; ``CD`` = 2 there, 5 for an accepted value that needs the
+    log domain, 6 for a pair S4 did not accept (both left to the caller). Returns the number
+    of values written."""
+    n = RR.shape[0]
+    nacc = 0
+    for t in range(n):
+        fac = phi_i * PHI[t]
+        s12 = S12[t]
+        fast = fac > 1e-290 and 1e-280 < s12 and s12 < 1e280 and fac * s12 > 1e-290
+        ser = RR[t] != 0.0
+        acc = ser and OK[t] != 0.0 and Bv[t] != 0.0
+        done = acc and fast
+        res[t] = fac * s12 * Bv[t] if done else res[t]
+        code = 6 if ser else CD[t]
+        code = (2 if fast else 5) if acc else code
+        CD[t] = code
+        nacc += 1 if done else 0
+    return nacc
+
+
 @numba.njit(cache=True)
 def _row_buffers(d):
     """Per-thread work arrays of :func:`_series_row` (one array each, so its loops vectorise)."""
@@ -891,54 +975,71 @@ def _row_buffers(d):
          np.empty(d), np.empty(d))
     fb = (np.empty(d, dtype=np.int64), np.empty(d, dtype=np.int64), np.empty(d), np.empty(d),
           np.empty(d, dtype=np.int64), np.empty(d), np.empty(d, dtype=np.int64))
-    return f, fb
+    return f, fb, np.empty(d, dtype=np.int64)
 
 
 @numba.njit(cache=True)
-def _series_row(i, U, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, buf):
+def _series_row(i, U, UT, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, buf):
     """Row i of the exact covariance, ``res[t] = Cov[X_i⁺, X_{i+1+t}⁺]`` (theory §8.2, "A row at
     a time").
 
-    Each pair is routed as in :func:`_cov_pair_list` (trivial, ρ = 1, product). The pairs on
-    the series route are summed together, :data:`_M_ROW` orders in vector loops over the
-    transposed tables ``QT[k, j] = QE[j, k]``, and accepted where S4 holds after those orders
-    (one test); every other pair — not accepted there, or bound for the quadrature — goes
-    through :func:`_cov_pair_list` from the start. An accepted value carries the same proven
-    bound as the per-pair route's (it differs from it only by summing more orders).
+    Each pair is routed as in :func:`_cov_pair_list` — in vector loops
+    (:func:`_route_chunk`, over the transposed unit table ``UT[k, j] = U[j, k]``), the rare
+    pairs it leaves open by :func:`_route` itself. The pairs on the series route are summed
+    together, :data:`_M_ROW` orders in vector loops over the transposed tables
+    ``QT[k, j] = QE[j, k]``, and accepted where S4 holds after those orders (one test); every
+    other pair — not accepted there, or bound for the quadrature — goes through
+    :func:`_cov_pair_list` from the start. An accepted value carries the same proven bound as
+    the per-pair route's (it differs from it only by summing more orders).
     """
     K = K_SERIES
     n = RHO.shape[0]
     j0 = i + 1
     (RR, BA, EE, INV, S, S1, SB, SB1, SA, SA1, RK, R2, Bv, OK), (FI, FJ, FR, FS, FT, Fres,
-                                                                 Froute) = buf
+                                                                 Froute), CD = buf
     nf = 0
     for c0 in range(0, n, _ROW_CHUNK):
         c1 = min(n, c0 + _ROW_CHUNK)
-        nser = 0
-        for t in range(c0, c1):
+        u0 = j0 + c0
+        u1 = j0 + c1
+        nser = _route_chunk(U[i, _UA], U[i, _UP], U[i, _ULP], U[i, _UR], U[i, _UEE],
+                            RHO[c0:c1], S12[c0:c1], UT[_UA, u0:u1], UT[_UP, u0:u1],
+                            UT[_ULP, u0:u1], UT[_UR, u0:u1], UT[_UEE, u0:u1], res[c0:c1],
+                            RR[c0:c1], BA[c0:c1], EE[c0:c1], INV[c0:c1], CD[c0:c1])
+        n01 = 0
+        for t in range(c0, c1):         # counts; the rare pairs (quadrature, scalar route)
+            code = CD[t]
+            n01 += 1 if code == 1 else 0
+            if code < 3:
+                continue
             j = j0 + t
             rho = min(1.0, max(-1.0, RHO[t]))
-            s12 = S12[t]
-            RR[t] = 0.0
-            c, r = _route(U, i, j, rho, s12)
-            if r == 2:
-                RR[t] = rho
-                BA[t] = rho * U[i, _UR] * U[j, _UR]
-                EE[t] = U[i, _UEE] * U[j, _UEE]
-                INV[t] = 1.0 / (1.0 - abs(rho))
-                nser += 1
-                continue
-            if r == 3:
-                FI[nf] = i
-                FJ[nf] = j
-                FR[nf] = RHO[t]
-                FS[nf] = s12
-                FT[nf] = t
-                nf += 1
-                continue
-            res[t] = c
-            cnt[r] += 1
+            r = 3
+            if code == _C_SLOW:
+                c, r = _route(U, i, j, rho, S12[t])
+                if r == 2:
+                    RR[t] = rho
+                    BA[t] = rho * U[i, _UR] * U[j, _UR]
+                    EE[t] = U[i, _UEE] * U[j, _UEE]
+                    INV[t] = 1.0 / (1.0 - abs(rho))
+                    CD[t] = 2
+                    nser += 1
+                    continue
+                if r != 3:
+                    res[t] = c
+                    cnt[r] += 1
+                    CD[t] = 7               # final (counted here)
+                    continue
+            FI[nf] = i
+            FJ[nf] = j
+            FR[nf] = RHO[t]
+            FS[nf] = S12[t]
+            FT[nf] = t
+            nf += 1
+        cnt[1] += n01
         if nser == 0:
+            for t in range(c0, c1):
+                cnt[0] += 1 if CD[t] == 0 else 0
             continue
         for t in range(c0, c1):
             S[t] = 0.0
@@ -951,23 +1052,29 @@ def _series_row(i, U, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, buf):
             R2[t] = RR[t] * RR[t]
         for kk in range(0, _M_ROW, 2):
             _series_orders(QE[i, kk], QE[i, kk + 1], QE[i, K + kk], QE[i, K + kk + 1],
-                           QT[kk, j0 + c0:j0 + c1], QT[kk + 1, j0 + c0:j0 + c1],
-                           QT[K + kk, j0 + c0:j0 + c1], QT[K + kk + 1, j0 + c0:j0 + c1],
-                           S[c0:c1], S1[c0:c1], SB[c0:c1], SB1[c0:c1], SA[c0:c1], SA1[c0:c1],
-                           RK[c0:c1], R2[c0:c1])
+                           QT[kk, u0:u1], QT[kk + 1, u0:u1], QT[K + kk, u0:u1],
+                           QT[K + kk + 1, u0:u1], S[c0:c1], S1[c0:c1], SB[c0:c1], SB1[c0:c1],
+                           SA[c0:c1], SA1[c0:c1], RK[c0:c1], R2[c0:c1])
         _series_accept(_M_ROW - 1, RR[c0:c1], BA[c0:c1], EE[c0:c1], INV[c0:c1], S[c0:c1],
                        S1[c0:c1], SB[c0:c1], SB1[c0:c1], SA[c0:c1], SA1[c0:c1], RK[c0:c1],
                        Bv[c0:c1], OK[c0:c1])
+        nacc = _series_values(U[i, _ULPHI], U[i, _UPHI], UT[_ULPHI, u0:u1], UT[_UPHI, u0:u1],
+                              S12[c0:c1], RR[c0:c1], OK[c0:c1], Bv[c0:c1], res[c0:c1],
+                              CD[c0:c1])
+        cnt[2] += nacc
+        cnt[_NROUTES] += _M_ROW * nacc
         for t in range(c0, c1):
-            if RR[t] == 0.0:
+            code = CD[t]
+            cnt[0] += 1 if code == 0 else 0
+            if code < 5:
                 continue
             j = j0 + t
-            if OK[t] != 0.0 and Bv[t] != 0.0:
+            if code == 5:               # accepted, value in the log domain
                 res[t] = _series_value(Bv[t], U[i, _ULPHI], U[j, _ULPHI], U[i, _UPHI],
                                        U[j, _UPHI], S12[t], U[i, _ULS] + U[j, _ULS])
                 cnt[2] += 1
                 cnt[_NROUTES] += _M_ROW
-            else:
+            elif code == 6:             # not accepted: the per-pair route from the start
                 FI[nf] = i
                 FJ[nf] = j
                 FR[nf] = RHO[t]
@@ -982,7 +1089,7 @@ def _series_row(i, U, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, buf):
 
 
 @numba.njit(cache=True)
-def _fast_row(i, U, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnt, RHO, S12, res, buf, sv,
+def _fast_row(i, U, UT, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnt, RHO, S12, res, buf, sv,
               thr):
     """Upper part of row i: ``out[i, j] = Cov[X_i⁺, X_j⁺]``, j > i (buffers of length d), by
     :func:`_series_row`.
@@ -1004,7 +1111,7 @@ def _fast_row(i, U, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnt, RHO, S12, re
         else:
             RHO[t] = g / s12
             S12[t] = s12
-    _series_row(i, U, QE, QT, RHO[:n], S12[:n], res[:n], rtol, gx, gwk, gwg, ws, cnt, buf)
+    _series_row(i, U, UT, QE, QT, RHO[:n], S12[:n], res[:n], rtol, gx, gwk, gwg, ws, cnt, buf)
     for t in range(n):
         out[i, i + 1 + t] = res[t]
 
@@ -1038,6 +1145,7 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     d = mu.shape[0]
     U, QE = _unit_tables(mu, s, mnv)
     QT = np.ascontiguousarray(QE.T)
+    UT = np.ascontiguousarray(U.T)
     cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     ws = np.empty(_WS_SIZE)
     RHO = np.empty(d)
@@ -1045,7 +1153,7 @@ def relu_cov_pairs_kernel(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     res = np.empty(d)
     buf = _row_buffers(d)
     for i in range(d):
-        _fast_row(i, U, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnt, RHO, S12, res, buf, sv,
+        _fast_row(i, U, UT, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnt, RHO, S12, res, buf, sv,
                   thr)
     return cnt
 
@@ -1063,6 +1171,7 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
     d = mu.shape[0]
     U, QE = _unit_tables(mu, s, mnv)
     QT = np.ascontiguousarray(QE.T)
+    UT = np.ascontiguousarray(U.T)
     nb = min(d, _PAR_BLOCKS)
     cnts = np.zeros((nb, _NROUTES + 1), dtype=np.int64)
     for b in numba.prange(nb):          # block b: rows b, b + nb, ... (balanced by striding)
@@ -1072,7 +1181,7 @@ def relu_cov_pairs_kernel_par(mu, s, G, out, mnv, rtol, gx, gwk, gwg, sv, thr):
         res = np.empty(d)
         buf = _row_buffers(d)
         for i in range(b, d, nb):
-            _fast_row(i, U, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnts[b], RHO, S12, res,
+            _fast_row(i, U, UT, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnts[b], RHO, S12, res,
                       buf, sv, thr)
     cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     for k in range(nb):
