@@ -270,8 +270,11 @@ def _gk21_panel(kind, a1, a2, rho, fmin, t0, t1, gx, gwk, gwg, res, fv):
 
 
 @numba.njit(cache=True)
-def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws, offset):
+def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws, offset, atol):
     """Globally adaptive GK21 on [lo, hi] (split at ``mid`` if strictly inside); returns ∫.
+
+    Stops when the error estimate is at most ``rtol`` relative to the larger of ``|∫|`` and
+    ``|∫ + offset|``, or at most ``atol`` (absolute, in the integral's units; 0: none).
 
     ``ws`` is a caller-allocated workspace of :data:`_WS_SIZE` floats (no allocation per call).
     """
@@ -302,7 +305,8 @@ def _adaptive(kind, a1, a2, rho, fmin, lo, mid, hi, rtol, gx, gwk, gwg, ws, offs
             etot += err[i]
             if err[i] > err[worst]:
                 worst = i
-        if etot <= rtol * max(abs(tot), abs(tot + offset)) or etot <= 1e-300 or n + 1 >= _MAX_PANELS:
+        if (etot <= rtol * max(abs(tot), abs(tot + offset)) or etot <= atol or etot <= 1e-300
+                or n + 1 >= _MAX_PANELS):
             return tot
         m = 0.5 * (a_[worst] + b_[worst])
         if not (a_[worst] < m < b_[worst]):      # interval exhausted at float resolution
@@ -372,14 +376,16 @@ def _scaled_ndtr_product(rho, a1, a2, s12, logs12):
 
 
 @numba.njit(cache=True)
-def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total):
+def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total, atol):
     """``Cov[X₁⁺, X₂⁺] = s₁s₂ C(a₁, a₂, ρ)`` (theory §8.2) for finite a and ρ ∈ [−1, 1].
 
     The scale enters inside the exponentials (``exp(−f_min + log s₁s₂)``, log-domain Φ
     products), so a normal-float result is accurate even when ``C`` itself is subnormal.
     ``rel_total``: stop the quadrature at ``rtol`` relative to the larger of the covariance
     (ρΦΦ term included) and the integral, instead of the integral alone (the fast routes'
-    fallback; never stricter than the quadrature route).
+    fallback; never stricter than the quadrature route). ``atol`` > 0: also stop once the
+    error estimate of the covariance is at most ``atol`` (absolute; the network pass's
+    negligible-pair floor, :func:`relu_moments`); 0: relative accuracy only.
     """
     if rho > 1.0:
         rho = 1.0
@@ -416,6 +422,7 @@ def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total):
         fh = _f_of_u(a1, a2, uhi)
         if max(fl, fh) - fmin < _SPLIT_RANGE:
             upeak = ulo
+    atol_i = atol * _2PI / scale              # the covariance's tolerance in integral units
     off = 0.0
     if rel_total:
         off = _2PI * base / scale
@@ -430,18 +437,21 @@ def _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, rel_total):
         else:
             lo_a, hi_a = -tq, 0.0
         mid_a = tp if lo_a < tp < hi_a else lo_a
-        ia = _adaptive(0, a1, a2, rho, fmin, lo_a, mid_a, hi_a, rtol, gx, gwk, gwg, ws, off)
+        ia = _adaptive(0, a1, a2, rho, fmin, lo_a, mid_a, hi_a, rtol, gx, gwk, gwg, ws, off,
+                       atol_i)
         wlo = 0.5 * math.log((1.0 - abs(rho)) * (1.0 + abs(rho)))
         whi = math.log(math.cos(tq))
         wp = 0.5 * math.log((1.0 - abs(upeak)) * (1.0 + abs(upeak))) if abs(upeak) < 1.0 else wlo
         mid_b = wp if (abs(tp) > tq and wlo < wp < whi) else wlo
-        ib = _adaptive(3, a1, a2, rho, fmin, wlo, mid_b, whi, rtol, gx, gwk, gwg, ws, off)
+        ib = _adaptive(3, a1, a2, rho, fmin, wlo, mid_b, whi, rtol, gx, gwk, gwg, ws, off,
+                       atol_i)
         integral = ia + ib
     elif abs(rho) <= _U_FORM_MAX:
-        integral = _adaptive(2, a1, a2, rho, fmin, ulo, upeak, uhi, rtol, gx, gwk, gwg, ws, off)
+        integral = _adaptive(2, a1, a2, rho, fmin, ulo, upeak, uhi, rtol, gx, gwk, gwg, ws, off,
+                             atol_i)
     else:
         integral = _adaptive(0, a1, a2, rho, fmin, tlo, math.asin(upeak), thi, rtol, gx, gwk, gwg,
-                             ws, off)
+                             ws, off, atol_i)
     return base + scale * integral * _INV_2PI
 
 
@@ -461,7 +471,7 @@ def _relu_cov_scalar(mu1, s1, mu2, s2, rho, rtol, gx, gwk, gwg, ws):
         logs12 = math.log(s12)
     else:
         logs12 = math.log(s1) + math.log(s2)
-    return _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, False)
+    return _relu_cov_core(a1, a2, rho, s12, logs12, rtol, gx, gwk, gwg, ws, False, 0.0)
 
 
 @numba.njit(cache=True)
@@ -556,6 +566,10 @@ _NU = 13
 _PAR_BLOCKS = 256                 # row blocks of the parallel pair kernel
 _RTOL_FALLBACK = 1e-12            # quadrature tolerance of the fallback (contract 1e-9)
 _VEC_CHUNK = 4096                 # elements per call of the elementwise kernel
+_QUAD_ATOL = 1e-3
+"""With the negligible-pair floor ``thr`` of :func:`relu_moments` (the network pass), the
+quadrature of a pair also stops once its error estimate is at most ``_QUAD_ATOL · thr``
+(absolute): 1000× inside the floor, the margin the relative tolerance keeps to the contract."""
 
 
 @numba.njit(cache=True)
@@ -740,7 +754,7 @@ def _route(U, i, j, rho, s12):
 
 
 @numba.njit(cache=True)
-def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cnt):
+def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cnt, atol):
     """Exact ``Cov[X_I⁺, X_J⁺]`` for a list of pairs (theory §8.2, all routes), into ``out``.
 
     ``U``, ``QE``: per-unit tables of :func:`_unit_prep`; pair t is units ``I[t]``, ``J[t]``
@@ -748,7 +762,8 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
     0). Each pair takes the cheapest route whose error bound holds: ρ = 1 formula, product,
     Mehler series (summed until its proven error is < EPS_FAST of the value, Eqs. S1–S4) or
     the adaptive quadrature. ``route[t]`` and ``cnt`` (per-route counts, then the number of
-    series terms) record the route.
+    series terms) record the route. ``atol``: absolute tolerance of the quadrature besides
+    the relative one (:func:`_relu_cov_core`; 0: none).
     """
     K = K_SERIES
     for t in range(I.shape[0]):
@@ -830,7 +845,7 @@ def _cov_pair_list(U, QE, I, J, RHO, S12, out, route, rtol, gx, gwk, gwg, ws, cn
                 sabs_prev = Sabs_k
         if r == 3:
             c = _relu_cov_core(ai, aj, rho, s12, logs12, max(rtol, _RTOL_FALLBACK), gx, gwk, gwg,
-                               ws, True)
+                               ws, True, atol)
         out[t] = c
         route[t] = r
         cnt[r] += 1
@@ -979,7 +994,7 @@ def _row_buffers(d):
 
 
 @numba.njit(cache=True)
-def _series_row(i, U, UT, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, buf):
+def _series_row(i, U, UT, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, buf, atol):
     """Row i of the exact covariance, ``res[t] = Cov[X_i⁺, X_{i+1+t}⁺]`` (theory §8.2, "A row at
     a time").
 
@@ -1083,7 +1098,7 @@ def _series_row(i, U, UT, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, bu
                 nf += 1
     if nf:
         _cov_pair_list(U, QE, FI[:nf], FJ[:nf], FR[:nf], FS[:nf], Fres[:nf], Froute[:nf], rtol,
-                       gx, gwk, gwg, ws, cnt)
+                       gx, gwk, gwg, ws, cnt, atol)
         for q in range(nf):
             res[FT[q]] = Fres[q]
 
@@ -1111,7 +1126,8 @@ def _fast_row(i, U, UT, QE, QT, s, G, out, rtol, gx, gwk, gwg, ws, cnt, RHO, S12
         else:
             RHO[t] = g / s12
             S12[t] = s12
-    _series_row(i, U, UT, QE, QT, RHO[:n], S12[:n], res[:n], rtol, gx, gwk, gwg, ws, cnt, buf)
+    _series_row(i, U, UT, QE, QT, RHO[:n], S12[:n], res[:n], rtol, gx, gwk, gwg, ws, cnt, buf,
+                _QUAD_ATOL * thr)
     for t in range(n):
         out[i, i + 1 + t] = res[t]
 
@@ -1200,7 +1216,7 @@ def _relu_cov_vec_fast(mu1, s1, mu2, s2, mnv, rho, rtol, gx, gwk, gwg, out, rout
     S12 = s1 * s2
     cnt = np.zeros(_NROUTES + 1, dtype=np.int64)
     _cov_pair_list(U, QE, I, J, rho, S12, out, route, rtol, gx, gwk, gwg, np.empty(_WS_SIZE),
-                   cnt)
+                   cnt, 0.0)
 
 
 @numba.njit(cache=True)
@@ -1224,7 +1240,7 @@ def _bvn_vec(h, k, rho, rtol, gx, gwk, gwg, out):
             out[i] = base
             continue
         val = _adaptive(1, h[i], k[i], r, fmin, tlo, math.asin(upk), thi, rtol, gx, gwk, gwg, ws,
-                      0.0)
+                      0.0, 0.0)
         out[i] = base + (sc * val * _INV_2PI if r > 0.0 else -sc * val * _INV_2PI)
 
 
@@ -1378,9 +1394,11 @@ def relu_moments(mu, gamma, mode="exact", *, out=None, parallel=None, negligible
     negligible : float
         Exact mode: set to 0 every pair whose bound ``sqrt(Var X_i⁺ Var X_j⁺)`` is at most
         ``negligible × max_k Var X_k⁺`` (its absolute error is below that; relative accuracy
-        is then not kept for it). 0 (default): every pair to the accuracy contract above.
-        The network pass uses :data:`NEGLIGIBLE` (deep negative tails, where the quadrature
-        route is slowest, contribute nothing above rounding).
+        is then not kept for it); the quadrature of every other pair may also stop once its
+        error estimate is below ``_QUAD_ATOL`` (1e-3) times that floor, absolute. 0 (default):
+        every pair to the accuracy contract above. The network pass uses :data:`NEGLIGIBLE`
+        (deep negative tails, where the quadrature route is slowest, contribute nothing above
+        rounding).
     symmetric : bool
         Mirror the upper triangle onto the lower one (default). False: only the upper
         triangle and the diagonal of the result are valid (the lower triangle holds whatever

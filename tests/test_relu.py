@@ -661,6 +661,26 @@ def test_relu_moments_reads_and_writes_the_upper_triangle(mode, d):
     np.testing.assert_array_equal(upper[iu], full[iu])
 
 
+def test_negligible_floor_sets_the_quadrature_absolute_tolerance():
+    """With the floor τ, a quadrature pair that is not zeroed may stop once its error estimate
+    is below ``_QUAD_ATOL τ max v`` (absolute): deep-tail pairs with a high correlation (route
+    Q) move, but by less than that, and stay within that of mpmath."""
+    moved = 0
+    for a1, a2, r in [(-6.0, -2.0, 0.9), (-8.0, -1.6, 0.78)]:
+        mu = np.array([0.0, a1, a2])
+        G = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, r], [0.0, r, 1.0]])
+        assert route_of(a1, a2, r) == 3
+        _, v = relu_mean_var(mu, np.diag(G))
+        _, full = relu_moments(mu, G.copy(), "exact", parallel=False)
+        tau = 0.5 * np.sqrt(v[1] * v[2]) / v.max()           # the pair is not zeroed
+        _, c = relu_moments(mu, G.copy(), "exact", parallel=False, negligible=tau)
+        atol = R._QUAD_ATOL * tau * v.max()
+        assert abs(c[1, 2] - full[1, 2]) <= atol
+        assert abs(c[1, 2] - float(ref_cov(a1, a2, r))) <= atol + 1e-9 * abs(full[1, 2])
+        moved += c[1, 2] != full[1, 2]
+    assert moved >= 1
+
+
 def test_negligible_pairs_are_zeroed_only_within_their_bound():
     """relu_moments(negligible=τ): exactly the pairs with sqrt(v_i v_j) ≤ τ max v are 0 (and
     their exact value is within that bound, Cauchy–Schwarz), every other entry is bit-identical
