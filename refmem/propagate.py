@@ -143,10 +143,13 @@ def propagate(mapped, x, *, input_cov=None, cov=False, per_layer=False, progress
         Numba thread per worker): the batch is cut into one contiguous chunk per worker
         (``executor.workers``, default 2). Same numbers as the serial pass.
     work : refmem.moments.workspace.Workspace, optional
-        The buffers of the large matrices (theory §15). Default: a new workspace for the call,
-        released when it returns. Pass one workspace to many calls (a σ sweep, an optimizer's
-        evaluations) to map its memory once: the memory stays held until the workspace is
-        dropped. Same numbers either way. Ignored with an executor (each worker has its own).
+        The buffers of the large matrices (theory §15). Default: a new workspace for the call
+        (``Workspace(recycle=True)``): when the call returns, its buffers stay with the
+        process for the next call (at most the memory of this call;
+        :func:`refmem.moments.workspace.release_cache` returns it to the system). Pass one
+        workspace to many calls (a σ sweep, an optimizer's evaluations) to map its memory once:
+        the memory stays held until the workspace is dropped. Same numbers either way. Ignored
+        with an executor (each worker has its own).
     factor : refmem.moments.factor.FactorClosure, optional
         The factor closure (theory §20): at the ReLU after each named crossbar layer every
         component is split along its principal (common) mode into K Gauss–Hermite
@@ -247,7 +250,8 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
            for pos in range(len(layers))} if per_layer else None
     clipped = [0, 0.0, set()]                       # count, most negative, ReLU positions
     if work is None:
-        work = Workspace()                          # large buffers, reused across layers and inputs
+        work = Workspace(recycle=True)              # large buffers, reused across layers and inputs
+                                                    # (and left to the next call, theory §15)
 
     bar = None
     if progress:

@@ -888,6 +888,34 @@ def test_workspace_reuses_only_free_buffers():
     assert w.reused == 8 * (400 + 1500 + 2048)
 
 
+def test_workspace_recycle_leaves_only_free_regions_to_the_next():
+    """A dropped ``recycle=True`` workspace leaves the regions whose memory nothing refers to
+    any more (not one still viewed) to the next recycling workspace, which takes them instead
+    of mapping; a plain workspace neither takes nor leaves; release_cache() empties it."""
+    from refmem.moments import workspace as WS
+    WS.release_cache()
+    w = WS.Workspace(min_bytes=800, recycle=True)
+    a = w.empty((2000,))                    # region of 2048 elements
+    b = w.empty((600,))                     # region of 1024 elements, a view of it survives
+    b[...] = 7.0
+    vb = b[:3]
+    del a, b, w
+    assert [len(r) for r in WS._CACHE] == [8 * 2048]
+    plain = WS.Workspace(min_bytes=800)
+    p = plain.empty((1000,))
+    assert plain.recycled == 0 and plain.allocated == 8 * 1024 and len(WS._CACHE) == 1
+    w2 = WS.Workspace(min_bytes=800, recycle=True)
+    c = w2.empty((1000,))
+    c[...] = -1.0
+    assert w2.allocated == 0 and w2.recycled == 8 * 2048 and WS._CACHE == []
+    assert not np.shares_memory(c, vb) and not np.shares_memory(c, p)
+    np.testing.assert_array_equal(vb, 7.0)
+    del c, w2
+    assert [len(r) for r in WS._CACHE] == [8 * 2048]
+    WS.release_cache()
+    assert WS._CACHE == []
+
+
 def test_ur_ul_moments_same_numbers_with_a_workspace():
     """The layer functions give bit-identical results with and without a Workspace, also
     when the workspace's buffers hold stale values from an earlier call."""
