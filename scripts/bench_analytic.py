@@ -352,7 +352,12 @@ def write_doc(path, rec):
           "2026-12-01 08:49 UTC (before the branch-free routing of the ReLU pairs, the "
           "buffered mirror, the division-free patch_gram and Eq. (28) in the mirror's pass): "
           "full-width UR exact 13.3 s warm, 12.9 s kept, 2.84 GB; Taylor 6.6 s warm, 5.8 s "
-          "kept; UL exact 8.8 s warm.", "",
+          "kept; UL exact 8.8 s warm. Run of 2026-12-01 10:03 UTC (the same code except "
+          "that `warm` then mapped its memory afresh): full-width UR exact 10.0 s warm, 8.7"
+          " s kept; Taylor 7.3 s warm, 5.1 s kept; UL exact 7.8 s warm. The `kept` path did"
+          " not change between the two runs: its spread (8.7 against 9.4 s, and one Monte-"
+          "Carlo realization 0.060 against 0.090 s) is this virtual machine's run-to-run "
+          "variation.", "",
           "## How to rerun", "", "```", "python scripts/bench_analytic.py            "
           "# full run, writes bench_analytic.h5 and docs/performance.md",
           "python scripts/bench_analytic.py --quick    # width/8 only, small pilots", "```", "",
