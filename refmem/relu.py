@@ -1045,11 +1045,7 @@ def _series_row(i, U, UT, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, bu
                     cnt[r] += 1
                     CD[t] = 7               # final (counted here)
                     continue
-            FI[nf] = i
-            FJ[nf] = j
-            FR[nf] = RHO[t]
-            FS[nf] = S12[t]
-            FT[nf] = t
+            FT[nf] = t                  # for the per-pair route (the list is built below)
             nf += 1
         cnt[1] += n01
         if nser == 0:
@@ -1090,13 +1086,15 @@ def _series_row(i, U, UT, QE, QT, RHO, S12, res, rtol, gx, gwk, gwg, ws, cnt, bu
                 cnt[2] += 1
                 cnt[_NROUTES] += _M_ROW
             elif code == 6:             # not accepted: the per-pair route from the start
-                FI[nf] = i
-                FJ[nf] = j
-                FR[nf] = RHO[t]
-                FS[nf] = S12[t]
                 FT[nf] = t
                 nf += 1
     if nf:
+        for q in range(nf):             # the pairs left to the per-pair route, as a list
+            t = FT[q]
+            FI[q] = i
+            FJ[q] = j0 + t
+            FR[q] = RHO[t]
+            FS[q] = S12[t]
         _cov_pair_list(U, QE, FI[:nf], FJ[:nf], FR[:nf], FS[:nf], Fres[:nf], Froute[:nf], rtol,
                        gx, gwk, gwg, ws, cnt, atol)
         for q in range(nf):

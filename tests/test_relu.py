@@ -661,6 +661,54 @@ def test_relu_moments_reads_and_writes_the_upper_triangle(mode, d):
     np.testing.assert_array_equal(upper[iu], full[iu])
 
 
+@pytest.mark.kernel
+def test_vector_routing_equals_the_scalar_route():
+    """_route_chunk (the branch-free classification of the row pass) gives every pair the
+    route of _route, and the trivial and product values bit for bit, on units across every
+    boundary (|a| = 37, 40, deep tails, s = 0) and correlations at 0, ±0.85, near and at ±1;
+    it leaves to the scalar route only |ρ| >= 1 − 1e-15 and product values near underflow."""
+    rng = np.random.default_rng(21)
+    a = np.concatenate([[-45.0, -40.0, -37.0, -36.9, -12.0, -8.0, -3.0, -0.5, 0.0, 0.3, 2.0,
+                         6.0, 20.0, 36.9, 37.0, 40.5, 45.0], rng.uniform(-10, 10, 23)])
+    d = a.size
+    sd = np.exp(rng.uniform(-3, 3, d))
+    sd[8] = 0.0
+    mu = a * np.where(sd > 0, sd, 1.0)
+    U, QE = R._unit_tables(mu, sd, unit_mnv(mu, sd))
+    UT = np.ascontiguousarray(U.T)
+    rhos = np.concatenate([[0.0, 0.85, -0.85, 0.8500001, 1 - 1e-16, 1.0, -1.0, -1 + 1e-16,
+                            1e-300], rng.uniform(-1, 1, d - 9)])
+    seen = set()
+    for i in range(d):
+        RHO = rng.permutation(rhos)
+        S12 = sd[i] * sd
+        n = d
+        out = [np.full(n, np.nan) for _ in range(5)]
+        CD = np.full(n, -1, dtype=np.int64)
+        R._route_chunk(U[i, R._UA], U[i, R._UP], U[i, R._ULP], U[i, R._UR], U[i, R._UEE], RHO,
+                       S12, UT[R._UA], UT[R._UP], UT[R._ULP], UT[R._UR], UT[R._UEE], *out, CD)
+        res, RR, BA = out[0], out[1], out[2]
+        for j in range(n):
+            rho = min(1.0, max(-1.0, RHO[j]))
+            c, r = getattr(R._route, "py_func", R._route)(U, i, j, rho, S12[j])
+            code = CD[j]
+            seen.add(int(code))
+            if code == R._C_SLOW:
+                p = U[i, R._UP] * U[j, R._UP]
+                fast = (p > 1e-280 and abs(rho) > 1e-280 and 1e-280 < S12[j] < 1e280
+                        and abs(rho) * p > 1e-280)
+                assert abs(rho) >= R._RHO_ONE or (r == 1 and not fast)
+                continue
+            assert code == r, (i, j, code, r)
+            if code in (0, 1):
+                assert res[j] == c or (res[j] == 0.0 and c == 0.0)
+            if code == 2:
+                assert RR[j] == rho and BA[j] == rho * U[i, R._UR] * U[j, R._UR]
+            else:
+                assert RR[j] == 0.0
+    assert {0, 1, 2, 3, R._C_SLOW} <= seen
+
+
 def test_negligible_floor_sets_the_quadrature_absolute_tolerance():
     """With the floor τ, a quadrature pair that is not zeroed may stop once its error estimate
     is below ``_QUAD_ATOL τ max v`` (absolute): deep-tail pairs with a high correlation (route
