@@ -71,13 +71,14 @@ class _Prepared:
                                       conv.padding)
 
 
-def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
+def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True, active_only=False):
     """Power (from the input moments) then moments of one crossbar layer.
 
     ``cur`` is the one-element list holding the input covariance; the layer function empties
     it (releases Γ). ``work``: the pass's :class:`~refmem.moments.workspace.Workspace`;
-    ``symmetric=False`` when the consumer reads only the upper triangle (a ReLU).
-    Returns ``(power, mean, cov)``.
+    ``symmetric=False`` when the consumer reads only the upper triangle (a ReLU);
+    ``active_only`` when it is the Taylor ReLU (a convolution then computes only what Eq. (28)
+    reads). Returns ``(power, mean, cov)``.
     """
     ml = prep.bypos[pos]
     r = ml.config.r
@@ -92,14 +93,16 @@ def _crossbar_step(prep, pos, mu, cur, layout, work=None, symmetric=True):
         pw = ur_power(blk, ml.idx, mu, G, r)
         del G
         mean, cov = ur_moments(ml.W, ml.b, blk.v, blk.vb, ml.idx, mu, cur, layout=layout,
-                               work=work, symmetric=symmetric, geometry=prep.geometry[pos])
+                               work=work, symmetric=symmetric, geometry=prep.geometry[pos],
+                               active_only=active_only)
     else:
         tb = ml.ul_taps()                                # built once per mapped layer
         pw = ul_power(ml, mu, G, r, tb)
         noise = ul_noise_taps(tb, mu, G)                 # Σ_n v_nj q_n over all L rows
         del G
         mean, cov = ul_moments(ml.W, ml.b, ml.idx, noise, mu, cur, layout=layout, work=work,
-                               symmetric=symmetric, geometry=prep.geometry[pos])
+                               symmetric=symmetric, geometry=prep.geometry[pos],
+                               active_only=active_only)
     pw.total = pw.mem + pw.tia_pos + pw.tia_neg
     return pw, mean, cov
 
@@ -284,7 +287,8 @@ def _pass(mapped, x, input_cov, *, cov, per_layer, progress, layout, fuse_relu_p
                     # split, which reads the whole matrix)
                     upper_only = (pos + 1 < len(layers) and isinstance(layers[pos + 1], ReLU)
                                   and pos + 1 not in splits)
-                    pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work, not upper_only)
+                    pw, mu, G = _crossbar_step(prep, pos, mu, cur, layout, work, not upper_only,
+                                               upper_only and mode == "taylor")
                     cur.append(G)
                     del G
                     k = xb_index[pos]

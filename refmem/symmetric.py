@@ -4,6 +4,8 @@ The analytic pass computes only the upper triangle of each covariance (the signa
 convolution, the exact ReLU covariance) and copies it onto the lower triangle here. A plain
 transposed copy of a GB-sized matrix runs at about 1 GB/s (one cache line per element
 written); this kernel copies 64×64 tiles through a contiguous buffer, on every core.
+:func:`diagonal_rows` finds the rows that are zero off the diagonal (the Taylor rule's
+inactive units), which a convolution's first pass reads by their diagonal entry alone.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["mirror_upper", "mirror_diagonal_blocks"]
+__all__ = ["mirror_upper", "mirror_diagonal_blocks", "diagonal_rows"]
 
 _TILE = 64
 
@@ -102,3 +104,31 @@ def mirror_diagonal_blocks(G, s):
         raise ValueError("mirror_diagonal_blocks needs a C-contiguous float64 matrix")
     _mirror_diag_par(G, int(s), _TILE)
     return G
+
+
+@numba.njit(cache=True, parallel=True)
+def _diagonal_rows(G, out):
+    for i in numba.prange(G.shape[0]):
+        flag = True
+        for j in range(G.shape[1]):
+            if G[i, j] != 0.0 and j != i:
+                flag = False
+                break
+        out[i] = flag
+
+
+def diagonal_rows(G):
+    """Rows of the square matrix ``G`` that are zero off the diagonal: bool (d,).
+
+    Under the Taylor ReLU rule (Eq. (28), theory §8.3) these are the inactive units
+    (``μ_i ≤ 0``), about half of them: a convolution's first pass
+    (:func:`refmem.moments.conv_cols` with ``diag_rows``) reads them as their diagonal entry
+    alone (theory §15). A row with a NaN, or with any nonzero entry, is not flagged; a row stops being
+    read at its first nonzero off-diagonal entry, so a dense matrix costs little more than
+    one entry a row.
+    """
+    if G.ndim != 2 or G.shape[0] != G.shape[1]:
+        raise ValueError(f"diagonal_rows needs a square matrix, got shape {G.shape}")
+    out = np.empty(G.shape[0], dtype=np.bool_)
+    _diagonal_rows(np.ascontiguousarray(G, dtype=np.float64), out)
+    return out

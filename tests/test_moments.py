@@ -732,6 +732,21 @@ def test_conv_rows_plane_kernel_equals_explicit_toeplitz(c_out, in_shape, pad):
     wrong = ((in_shape[0], in_shape[1] + 1, in_shape[2]), 3, 1, pad)
     assert _plane_geometry(idx, wrong) is None and _plane_geometry(idx, (in_shape, 3, 2, pad)) is None
     close(conv_rows(X.T.copy(), Wur, idx, geometry=wrong), X.T @ T)
+    # ``rows``: only the listed rows are convolved, in place (plane kernel and the other
+    # paths), whole rows and upper triangle; every other row is left untouched
+    sel = np.sort(rng.choice(J, size=J // 3, replace=False))
+    for g in (geo, wrong):
+        got = np.full((J, J), np.nan)
+        conv_rows(U, Wur, idx, out=got, rows=sel, geometry=g)
+        close(got[sel], want[sel])
+        assert np.isnan(np.delete(got, sel, axis=0)).all()
+        got = np.full((J, J), np.nan)
+        conv_rows(U[5:40], Wur, idx, upper=True, row0=5, out=got[5:40], rows=sel[sel < 35],
+                  geometry=g)
+        for r in sel[sel < 35]:
+            c_lo = (5 + r) // idx.shape[0] * idx.shape[0]
+            close(got[5 + r, c_lo:], want[5 + r, c_lo:])
+        assert np.isnan(np.delete(got, 5 + sel[sel < 35], axis=0)).all()
 
 
 @pytest.mark.parametrize("in_shape,k,stride,pad", [((3, 7, 6), 3, 1, 1), ((2, 8, 8), 3, 2, 1),
@@ -781,6 +796,108 @@ def test_conv_cols_equals_explicit_toeplitz(stride, pad, k):
     assert np.isnan(big[:, :3]).all() and np.isnan(big[:, 10:]).all()
     only_pad = np.full_like(idx, -1)             # a block no tap reads: zeros
     np.testing.assert_array_equal(conv_cols(X, Wur, only_pad), 0.0)
+
+
+def _taylor_like(rng, L, frac=0.5):
+    """A covariance as the Taylor ReLU leaves it (Eq. (28)): the rows and columns of the
+    inactive units zero off the diagonal, a positive diagonal everywhere."""
+    G = rand_psd(rng, L)
+    act = rng.uniform(size=L) > frac
+    G = G * act[:, None] * act[None, :]
+    G[np.diag_indices(L)] = rng.uniform(0.5, 2.0, size=L)
+    return G, act
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (3, 0, 2)])
+def test_conv_cols_diag_rows_is_the_same_product(stride, pad, k):
+    """conv_cols with ``diag_rows`` (rows zero off the diagonal read as their diagonal entry
+    alone) is W_ULᵀ X with the explicit Toeplitz matrix, for none, some and all rows flagged,
+    into a column strip too; diagonal_rows finds exactly the planted rows."""
+    from refmem.moments import conv_cols
+    from refmem.symmetric import diagonal_rows
+    rng = np.random.default_rng(22 + k)
+    conv = Conv2d(rng.normal(size=(5, 2, k, k)), None, stride, pad)
+    in_shape = (2, 4, 5)
+    T = conv.toeplitz(in_shape)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    for frac in (0.0, 0.5, 1.0):
+        X, act = _taylor_like(rng, 40, frac)
+        flags = diagonal_rows(X)
+        np.testing.assert_array_equal(flags, ~act)
+        close(conv_cols(X, Wur, idx, diag_rows=flags), T.T @ X)
+        big = np.full((T.shape[1], 44), np.nan)
+        conv_cols(X, Wur, idx, out=big[:, 2:42], diag_rows=flags)
+        close(big[:, 2:42], T.T @ X)
+        assert np.isnan(big[:, :2]).all() and np.isnan(big[:, 42:]).all()
+    with pytest.raises(ValueError):
+        conv_cols(X[:, :7], Wur, idx, diag_rows=flags)
+
+
+@pytest.mark.kernel
+def test_diagonal_rows_flags_only_exact_zeros():
+    """A row is flagged iff every off-diagonal entry is exactly 0 (a tiny value, a NaN or an
+    entry in the last column keep it unflagged; the diagonal entry does not matter)."""
+    from refmem.symmetric import diagonal_rows
+    A = np.zeros((6, 6))
+    A[np.diag_indices(6)] = [1.0, 0.0, np.nan, 2.0, 3.0, 4.0]
+    A[3, 5] = 1e-300
+    A[4, 0] = np.nan
+    A[5, 5] = 7.0
+    A[0, 5] = -0.0
+    np.testing.assert_array_equal(diagonal_rows(A), [True, True, True, False, False, True])
+    with pytest.raises(ValueError):
+        diagonal_rows(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("in_shape,stride", [((2, 8, 8), 1), ((2, 5, 4), 1), ((3, 9, 8), 2)])
+@pytest.mark.parametrize("ut", [None, 8 * 3 * 128 * 7])
+def test_conv_signal_cov_rows_keeps_what_taylor_reads(in_shape, stride, ut):
+    """conv_signal_cov(rows=...) equals W_ULᵀ Γ W_UL on every entry between flagged units and
+    on the whole diagonal, is finite elsewhere (plane kernel on the flagged rows only; the
+    GEMM path of small or strided maps computes every row); ur_moments(active_only=True)
+    followed by the Taylor ReLU gives the moments of the full computation."""
+    from refmem.moments.conv import _plane_geometry
+    rng = np.random.default_rng(23 + stride)
+    conv = Conv2d(rng.normal(size=(3, in_shape[0], 3, 3)), rng.normal(size=3), stride, 1)
+    T = conv.toeplitz(in_shape)
+    Wur, idx = conv.ur_matrix(), conv.index(in_shape)
+    geo = (in_shape, 3, stride, 1)
+    L, J = T.shape
+    G = rand_psd(rng, L)
+    want = T.T @ G @ T
+    rows = rng.uniform(size=J) > 0.4
+    kw = {} if ut is None else {"ut_bytes": ut}
+    for symmetric in (True, False):
+        got = conv_signal_cov(Wur, idx, G.copy(), geometry=geo, rows=rows, symmetric=symmetric,
+                              **kw)
+        assert np.isfinite(np.triu(got)).all()
+        keep = np.triu(rows[:, None] & rows[None, :]) | np.eye(J, dtype=bool)
+        close(got[keep], want[keep])
+        if symmetric:
+            close(got[keep.T], want[keep.T])
+    if _plane_geometry(idx, geo) is not None:      # the skipped rows really were skipped
+        got = conv_signal_cov(Wur, idx, G.copy(), geometry=geo, rows=rows, symmetric=False)
+        off = np.triu(~rows[:, None] & np.ones((J, J), dtype=bool), 1)
+        assert (got[off] == 0).all()
+    with pytest.raises(ValueError):
+        conv_signal_cov(Wur, idx, G.copy(), rows=rows[:-1])
+    # the Taylor ReLU reads nothing else: same moments as from the full covariance
+    mu = rng.normal(size=L)
+    v = rng.uniform(0.01, 0.1, size=Wur.shape)
+    m0, c0 = ur_moments(Wur, conv.bias, v, None, idx, mu, G.copy(), geometry=geo)
+    m1, c1 = ur_moments(Wur, conv.bias, v, None, idx, mu, G.copy(), geometry=geo,
+                        symmetric=False, active_only=True)
+    np.testing.assert_array_equal(m1, m0)
+    r0 = relu_moments(m0, c0, "taylor")
+    r1 = relu_moments(m1, c1, "taylor")
+    close(r1[0], r0[0])
+    close(r1[1], r0[1])
+    noise = rng.uniform(size=J)
+    m0, c0 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy(), geometry=geo)
+    m1, c1 = ul_moments(Wur, conv.bias, idx, noise, mu, G.copy(), geometry=geo,
+                        active_only=True)
+    close(relu_moments(m1, c1, "taylor")[1], relu_moments(m0, c0, "taylor")[1])
 
 
 @pytest.mark.kernel

@@ -18,13 +18,14 @@ import numpy as np
 
 from ..layers import gather_patches, im2col_index
 from ..mapping import ul_column_sums
-from ..symmetric import mirror_upper
+from ..symmetric import diagonal_rows, mirror_upper
 from .dense import raw_second_moments
 from .layout import BlockDiag, take_input
 from .workspace import empty, zeros
 
-__all__ = ["conv_mean", "conv_cols", "conv_rows", "conv_signal_cov", "ur_moments", "ul_moments", "ul_noise",
-           "ul_noise_taps", "ur_noise", "ur_shared_noise_kernel", "CHUNK_BYTES"]
+__all__ = ["conv_mean", "conv_cols", "conv_rows", "conv_signal_cov", "ur_moments",
+           "ul_moments", "ul_noise", "ul_noise_taps", "ur_noise", "ur_shared_noise_kernel",
+           "CHUNK_BYTES"]
 
 CHUNK_BYTES = 64 * 2**20
 """Size of the im2col buffer of one streamed chunk of rows."""
@@ -150,8 +151,9 @@ _PLANE_CHUNK = 128                # output-plane entries accumulated at a time (
 
 
 @numba.njit(parallel=True, cache=True)
-def _conv_rows_plane3(X, Wk, Cin, H, W, pad, row0, upper, out):
-    """3×3 stride-1 convolution of every row of ``X`` (m, C_in H W) into ``out`` (m, C_out n_pos).
+def _conv_rows_plane3(X, Wk, Cin, H, W, pad, row0, upper, out, rows):
+    """3×3 stride-1 convolution of the rows ``rows`` of ``X`` (m, C_in H W) into the same rows
+    of ``out`` (m, C_out n_pos).
 
     Each row is copied into a zero-padded image (``Hp × Wp`` per channel) so that every tap
     reads the same contiguous stretch shifted by ``u Wp + v``: the output is accumulated on
@@ -159,7 +161,7 @@ def _conv_rows_plane3(X, Wk, Cin, H, W, pad, row0, upper, out):
     three taps of a kernel row and four output channels per pass over the input
     (``Wk`` (C_out + 3, C_in, 3, 3), the last three channels zero). With ``upper`` only the
     channels ``c ≥ (row0 + r) // n_pos`` of row r are written. Parallel over rows."""
-    m = X.shape[0]
+    m = rows.shape[0]
     C = Wk.shape[0] - 3
     Hp = H + 2 * pad
     Wp = W + 2 * pad
@@ -169,7 +171,8 @@ def _conv_rows_plane3(X, Wk, Cin, H, W, pad, row0, upper, out):
     P = Ho * Wp
     plane = Hp * Wp
     QC = _PLANE_CHUNK
-    for r in numba.prange(m):
+    for t_r in numba.prange(m):
+        r = rows[t_r]
         c_lo = min(C, (row0 + r) // n_pos) if upper else 0
         xp = np.zeros(Cin * plane + 2)
         for ci in range(Cin):
@@ -256,7 +259,7 @@ def _plane_geometry(idx, geometry):
 
 
 def conv_rows(src, Wur, idx, *, upper=False, row0=0, out=None, chunk_bytes=CHUNK_BYTES,
-              work=None, geometry=None):
+              work=None, geometry=None, rows=None):
     r"""Convolve every row of ``src`` (m, L): ``src W_UL`` (m, J), J = C_out n_pos (theory §5).
 
     ``out[r, (c_o, p)] = Σ_a Wur[a, c_o] src[r, ι(p, a)]``. With ``upper`` only the output
@@ -267,6 +270,9 @@ def conv_rows(src, Wur, idx, *, upper=False, row0=0, out=None, chunk_bytes=CHUNK
     ``geometry = (in_shape, k, stride, pad)``: with a 3×3 stride-1 layer whose index map is
     ``idx`` the rows are convolved by the plane kernel (:func:`_conv_rows_plane3`), else by
     the direct Numba kernel (few channels) or im2col + GEMM — the same sums in another order.
+    ``rows`` (int array), optional: convolve only these rows of ``src`` into the same rows of
+    ``out`` (the others are not touched); the plane kernel reads and writes them in place,
+    the other paths through a gathered copy.
     """
     Wur = np.asarray(Wur, dtype=np.float64)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
@@ -282,7 +288,17 @@ def conv_rows(src, Wur, idx, *, upper=False, row0=0, out=None, chunk_bytes=CHUNK
         Cin, H, W, pad = plane
         Wk = np.zeros((C + 3, Cin, 3, 3))
         Wk[:C] = Wur.T.reshape(C, Cin, 3, 3)
-        _conv_rows_plane3(np.ascontiguousarray(src), Wk, Cin, H, W, pad, row0, upper, out)
+        sel = np.arange(m_tot) if rows is None else np.asarray(rows, dtype=np.int64)
+        _conv_rows_plane3(np.ascontiguousarray(src), Wk, Cin, H, W, pad, row0, upper, out, sel)
+        return out
+    if rows is not None:                    # the row-batched paths: through a compact copy
+        rows = np.asarray(rows, dtype=np.int64)
+        if not (upper and rows.size):
+            out[rows] = conv_rows(src[rows], Wur, idx, chunk_bytes=chunk_bytes, work=work)
+            return out
+        for r in rows:                      # rows of different channels c_lo
+            conv_rows(src[r:r + 1], Wur, idx, upper=True, row0=row0 + r, out=out[r:r + 1],
+                      chunk_bytes=chunk_bytes, work=work)
         return out
     if taps * C <= _DIRECT_MAX_WORK:        # few channels: direct Numba convolution along runs
         Wc = np.ascontiguousarray(Wur)
@@ -309,7 +325,7 @@ def conv_rows(src, Wur, idx, *, upper=False, row0=0, out=None, chunk_bytes=CHUNK
     return out
 
 
-def conv_cols(src, Wur, idx, *, out=None):
+def conv_cols(src, Wur, idx, *, out=None, diag_rows=None):
     r"""Convolve along the **row** index of ``src`` (L, m): ``W_ULᵀ src`` (J, m), J = C_out n_pos.
 
     ``out[(c_o, p), :] = Σ_a Wur[a, c_o] src[ι(p, a), :]`` (theory §5; padded taps read
@@ -319,6 +335,12 @@ def conv_cols(src, Wur, idx, *, out=None):
     multiplied by ``Wur[taps]ᵀ`` in one GEMM whose result lands in place (rows ``c_o n_pos + p``).
     ``out`` may be any (J, m) view with unit column stride (e.g. a column strip of a larger
     matrix); every entry is written.
+
+    ``diag_rows`` (L,) bool, optional, for a square ``src``: rows known to be zero off the
+    diagonal (:func:`refmem.symmetric.diagonal_rows`; the inactive units under the Taylor
+    rule, Eq. (28)). A tap reading such a row i contributes ``Wur[a, c_o] src[i, i]`` to
+    column i alone, so it is left out of the GEMM (theory §15) — the same sum without its
+    zero terms.
     """
     Wur = np.asarray(Wur, dtype=np.float64)
     idx = np.asarray(idx, dtype=np.int64)
@@ -329,18 +351,31 @@ def conv_cols(src, Wur, idx, *, out=None):
         out = np.empty((C * n_pos, m))
     o3 = out.reshape(C, n_pos, m)
     assert not o3.flags.owndata and np.may_share_memory(o3, out)   # a view, never a copy
+    ok = idx >= 0
+    if diag_rows is not None:
+        if src.shape[0] != m or diag_rows.shape != (m,):
+            raise ValueError("conv_cols: diag_rows needs a square src and one flag per row")
+        on_diag = ok & diag_rows[np.where(ok, idx, 0)]
+        ok &= ~on_diag
     WT = np.ascontiguousarray(Wur.T)
     buf = np.empty((taps, m))
     for p in range(n_pos):
         row = idx[p]
-        ok = row >= 0
-        if ok.all():
+        okp = ok[p]
+        if okp.all():
             np.take(src, row, axis=0, out=buf, mode="clip")   # unbuffered (ι ≥ 0 here)
             o3[:, p, :] = WT @ buf
-        elif ok.any():
-            o3[:, p, :] = WT[:, ok] @ src[row[ok]]
+        elif okp.any():
+            sel = np.flatnonzero(okp)
+            b = buf[:sel.size]
+            np.take(src, row[sel], axis=0, out=b)
+            o3[:, p, :] = Wur[sel].T @ b
         else:
             o3[:, p, :] = 0.0
+    if diag_rows is not None:
+        p_d, a_d = np.nonzero(on_diag)
+        i_d = idx[p_d, a_d]                     # distinct for one p: no two updates collide
+        o3[:, p_d, i_d] += Wur[a_d].T * src[i_d, i_d]
     return out
 
 
@@ -353,7 +388,7 @@ def _block_taps(idx, s, blk):
 
 
 def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
-                    ut_bytes=UT_BYTES, work=None, symmetric=True):
+                    ut_bytes=UT_BYTES, work=None, symmetric=True, rows=None):
     r"""Signal term of a convolution's output covariance: ``W_ULᵀ Γ W_UL`` (theory §5, §6).
 
     ``Σ_{a,a'} w_{c_o}[a] w_{c_o'}[a'] Γ_ι(p,a),ι(p',a')`` — the double convolution of Γ, as
@@ -385,6 +420,15 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
         Mirror the upper triangle (default). False: only the upper triangle and the diagonal
         are valid — for a consumer that reads nothing else (the exact ReLU,
         :func:`refmem.relu.relu_moments`), saving one pass over the matrix.
+    rows : ndarray (J,) bool, optional
+        Compute only the entries whose row **and** column are flagged, and the whole
+        diagonal — what the Taylor ReLU rule (Eq. (28), theory §8.3) reads when ``rows`` are
+        the units of positive mean. Where the plane kernel applies (3×3 stride-1 maps of at
+        least :data:`_PLANE_MIN_POS` positions) the second pass convolves only the flagged
+        rows of ``Uᵀ``: an unflagged row's variance is the one dot product
+        ``Σ_a Wur[a, c_o] Uᵀ[(c_o, p), ι(p, a)]`` and the rest of its upper triangle is set to
+        0; elsewhere every row is computed. The other entries are finite and meaningless.
+        None (default): every entry.
 
     Returns
     -------
@@ -399,9 +443,23 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
     nb = int(max(1, min(n_pos, ut_bytes // (8 * C * L))))      # positions per block
     cov = empty(work, (J, J))          # the larger buffer first (best fit in a Workspace)
     Ut = empty(work, (C * nb, L))
+    if rows is not None:
+        rows = np.asarray(rows, dtype=bool)
+        if rows.shape != (J,):
+            raise ValueError(f"conv_signal_cov: rows has shape {rows.shape}, expected ({J},)")
+    # only a row-by-row kernel (the plane kernel) gains from convolving the flagged rows
+    # alone; the GEMM path of small maps then computes every row, as without ``rows``
+    by_row = rows is not None and _plane_geometry(idx, geometry) is not None
+    # rows zero off the diagonal (Taylor's inactive units) enter the first pass by their
+    # diagonal entry alone (None where there are none: the plain GEMMs)
     if isinstance(gamma, BlockDiag):
         s = gamma.s
         taps = [_block_taps(idx, s, blk) for blk in range(gamma.nb)]
+        diag = [diagonal_rows(B) for B in gamma.blocks]
+        diag = [f if f.any() else None for f in diag]
+    else:
+        diag = diagonal_rows(gamma)
+        diag = diag if diag.any() else None
     for p0 in range(0, n_pos, nb):
         p1 = min(n_pos, p0 + nb)
         k = p1 - p0
@@ -410,20 +468,34 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
             for blk, (sel, local) in enumerate(taps):
                 strip = Ub[:, blk * s:(blk + 1) * s]
                 if sel.size:
-                    conv_cols(gamma.blocks[blk], Wur[sel], local[p0:p1], out=strip)
+                    conv_cols(gamma.blocks[blk], Wur[sel], local[p0:p1], out=strip,
+                              diag_rows=diag[blk])
                 else:
                     strip[...] = 0.0
         else:
-            conv_cols(gamma, Wur, idx[p0:p1], out=Ub)  # (Γ W_UL)ᵀ rows, Γ = Γᵀ
-        if k == n_pos:                                 # all rows of the result at once
+            conv_cols(gamma, Wur, idx[p0:p1], out=Ub, diag_rows=diag)  # (Γ W_UL)ᵀ, Γ = Γᵀ
+        if k == n_pos and not by_row:                  # all rows of the result at once
             conv_rows(Ub, Wur, idx, upper=True, out=cov, chunk_bytes=chunk_bytes, work=work,
                       geometry=geometry)
             continue
         for c in range(C):                             # rows c n_pos + p0 … of the result
             r0 = c * n_pos + p0
-            conv_rows(Ub[c * k:(c + 1) * k], Wur, idx, upper=True, row0=r0,
-                      out=cov[r0:r0 + k], chunk_bytes=chunk_bytes, work=work,
-                      geometry=geometry)
+            Uc = Ub[c * k:(c + 1) * k]
+            if not by_row:
+                conv_rows(Uc, Wur, idx, upper=True, row0=r0, out=cov[r0:r0 + k],
+                          chunk_bytes=chunk_bytes, work=work, geometry=geometry)
+                continue
+            keep = rows[r0:r0 + k]
+            on = np.flatnonzero(keep)
+            off = np.flatnonzero(~keep)
+            if on.size:                                # the flagged rows, in place
+                conv_rows(Uc, Wur, idx, upper=True, row0=r0, out=cov[r0:r0 + k], rows=on,
+                          chunk_bytes=chunk_bytes, work=work, geometry=geometry)
+            if off.size:                               # the others: their variance only
+                cov[r0 + off, c * n_pos:] = 0.0
+                ii = idx[p0 + off]                     # (n_off, taps)
+                taps_read = Uc[off[:, None], np.maximum(ii, 0)]
+                cov[r0 + off, r0 + off] = np.where(ii >= 0, taps_read, 0.0) @ Wur[:, c]
     del gamma, Ut, Ub
     return mirror_upper(cov) if symmetric else cov
 
@@ -498,7 +570,7 @@ def ur_noise(v, vb, idx, mu, gamma):
 
 
 def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense", work=None,
-               symmetric=True):
+               symmetric=True, active_only=False):
     r"""Output moments of a UR convolution (unfold-repeat, theory §5, Proposition 2 corrected).
 
     One crossbar ``(C_in k² [+1]) × C_out`` reused at every position, so all positions of a
@@ -531,6 +603,9 @@ def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense", 
     symmetric : bool
         False: of a dense result only the upper triangle and the diagonal are valid (see
         :func:`conv_signal_cov`).
+    active_only : bool
+        For a Taylor ReLU next (Eq. (28)): of a dense result only the entries between units
+        of positive mean, and the diagonal, are valid (``rows`` of :func:`conv_signal_cov`).
 
     Returns
     -------
@@ -550,7 +625,7 @@ def ur_moments(Wur, b, v, vb, idx, mu, gamma, *, geometry=None, layout="dense", 
         box = [gamma]
         del gamma
         cov = conv_signal_cov(Wur, idx, box, geometry=geometry, work=work,
-                              symmetric=symmetric)
+                              symmetric=symmetric, rows=mean > 0 if active_only else None)
     for c in range(Wur.shape[1]):
         cov[c * n_pos:(c + 1) * n_pos, c * n_pos:(c + 1) * n_pos] += nz[c]
     return mean, cov
@@ -583,7 +658,7 @@ def ul_noise_taps(tb, mu, gamma):
 
 
 def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense", work=None,
-               symmetric=True):
+               symmetric=True, active_only=False):
     r"""Output moments of a UL convolution (unrolled-linear Toeplitz crossbar, theory §6).
 
     FC (theory §4) with ``W = W_UL``: ``E Z = W_ULᵀμ + b ⊗ 1``,
@@ -592,7 +667,7 @@ def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense", 
     (D12; :func:`ul_noise`). Each column has its own devices: no shared noise between
     positions. ``gamma`` and ``layout`` as in :func:`ur_moments` (a deterministic input gives a
     diagonal covariance, laid out as diagonal channel blocks with ``"blocks"``); ``work``,
-    ``symmetric`` and ``geometry`` as in :func:`ur_moments`.
+    ``symmetric``, ``geometry`` and ``active_only`` as in :func:`ur_moments`.
     """
     gamma = take_input(gamma)
     mean = conv_mean(Wur, b, idx, mu)
@@ -602,6 +677,7 @@ def ul_moments(Wur, b, idx, noise, mu, gamma, *, geometry=None, layout="dense", 
         return mean, np.diag(noise)
     box = [gamma]
     del gamma
-    cov = conv_signal_cov(Wur, idx, box, geometry=geometry, work=work, symmetric=symmetric)
+    cov = conv_signal_cov(Wur, idx, box, geometry=geometry, work=work, symmetric=symmetric,
+                          rows=mean > 0 if active_only else None)
     cov[np.diag_indices_from(cov)] += noise
     return mean, cov
