@@ -74,7 +74,8 @@ def test_the_deprecated_shim_is_gone():
 
 
 def test_bench_analytic_write_h5(scripts, tmp_path):
-    rec = {"analytic": [{"first_s": 2.5, "warm_s": 1.25, "peak_rss_gb": 0.5,
+    rec = {"analytic": [{"first_s": 2.5, "warm_s": 1.25, "peak_rss_gb": 0.5, "kept_s": 1.0,
+                         "kept_min_s": 0.75, "kept_max_s": 1.5,
                          "spec": {"net": "w8", "mapping": "UR", "mode": "exact"}},
                         {"first_s": 3.0, "warm_s": None, "peak_rss_gb": 0.75,
                          "spec": {"net": "w8", "mapping": "UL", "mode": "taylor"}}],
@@ -91,6 +92,10 @@ def test_bench_analytic_write_h5(scripts, tmp_path):
     np.testing.assert_array_equal(ds["analytic_first_s"][0], [2.5, 3.0])
     w = ds["analytic_warm_s"][0]
     assert w[0] == 1.25 and np.isnan(w[1])                 # one call only: no warm time
+    for k, v in (("kept", 1.0), ("kept_min", 0.75), ("kept_max", 1.5)):   # median, min, max
+        got = ds[f"analytic_{k}_s"]
+        assert got[1]["units"] == "s" and got[0][0] == v and np.isnan(got[0][1])
+    assert scripts["bench_analytic"].kept_cell(rec["analytic"][0]) == "1.0 (0.8–1.5)"
     assert json.loads(ds["analytic_config"][0][1].decode())["mapping"] == "UL"
     assert ds["fig6_n"][0].tolist() == [1200]
     r = rio.read_result(path)
