@@ -123,9 +123,9 @@ def diagonal_rows(G):
     Under the Taylor ReLU rule (Eq. (28), theory §8.3) these are the inactive units
     (``μ_i ≤ 0``), about half of them: a convolution's first pass
     (:func:`refmem.moments.conv_cols` with ``diag_rows``) reads them as their diagonal entry
-    alone (theory §15). A row with a NaN, or with any nonzero entry, is not flagged; a row stops being
-    read at its first nonzero off-diagonal entry, so a dense matrix costs little more than
-    one entry a row.
+    alone (theory §15). A row with any nonzero (or NaN) entry off the diagonal is not
+    flagged; a row stops being read at its first such entry, so a dense matrix costs little
+    more than one entry a row.
     """
     if G.ndim != 2 or G.shape[0] != G.shape[1]:
         raise ValueError(f"diagonal_rows needs a square matrix, got shape {G.shape}")

@@ -427,8 +427,8 @@ def conv_signal_cov(Wur, idx, gamma, *, geometry=None, chunk_bytes=CHUNK_BYTES,
         least :data:`_PLANE_MIN_POS` positions) the second pass convolves only the flagged
         rows of ``Uᵀ``: an unflagged row's variance is the one dot product
         ``Σ_a Wur[a, c_o] Uᵀ[(c_o, p), ι(p, a)]`` and the rest of its upper triangle is set to
-        0; elsewhere every row is computed. The other entries are finite and meaningless.
-        None (default): every entry.
+        0; elsewhere every row is computed. The other entries of the upper triangle are
+        finite and meaningless. None (default): every entry.
 
     Returns
     -------
