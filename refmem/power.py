@@ -34,6 +34,7 @@ import numpy as np
 from .layers import gather_patches
 from .mapping import ul_column_sums
 from .moments.layout import BlockDiag, cov_diagonal
+from .symmetric import paired_row
 
 __all__ = ["fc_power", "ur_power", "ul_power", "layer_power", "patch_quadforms", "patch_gram"]
 
@@ -116,10 +117,9 @@ def _patch_gram_kernel(G, blk, loc, out):
     Parallel over taps a, rows t and taps−1−t per task (equal work per task)."""
     taps, n_pos = blk.shape
     for t in numba.prange((taps + 1) // 2):
-        tt = np.int64(t)
         for side in range(2):
-            a = tt if side == 0 else taps - 1 - tt
-            if side == 1 and a == tt:
+            a = paired_row(t, side, taps)
+            if a < 0:
                 break
             for b in range(a, taps):
                 acc = 0.0

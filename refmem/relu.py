@@ -54,7 +54,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .errors import DataError
-from .symmetric import mirror_upper
+from .symmetric import mirror_upper, paired_row
 
 __all__ = ["relu_mean_var", "relu_cov_exact", "relu_cov_taylor", "relu_moments", "bvn_cdf",
            "A_LIMIT", "RTOL_QUAD"]
@@ -1349,10 +1349,9 @@ def _taylor_upper(G, pos, out):
     (``pos`` the indicator; ``out`` may be ``G``). Rows t and d−1−t per task."""
     d = G.shape[0]
     for t in numba.prange((d + 1) // 2):
-        tt = np.int64(t)
         for side in range(2):
-            i = tt if side == 0 else d - 1 - tt
-            if side == 1 and i == tt:
+            i = paired_row(t, side, d)
+            if i < 0:
                 break
             pi = pos[i]
             for j in range(i + 1, d):

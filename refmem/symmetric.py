@@ -13,9 +13,21 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["mirror_upper", "mirror_diagonal_blocks", "diagonal_rows"]
+__all__ = ["mirror_upper", "mirror_diagonal_blocks", "diagonal_rows", "paired_row"]
 
 _TILE = 64
+
+
+@numba.njit(inline="always")
+def paired_row(t, side, n):
+    """Row ``side`` of parallel task ``t`` when the rows of an upper triangle (n rows, row r
+    costing about n − r) are dealt out in pairs ``t, n−1−t`` — equal work per task over
+    ``(n + 1) // 2`` tasks. −1 for side 1 of the middle task of an odd n (no second row).
+    Used as ``for t in prange((n + 1) // 2): for side in range(2): r = paired_row(t, side, n);
+    if r < 0: break``."""
+    t = np.int64(t)
+    r = t if side == 0 else n - 1 - t
+    return np.int64(-1) if side == 1 and r == t else r
 
 
 @numba.njit(cache=True)
@@ -43,13 +55,11 @@ def _mirror_block(out, bi, bj, B, hi, d, scale, T):
 @numba.njit(cache=True, parallel=True)
 def _mirror_upper_par(out, B, d, scale):
     n = (out.shape[0] + B - 1) // B
-    half = (n + 1) // 2
-    for t in numba.prange(half):       # tile rows t and n−1−t per task: equal work per task
+    for t in numba.prange((n + 1) // 2):        # tile rows t and n−1−t per task
         T = np.empty((B, B))
-        tt = np.int64(t)
         for side in range(2):
-            bi = tt if side == 0 else n - 1 - tt
-            if side == 1 and bi == tt:
+            bi = paired_row(t, side, n)
+            if bi < 0:
                 break
             for bj in range(bi, n):
                 _mirror_block(out, bi * B, bj * B, B, out.shape[0], d, scale, T)

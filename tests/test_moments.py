@@ -901,6 +901,25 @@ def test_conv_signal_cov_rows_keeps_what_taylor_reads(in_shape, stride, ut):
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 9])
+def test_paired_row_deals_every_row_once(n):
+    """paired_row: over the (n + 1) // 2 tasks the rows t and n−1−t cover 0 … n−1 exactly
+    once, each task's upper-triangle work (n − r a row) is n + 1 (or the middle row's alone),
+    and side 1 of the middle task of an odd n is −1."""
+    from refmem.symmetric import paired_row
+    seen = []
+    for t in range((n + 1) // 2):
+        rows = [paired_row(t, side, n) for side in range(2)]
+        if rows[1] < 0:
+            assert n % 2 == 1 and t == n // 2 and rows[0] == t
+            rows = rows[:1]
+        else:
+            assert sum(n - r for r in rows) == n + 1
+        seen += rows
+    assert sorted(seen) == list(range(n))
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 130, 200])
 def test_mirror_upper_copies_the_upper_triangle(n):
     """mirror_upper: the lower triangle becomes the transposed upper one, bit for bit, the

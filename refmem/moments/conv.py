@@ -18,7 +18,7 @@ import numpy as np
 
 from ..layers import gather_patches, im2col_index
 from ..mapping import ul_column_sums
-from ..symmetric import diagonal_rows, mirror_upper
+from ..symmetric import diagonal_rows, mirror_upper, paired_row
 from .dense import raw_second_moments
 from .layout import BlockDiag, take_input
 from .workspace import empty, zeros
@@ -513,13 +513,11 @@ def ur_shared_noise_kernel(mu, G, s, has_g, idx, v, vb, out):
     """
     n_pos, taps = idx.shape
     C = v.shape[1]
-    half = (n_pos + 1) // 2
-    for t in numba.prange(half):
+    for t in numba.prange((n_pos + 1) // 2):
         acc = np.empty((n_pos, C))
-        tt = np.int64(t)
         for side in range(2):
-            p = tt + side * (n_pos - 1 - 2 * tt)          # t, then n_pos − 1 − t
-            if side == 1 and p == tt:
+            p = paired_row(t, side, n_pos)                # t, then n_pos − 1 − t
+            if p < 0:
                 break
             for p2 in range(p, n_pos):
                 for c in range(C):
